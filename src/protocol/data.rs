@@ -1,0 +1,355 @@
+//! The DATA byte machine: wire bytes in, message content out.
+//!
+//! Only `CRLF "." CRLF` ends a message (RFC 5321 §4.1.1.4). The dot that starts a
+//! line is removed (§4.5.2). A bare LF or bare CR never ends anything: each is
+//! written as CRLF and remembered, so that the session can refuse the message when
+//! `bare_newline reject` is set. A dot line that follows a bare newline does not end
+//! the message either: that difference of reading between two servers is what SMTP
+//! smuggling (CVE-2023-51764 and kin) exploits. The content that comes out always has
+//! CRLF line ends, so nothing a client sends can become two messages further on.
+//!
+//! Like qmail's DATA loop, this is a handful of states over single octets, with a fast
+//! path that copies runs of ordinary octets in bulk.
+
+use super::limits;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// At the start of a line. `bare`: the previous line ended with a bare CR or LF.
+    LineStart { bare: bool },
+    /// A dot at the start of a line.
+    Dot { bare: bool },
+    /// A dot and a CR at the start of a line.
+    DotCr { bare: bool },
+    /// Inside a line.
+    Text,
+    /// A CR inside a line or on an empty line.
+    Cr,
+    /// `CRLF.CRLF` seen.
+    Done,
+}
+
+/// What the session does with a message once its end is seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Accept,
+    TooBig,
+    LineTooLong,
+    BareNewline,
+    TooManyHops,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// All input was consumed; the message goes on.
+    NeedInput,
+    /// The output buffer is full: drain it and call again with the rest.
+    OutputFull,
+    /// The end of data was seen; the bytes after it are commands again.
+    End,
+}
+
+/// Counts `Received:` header fields in the header section of the content (RFC 5321 §6.3).
+#[derive(Debug, Clone, Copy)]
+struct HeaderScan {
+    in_header: bool,
+    /// Octets seen so far on this line, while they still match "received:".
+    matched: usize,
+    line_len: usize,
+    received: u32,
+}
+
+const RECEIVED: &[u8] = b"received:";
+
+impl HeaderScan {
+    fn new() -> Self {
+        Self { in_header: true, matched: 0, line_len: 0, received: 0 }
+    }
+
+    #[inline]
+    fn byte(&mut self, b: u8) {
+        if !self.in_header {
+            return;
+        }
+        match b {
+            b'\n' => {
+                if self.line_len == 0 {
+                    self.in_header = false;
+                }
+                self.line_len = 0;
+                self.matched = 0;
+            }
+            b'\r' => {}
+            _ => {
+                if self.matched == self.line_len && self.matched < RECEIVED.len() && b.to_ascii_lowercase() == RECEIVED[self.matched] {
+                    self.matched += 1;
+                    if self.matched == RECEIVED.len() {
+                        self.received += 1;
+                    }
+                }
+                self.line_len += 1;
+            }
+        }
+    }
+}
+
+/// The decoder of one message. Create one per DATA command.
+#[derive(Debug, Clone)]
+pub struct DataDecoder {
+    state: State,
+    /// Octets of the current line on the wire, without its line end.
+    line_len: usize,
+    size: u64,
+    limit: u64,
+    too_big: bool,
+    long_line: bool,
+    bare_newline: bool,
+    headers: HeaderScan,
+}
+
+/// The most octets one input octet can produce (a bare CR becomes CRLF, then the octet).
+const MAX_EXPANSION: usize = 3;
+
+impl DataDecoder {
+    /// `limit`: the largest content in octets; beyond it content is counted, not kept.
+    pub fn new(limit: u64) -> Self {
+        Self {
+            state: State::LineStart { bare: false },
+            line_len: 0,
+            size: 0,
+            limit,
+            too_big: false,
+            long_line: false,
+            bare_newline: false,
+            headers: HeaderScan::new(),
+        }
+    }
+
+    /// Content octets seen so far (also those over the limit, which are not kept).
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// How many `Received:` fields the header section had.
+    pub fn received_count(&self) -> u32 {
+        self.headers.received
+    }
+
+    /// The verdict once the end is seen. `reject_bare` is `bare_newline reject`.
+    pub fn verdict(&self, reject_bare: bool, max_hops: u32) -> Verdict {
+        if self.too_big {
+            Verdict::TooBig
+        } else if self.long_line {
+            Verdict::LineTooLong
+        } else if reject_bare && self.bare_newline {
+            Verdict::BareNewline
+        } else if self.headers.received > max_hops {
+            Verdict::TooManyHops
+        } else {
+            Verdict::Accept
+        }
+    }
+
+    pub fn saw_bare_newline(&self) -> bool {
+        self.bare_newline
+    }
+
+    #[inline]
+    fn emit<const N: usize>(&mut self, out: &mut heapless::Vec<u8, N>, bytes: &[u8]) {
+        self.size += bytes.len() as u64;
+        if self.size > self.limit {
+            self.too_big = true;
+        }
+        if !self.too_big {
+            // Room was checked by the caller.
+            let _ = out.extend_from_slice(bytes);
+        }
+        for &b in bytes {
+            self.headers.byte(b);
+        }
+    }
+
+    #[inline]
+    fn end_line<const N: usize>(&mut self, out: &mut heapless::Vec<u8, N>, bare: bool) -> State {
+        if self.line_len > limits::TEXT_LINE - 2 {
+            self.long_line = true;
+        }
+        self.line_len = 0;
+        self.bare_newline |= bare;
+        self.emit(out, b"\r\n");
+        State::LineStart { bare }
+    }
+
+    /// Decodes `input` into `out`. Returns how much input was consumed and why it stopped.
+    pub fn decode<const N: usize>(&mut self, input: &[u8], out: &mut heapless::Vec<u8, N>) -> (usize, Progress) {
+        let mut i = 0;
+        while i < input.len() {
+            if out.capacity() - out.len() < MAX_EXPANSION && !self.too_big {
+                return (i, Progress::OutputFull);
+            }
+            if self.state == State::Text {
+                // Fast path: copy a run of ordinary octets at once.
+                let run = input[i..].iter().position(|&b| b == b'\r' || b == b'\n').unwrap_or(input.len() - i);
+                if run > 0 {
+                    let room = if self.too_big { run } else { out.capacity() - out.len() - (MAX_EXPANSION - 1) };
+                    let n = run.min(room);
+                    self.line_len += n;
+                    self.emit(out, &input[i..i + n]);
+                    i += n;
+                    continue;
+                }
+            }
+            let b = input[i];
+            i += 1;
+            self.state = self.step(b, out);
+            if self.state == State::Done {
+                return (i, Progress::End);
+            }
+        }
+        (i, Progress::NeedInput)
+    }
+
+    fn step<const N: usize>(&mut self, b: u8, out: &mut heapless::Vec<u8, N>) -> State {
+        match self.state {
+            State::LineStart { bare } => match b {
+                b'.' => {
+                    self.line_len = 1;
+                    State::Dot { bare }
+                }
+                _ => self.text(b, out),
+            },
+            State::Dot { bare } => match b {
+                b'\r' => State::DotCr { bare },
+                // The stuffing dot is dropped; what follows starts the line's content.
+                _ => self.text(b, out),
+            },
+            State::DotCr { bare } => match b {
+                b'\n' if !bare => State::Done,
+                b'\n' => self.end_line(out, false),
+                _ => {
+                    // ".\r" then something else: a bare CR after the dot.
+                    self.end_line(out, true);
+                    self.state = State::LineStart { bare: true };
+                    self.step(b, out)
+                }
+            },
+            State::Text => self.text(b, out),
+            State::Cr => match b {
+                b'\n' => self.end_line(out, false),
+                _ => {
+                    self.end_line(out, true);
+                    self.state = State::LineStart { bare: true };
+                    self.step(b, out)
+                }
+            },
+            State::Done => State::Done,
+        }
+    }
+
+    /// An octet inside a line (or the first one of a line that is not a dot).
+    fn text<const N: usize>(&mut self, b: u8, out: &mut heapless::Vec<u8, N>) -> State {
+        match b {
+            b'\r' => State::Cr,
+            b'\n' => self.end_line(out, true),
+            _ => {
+                self.line_len += 1;
+                self.emit(out, &[b]);
+                State::Text
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// Decodes all of `wire` through a small output buffer, in chunks of `chunk`
+    /// octets. Returns the content, the octets left after the end, and the decoder.
+    pub(crate) fn decode_all(wire: &[u8], chunk: usize, limit: u64) -> (Vec<u8>, Option<Vec<u8>>, DataDecoder) {
+        let mut d = DataDecoder::new(limit);
+        let mut out: heapless::Vec<u8, 16> = heapless::Vec::new();
+        let mut content = Vec::new();
+        let mut pos = 0;
+        while pos < wire.len() {
+            let end = (pos + chunk).min(wire.len());
+            let (n, progress) = d.decode(&wire[pos..end], &mut out);
+            pos += n;
+            content.extend_from_slice(&out);
+            out.clear();
+            if progress == Progress::End {
+                return (content, Some(wire[pos..].to_vec()), d);
+            }
+        }
+        (content, None, d)
+    }
+
+    #[test]
+    fn decode_table() {
+        // (wire, content, rest after the end (None: not ended), bare newline seen)
+        let cases: &[(&[u8], &[u8], Option<&[u8]>, bool)] = &[
+            (b".\r\n", b"", Some(b""), false),
+            (b"a\r\n.\r\nQUIT\r\n", b"a\r\n", Some(b"QUIT\r\n"), false),
+            (b"..a\r\n.\r\n", b".a\r\n", Some(b""), false),
+            (b"...\r\n.\r\n", b"..\r\n", Some(b""), false),
+            (b".a\r\n.\r\n", b"a\r\n", Some(b""), false),
+            (b"a.\r\n.b\r\n.\r\n", b"a.\r\nb\r\n", Some(b""), false),
+            (b"\r\n\r\n.\r\n", b"\r\n\r\n", Some(b""), false),
+            // Bare LF and bare CR become CRLF and never end the message.
+            (b"a\nb\r\n.\r\n", b"a\r\nb\r\n", Some(b""), true),
+            (b"a\rb\r\n.\r\n", b"a\r\nb\r\n", Some(b""), true),
+            // The smuggling sequences: none of them ends the message.
+            (b"a\n.\nMAIL FROM:<x@y>\r\n", b"a\r\n\r\nMAIL FROM:<x@y>\r\n", None, true),
+            (b"a\r.\rMAIL\r\n", b"a\r\n\r\nMAIL\r\n", None, true),
+            (b"a\n.\r\nMAIL\r\n", b"a\r\n\r\nMAIL\r\n", None, true),
+            (b"a\r\n.\nMAIL\r\n", b"a\r\n\r\nMAIL\r\n", None, true),
+            (b"a\r.\r\nMAIL\r\n", b"a\r\n\r\nMAIL\r\n", None, true),
+            (b"a\r\n.\rMAIL\r\n", b"a\r\n\r\nMAIL\r\n", None, true),
+            (b"a\n.\rMAIL\r\n", b"a\r\n\r\nMAIL\r\n", None, true),
+            (b"a\r.\nMAIL\r\n", b"a\r\n\r\nMAIL\r\n", None, true),
+            // After a smuggling attempt, a real end still ends it.
+            (b"a\n.\r\nb\r\n.\r\nQUIT\r\n", b"a\r\n\r\nb\r\n", Some(b"QUIT\r\n"), true),
+            // 8-bit and NUL octets are carried as they are.
+            (b"\xff\x00\xe9\r\n.\r\n", b"\xff\x00\xe9\r\n", Some(b""), false),
+            (b"a\r\n.", b"a\r\n", None, false),
+            (b"a\r\n.\r", b"a\r\n", None, false),
+        ];
+        for &(wire, content, rest, bare) in cases {
+            for chunk in [1, 2, 3, 7, wire.len()] {
+                let (got, got_rest, d) = decode_all(wire, chunk, u64::MAX);
+                let ctx = format!("wire {:?} chunk {chunk}", String::from_utf8_lossy(wire));
+                assert_eq!(got, content, "{ctx}");
+                assert_eq!(got_rest.as_deref(), rest, "{ctx}");
+                assert_eq!(d.saw_bare_newline(), bare, "{ctx}");
+            }
+        }
+    }
+
+    #[test]
+    fn limits_and_verdicts() {
+        // Over the size limit: the end is still found, content beyond it is not kept.
+        let (got, rest, d) = decode_all(b"0123456789\r\n.\r\n", 4, 5);
+        assert!(got.len() <= 5 && rest.is_some());
+        assert_eq!(d.size(), 12);
+        assert_eq!(d.verdict(false, 30), Verdict::TooBig);
+
+        // 998 octets plus CRLF is the longest text line (RFC 5321 §4.5.3.1.6).
+        let mut wire = vec![b'x'; 998];
+        wire.extend_from_slice(b"\r\n.\r\n");
+        assert_eq!(decode_all(&wire, 100, u64::MAX).2.verdict(false, 30), Verdict::Accept);
+        let mut wire = vec![b'x'; 999];
+        wire.extend_from_slice(b"\r\n.\r\n");
+        assert_eq!(decode_all(&wire, 100, u64::MAX).2.verdict(false, 30), Verdict::LineTooLong);
+
+        let (_, _, d) = decode_all(b"a\nb\r\n.\r\n", 3, u64::MAX);
+        assert_eq!(d.verdict(false, 30), Verdict::Accept);
+        assert_eq!(d.verdict(true, 30), Verdict::BareNewline);
+
+        // Received fields are counted in the header section only.
+        let wire = b"Received: a\r\nreceived: b\r\nX-Received: c\r\nRECEIVED:d\r\n\r\nReceived: body\r\n.\r\n";
+        let (_, _, d) = decode_all(wire, 5, u64::MAX);
+        assert_eq!(d.received_count(), 3);
+        assert_eq!(d.verdict(false, 3), Verdict::Accept);
+        assert_eq!(d.verdict(false, 2), Verdict::TooManyHops);
+    }
+}

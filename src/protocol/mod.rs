@@ -1,0 +1,10 @@
+//! The sans-IO SMTP core: no sockets, no files, no clocks.
+
+pub mod address;
+pub mod client;
+pub mod command;
+pub mod data;
+pub mod limits;
+pub mod reply;
+pub mod server;
+pub mod stuff;

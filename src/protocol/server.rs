@@ -1,0 +1,672 @@
+//! The server side of an SMTP session as a sans-IO state machine.
+//!
+//! The worker feeds it the bytes it reads and obeys the `Step` it returns: send the
+//! queued replies, open a spool file, write decoded body bytes, store or discard the
+//! message, close. All storage is fixed when the session is made and reused for every
+//! connection the worker serves, so a client cannot grow it.
+
+use core::fmt::Write as _;
+use core::net::IpAddr;
+
+use super::address::Mailbox;
+use super::command::{self, BodyType, Command};
+use super::data::{DataDecoder, Progress, Verdict};
+use super::{limits, reply};
+
+/// Room for the replies to one pipelined batch of commands (RFC 2920 §3.1).
+pub const OUT_CAP: usize = 4096;
+/// Decoded message bytes held before the worker writes them to the spool.
+pub const BODY_CAP: usize = 64 * 1024;
+/// The largest reply, so that one always fits before a command is taken.
+const LARGEST_REPLY: usize = 512;
+
+/// What the session needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub hostname: heapless::String<{ limits::DOMAIN }>,
+    pub max_message_size: u64,
+    pub reject_bare_newline: bool,
+    pub max_hops: u32,
+}
+
+/// The client as the worker knows it.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    pub ip: IpAddr,
+    /// The client is inside an `allow` network and may relay.
+    pub relay_allowed: bool,
+}
+
+/// The transaction being built.
+#[derive(Debug, Default)]
+pub struct Envelope {
+    pub sender: Mailbox,
+    pub recipients: heapless::Vec<Mailbox, { limits::RECIPIENTS }>,
+    pub body: BodyType,
+    pub smtputf8: bool,
+}
+
+/// Named by what the session waits for next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Hello,
+    Mail,
+    Rcpt,
+    RcptOrData,
+    /// DATA was accepted in principle; the worker is opening the spool file.
+    SpoolOpen,
+    Data,
+    /// The end of data was seen; the worker is storing the message.
+    SpoolCommit,
+    Closed,
+}
+
+/// What the worker does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// All input is consumed: send the queued replies, then read.
+    NeedInput,
+    /// The reply buffer is full: send it, then feed the rest of the input.
+    Flush,
+    /// Open a spool file for a message and call `spool_opened`.
+    OpenMessage,
+    /// The body buffer is full: write `body()` to the spool, `clear_body`, feed on.
+    WriteBody,
+    /// The message ended and is accepted: write `body()`, commit, and call `stored`.
+    StoreMessage,
+    /// The message ended and is refused (the reply is queued): drop the spool file.
+    DiscardMessage,
+    /// Send the queued replies and close the connection.
+    Close,
+}
+
+/// Why the worker could not open or commit a spool file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreError {
+    /// The disk or a quota is full: 452 4.3.1.
+    NoSpace,
+    /// Anything else: 451 4.3.0.
+    Local,
+}
+
+impl StoreError {
+    fn reply(self) -> &'static str {
+        match self {
+            StoreError::NoSpace => reply::NO_STORAGE,
+            StoreError::Local => reply::LOCAL_ERROR,
+        }
+    }
+}
+
+pub struct ServerSession {
+    settings: Settings,
+    peer: Peer,
+    state: State,
+    esmtp: bool,
+    helo: heapless::String<{ limits::DOMAIN }>,
+    envelope: Envelope,
+    line: heapless::Vec<u8, { limits::COMMAND_LINE }>,
+    /// The current command line overflowed; octets are dropped until its LF.
+    discarding: bool,
+    decoder: DataDecoder,
+    out: heapless::String<OUT_CAP>,
+    body: heapless::Vec<u8, BODY_CAP>,
+    last_verdict: Verdict,
+}
+
+impl ServerSession {
+    pub fn new(settings: Settings) -> Self {
+        Self {
+            settings,
+            peer: Peer { ip: IpAddr::from([0, 0, 0, 0]), relay_allowed: false },
+            state: State::Closed,
+            esmtp: false,
+            helo: heapless::String::new(),
+            envelope: Envelope::default(),
+            line: heapless::Vec::new(),
+            discarding: false,
+            decoder: DataDecoder::new(0),
+            out: heapless::String::new(),
+            body: heapless::Vec::new(),
+            last_verdict: Verdict::Accept,
+        }
+    }
+
+    /// Starts a new connection: everything is reset and the greeting queued.
+    pub fn start(&mut self, peer: Peer) {
+        self.peer = peer;
+        self.state = State::Hello;
+        self.esmtp = false;
+        self.helo.clear();
+        self.reset_transaction();
+        self.line.clear();
+        self.discarding = false;
+        self.out.clear();
+        self.body.clear();
+        let _ = write!(self.out, "220 {} ESMTP smtp-relayd\r\n", self.settings.hostname);
+    }
+
+    /// Replies waiting to be sent.
+    pub fn output(&self) -> &[u8] {
+        self.out.as_bytes()
+    }
+
+    pub fn clear_output(&mut self) {
+        self.out.clear();
+    }
+
+    /// Decoded message bytes waiting to be written to the spool.
+    pub fn body(&self) -> &[u8] {
+        &self.body
+    }
+
+    pub fn clear_body(&mut self) {
+        self.body.clear();
+    }
+
+    pub fn envelope(&self) -> &Envelope {
+        &self.envelope
+    }
+
+    pub fn helo(&self) -> &str {
+        &self.helo
+    }
+
+    pub fn peer(&self) -> Peer {
+        self.peer
+    }
+
+    /// `ESMTP` after EHLO, `SMTP` after HELO (RFC 5321 §4.4, RFC 3848), `UTF8SMTP` for
+    /// an SMTPUTF8 transaction (RFC 6531 §3.7.3).
+    pub fn protocol(&self) -> &'static str {
+        match (self.esmtp, self.envelope.smtputf8) {
+            (true, true) => "UTF8SMTP",
+            (true, false) => "ESMTP",
+            (false, _) => "SMTP",
+        }
+    }
+
+    /// Content octets of the message being received.
+    pub fn message_size(&self) -> u64 {
+        self.decoder.size()
+    }
+
+    /// Why the last message was refused, for the log.
+    pub fn last_verdict(&self) -> Verdict {
+        self.last_verdict
+    }
+
+    /// The session reads message text now (the worker uses the DATA timeout).
+    pub fn in_data(&self) -> bool {
+        self.state == State::Data
+    }
+
+    /// A transaction is under way (the worker lets it finish at shutdown).
+    pub fn in_transaction(&self) -> bool {
+        !matches!(self.state, State::Hello | State::Mail | State::Closed) || !self.line.is_empty()
+    }
+
+    fn reply(&mut self, text: &str) {
+        // Room was checked before the command was taken.
+        let _ = self.out.push_str(text);
+    }
+
+    fn reset_transaction(&mut self) {
+        self.envelope.sender.clear();
+        self.envelope.recipients.clear();
+        self.envelope.body = BodyType::SevenBit;
+        self.envelope.smtputf8 = false;
+    }
+
+    /// Feeds bytes from the client. Returns how many were consumed and what to do.
+    pub fn feed(&mut self, input: &[u8]) -> (usize, Step) {
+        let mut i = 0;
+        loop {
+            match self.state {
+                State::Closed => return (i, Step::Close),
+                State::SpoolOpen => return (i, Step::OpenMessage),
+                State::SpoolCommit => return (i, Step::StoreMessage),
+                State::Data => {
+                    let (n, progress) = self.decoder.decode(&input[i..], &mut self.body);
+                    i += n;
+                    match progress {
+                        Progress::NeedInput => return (i, Step::NeedInput),
+                        Progress::OutputFull => return (i, Step::WriteBody),
+                        Progress::End => {
+                            let verdict = self.decoder.verdict(self.settings.reject_bare_newline, self.settings.max_hops);
+                            self.last_verdict = verdict;
+                            if verdict == Verdict::Accept {
+                                self.state = State::SpoolCommit;
+                                return (i, Step::StoreMessage);
+                            }
+                            self.reply(match verdict {
+                                Verdict::TooBig => reply::MESSAGE_TOO_BIG,
+                                Verdict::LineTooLong => reply::TEXT_LINE_TOO_LONG,
+                                Verdict::BareNewline => reply::BARE_NEWLINE,
+                                Verdict::TooManyHops | Verdict::Accept => reply::MAIL_LOOP,
+                            });
+                            self.reset_transaction();
+                            self.state = State::Mail;
+                            return (i, Step::DiscardMessage);
+                        }
+                    }
+                }
+                State::Hello | State::Mail | State::Rcpt | State::RcptOrData => {
+                    if i == input.len() {
+                        return (i, Step::NeedInput);
+                    }
+                    if self.out.capacity() - self.out.len() < LARGEST_REPLY {
+                        return (i, Step::Flush);
+                    }
+                    i += self.take_line(&input[i..]);
+                }
+            }
+        }
+    }
+
+    /// Gathers command octets up to LF; handles the line once it is whole.
+    fn take_line(&mut self, input: &[u8]) -> usize {
+        let (chunk, complete) = match input.iter().position(|&b| b == b'\n') {
+            Some(p) => (&input[..p], Some(p + 1)),
+            None => (input, None),
+        };
+        if !self.discarding && self.line.extend_from_slice(chunk).is_err() {
+            // Over-long line (§4.5.3.1.4): drop it to its end, whatever its size.
+            self.discarding = true;
+            self.line.clear();
+        }
+        let Some(consumed) = complete else {
+            return input.len();
+        };
+        if self.discarding {
+            self.discarding = false;
+            self.reply(reply::LINE_TOO_LONG);
+        } else {
+            let mut line = core::mem::take(&mut self.line);
+            // CRLF ends a command; a bare LF is tolerated there, as most servers do.
+            let text = line.strip_suffix(b"\r").unwrap_or(&line);
+            self.command(text);
+            line.clear();
+            self.line = line;
+        }
+        consumed
+    }
+
+    fn command(&mut self, line: &[u8]) {
+        let parsed = command::parse(line, self.envelope.smtputf8);
+        let cmd = match parsed {
+            Ok(cmd) => cmd,
+            Err(e) => {
+                self.reply(e.reply());
+                return;
+            }
+        };
+        match cmd {
+            Command::Ehlo(name) | Command::Helo(name) => {
+                self.esmtp = matches!(cmd, Command::Ehlo(_));
+                self.helo.clear();
+                // `name` is printable ASCII of at most 255 octets (the parser checked).
+                let _ = self.helo.push_str(core::str::from_utf8(name).unwrap_or("unknown"));
+                self.reset_transaction();
+                self.state = State::Mail;
+                if self.esmtp {
+                    let _ = write!(
+                        self.out,
+                        "250-{}\r\n250-PIPELINING\r\n250-SIZE {}\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 ENHANCEDSTATUSCODES\r\n",
+                        self.settings.hostname, self.settings.max_message_size
+                    );
+                } else {
+                    let _ = write!(self.out, "250 {}\r\n", self.settings.hostname);
+                }
+            }
+            Command::Mail(mail) => match self.state {
+                State::Hello => self.reply(reply::NEED_HELO),
+                State::Rcpt | State::RcptOrData => self.reply(reply::NESTED_MAIL),
+                _ if mail.size.is_some_and(|s| s > self.settings.max_message_size) => {
+                    self.reply(reply::MESSAGE_TOO_BIG)
+                }
+                _ => {
+                    self.envelope.sender = mail.sender;
+                    self.envelope.body = mail.body;
+                    self.envelope.smtputf8 = mail.smtputf8;
+                    self.state = State::Rcpt;
+                    self.reply(reply::SENDER_OK);
+                }
+            },
+            Command::Rcpt(rcpt) => match self.state {
+                State::Hello | State::Mail => self.reply(reply::NEED_MAIL),
+                _ if !self.peer.relay_allowed => {
+                    log::info!(
+                        "reject: RCPT from [{}]: 554 5.7.1 Relay access denied; to=<{}>",
+                        self.peer.ip,
+                        String::from_utf8_lossy(&rcpt)
+                    );
+                    self.reply(reply::RELAY_DENIED)
+                }
+                _ => {
+                    if self.envelope.recipients.push(rcpt).is_err() {
+                        self.reply(reply::TOO_MANY_RECIPIENTS);
+                    } else {
+                        self.state = State::RcptOrData;
+                        self.reply(reply::RECIPIENT_OK);
+                    }
+                }
+            },
+            Command::Data => match self.state {
+                State::Hello => self.reply(reply::NEED_HELO),
+                State::Mail => self.reply(reply::NEED_MAIL),
+                State::Rcpt => self.reply(reply::NEED_RCPT),
+                _ => self.state = State::SpoolOpen,
+            },
+            Command::Rset => {
+                self.reset_transaction();
+                if self.state != State::Hello {
+                    self.state = State::Mail;
+                }
+                self.reply(reply::OK);
+            }
+            Command::Noop => self.reply(reply::OK),
+            Command::Quit => {
+                self.reply(reply::BYE);
+                self.state = State::Closed;
+            }
+            Command::Vrfy => self.reply(reply::VRFY),
+            Command::Expn => self.reply(reply::EXPN),
+            Command::Help => self.reply(reply::HELP),
+            Command::NotImplemented => self.reply(reply::NOT_IMPLEMENTED),
+        }
+    }
+
+    /// The worker's answer to `Step::OpenMessage`.
+    pub fn spool_opened(&mut self, result: Result<(), StoreError>) {
+        debug_assert_eq!(self.state, State::SpoolOpen);
+        match result {
+            Ok(()) => {
+                self.decoder = DataDecoder::new(self.settings.max_message_size);
+                self.body.clear();
+                self.reply(reply::START_DATA);
+                self.state = State::Data;
+            }
+            Err(e) => {
+                self.reply(e.reply());
+                self.reset_transaction();
+                self.state = State::Mail;
+            }
+        }
+    }
+
+    /// The worker's answer to `Step::StoreMessage`: the queue id, or why it failed.
+    pub fn stored(&mut self, result: Result<&str, StoreError>) {
+        debug_assert_eq!(self.state, State::SpoolCommit);
+        match result {
+            Ok(id) => {
+                let _ = write!(self.out, "250 2.0.0 Ok: queued as {id}\r\n");
+            }
+            Err(e) => self.reply(e.reply()),
+        }
+        self.body.clear();
+        self.reset_transaction();
+        self.state = State::Mail;
+    }
+}
+
+/// Writes the trace field of RFC 5321 §4.4 that the relay prepends to each message.
+/// The `for` clause names the recipient only when there is exactly one, so that a
+/// message does not reveal its other (e.g. Bcc) recipients.
+pub fn received_header(
+    out: &mut impl core::fmt::Write,
+    session: &ServerSession,
+    id: &str,
+    date: &str,
+) -> core::fmt::Result {
+    let peer = session.peer().ip;
+    write!(out, "Received: from {} (", session.helo())?;
+    match peer {
+        IpAddr::V4(ip) => write!(out, "[{ip}]")?,
+        IpAddr::V6(ip) => write!(out, "[IPv6:{ip}]")?,
+    }
+    write!(out, ")\r\n\tby {} (smtp-relayd) with {} id {id}", session.settings.hostname, session.protocol())?;
+    let rcpts = &session.envelope().recipients;
+    if rcpts.len() == 1 {
+        write!(out, "\r\n\tfor <{}>", String::from_utf8_lossy(&rcpts[0]))?;
+    }
+    write!(out, "; {date}\r\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> Settings {
+        Settings {
+            hostname: heapless::String::try_from("relay.test").unwrap(),
+            max_message_size: 1000,
+            reject_bare_newline: false,
+            max_hops: 30,
+        }
+    }
+
+    /// A tiny worker: runs the session over `input` in chunks, opening and storing
+    /// with the given results. Returns all replies, the stored messages and the steps.
+    struct Harness {
+        s: ServerSession,
+        replies: String,
+        stored: Vec<Vec<u8>>,
+        body: Vec<u8>,
+        closed: bool,
+        open_result: Result<(), StoreError>,
+        store_result: Result<&'static str, StoreError>,
+    }
+
+    impl Harness {
+        fn new(settings: Settings, relay_allowed: bool) -> Self {
+            let mut s = ServerSession::new(settings);
+            s.start(Peer { ip: IpAddr::from([192, 0, 2, 7]), relay_allowed });
+            let replies = String::from_utf8(s.output().to_vec()).unwrap();
+            s.clear_output();
+            Self { s, replies, stored: vec![], body: vec![], closed: false, open_result: Ok(()), store_result: Ok("ID1") }
+        }
+
+        fn run(&mut self, input: &[u8], chunk: usize) -> String {
+            let start = self.replies.len();
+            for part in input.chunks(chunk.max(1)) {
+                let mut pos = 0;
+                loop {
+                    let (n, step) = self.s.feed(&part[pos..]);
+                    pos += n;
+                    match step {
+                        Step::NeedInput | Step::Flush => {}
+                        Step::OpenMessage => {
+                            self.body.clear();
+                            self.s.spool_opened(self.open_result)
+                        }
+                        Step::WriteBody => {
+                            self.body.extend_from_slice(self.s.body());
+                            self.s.clear_body();
+                        }
+                        Step::StoreMessage => {
+                            self.body.extend_from_slice(self.s.body());
+                            if self.store_result.is_ok() {
+                                self.stored.push(std::mem::take(&mut self.body));
+                            }
+                            self.s.stored(self.store_result);
+                        }
+                        Step::DiscardMessage => self.body.clear(),
+                        Step::Close => {
+                            self.closed = true;
+                        }
+                    }
+                    self.replies.push_str(std::str::from_utf8(self.s.output()).unwrap());
+                    self.s.clear_output();
+                    if self.closed {
+                        return self.replies[start..].to_string();
+                    }
+                    if step == Step::NeedInput {
+                        break;
+                    }
+                }
+            }
+            self.replies[start..].to_string()
+        }
+    }
+
+    fn codes(replies: &str) -> Vec<&str> {
+        replies.split("\r\n").filter(|l| l.len() >= 4 && &l[3..4] == " ").map(|l| &l[..3]).collect()
+    }
+
+    #[test]
+    fn greeting_and_ehlo() {
+        let mut h = Harness::new(settings(), true);
+        assert_eq!(h.replies, "220 relay.test ESMTP smtp-relayd\r\n");
+        let r = h.run(b"EHLO client.test\r\n", 100);
+        assert_eq!(
+            r,
+            "250-relay.test\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 ENHANCEDSTATUSCODES\r\n"
+        );
+        assert_eq!(h.run(b"HELO client.test\r\n", 100), "250 relay.test\r\n");
+        assert_eq!(h.s.protocol(), "SMTP");
+    }
+
+    #[test]
+    fn reply_code_table() {
+        // (commands sent after a fresh greeting, expected final-reply codes)
+        let cases: &[(&[u8], &[&str])] = &[
+            (b"MAIL FROM:<a@b.c>\r\n", &["503"]),
+            (b"RCPT TO:<a@b.c>\r\n", &["503"]),
+            (b"DATA\r\n", &["503"]),
+            (b"EHLO x\r\nRCPT TO:<a@b.c>\r\n", &["250", "503"]),
+            (b"EHLO x\r\nDATA\r\n", &["250", "503"]),
+            (b"EHLO x\r\nMAIL FROM:<a@b.c>\r\nDATA\r\n", &["250", "250", "503"]),
+            (b"EHLO x\r\nMAIL FROM:<a@b.c>\r\nMAIL FROM:<a@b.c>\r\n", &["250", "250", "503"]),
+            (b"EHLO x\r\nMAIL FROM:<a@b.c> SIZE=1001\r\n", &["250", "552"]),
+            (b"EHLO x\r\nMAIL FROM:<a@b.c> FOO=1\r\n", &["250", "555"]),
+            (b"EHLO x\r\nMAIL FROM:<a@@b.c>\r\n", &["250", "501"]),
+            (b"EHLO x\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<bad>\r\n", &["250", "250", "501"]),
+            (b"EHLO x\r\nMAIL FROM:<a@b.c>\r\nRSET\r\nRCPT TO:<a@b.c>\r\n", &["250", "250", "250", "503"]),
+            (b"EHLO x\r\nMAIL FROM:<a@b.c>\r\nEHLO y\r\nRCPT TO:<a@b.c>\r\n", &["250", "250", "250", "503"]),
+            (b"NOOP\r\nHELP\r\nVRFY root\r\nEXPN list\r\n", &["250", "214", "252", "502"]),
+            (b"STARTTLS\r\nAUTH LOGIN\r\nBDAT 1\r\n", &["502", "502", "502"]),
+            (b"FROB\r\n", &["500"]),
+            (b"EHLO\r\nHELO\r\n", &["501", "501"]),
+            (b"DATA now\r\n", &["501"]),
+            (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n", &["500"]),
+            (b"QUIT\r\n", &["221"]),
+        ];
+        for &(input, want) in cases {
+            for chunk in [1, 5, input.len()] {
+                let mut h = Harness::new(settings(), true);
+                let r = h.run(input, chunk);
+                assert_eq!(codes(&r), want, "input {:?} chunk {chunk}: {r}", String::from_utf8_lossy(input));
+            }
+        }
+    }
+
+    #[test]
+    fn a_whole_transaction_pipelined() {
+        let mut h = Harness::new(settings(), true);
+        let r = h.run(
+            b"EHLO x\r\nMAIL FROM:<a@b.c> BODY=8BITMIME\r\nRCPT TO:<d@e.f>\r\nRCPT TO:<g@h.i>\r\nDATA\r\n",
+            1000,
+        );
+        assert_eq!(codes(&r), ["250", "250", "250", "250", "354"]);
+        assert_eq!(h.s.envelope().recipients.len(), 2);
+        assert_eq!(h.s.envelope().body, BodyType::EightBitMime);
+        let r = h.run(b"Subject: hi\r\n\r\n..dot\r\n\xe9\r\n.\r\nQUIT\r\n", 3);
+        assert_eq!(r, "250 2.0.0 Ok: queued as ID1\r\n221 2.0.0 Bye\r\n");
+        assert_eq!(h.stored, vec![b"Subject: hi\r\n\r\n.dot\r\n\xe9\r\n".to_vec()]);
+        assert!(h.closed);
+    }
+
+    #[test]
+    fn refusals_after_data() {
+        let mut big = settings();
+        big.max_message_size = 10;
+        let txn = b"HELO x\r\nMAIL FROM:<>\r\nRCPT TO:<d@e.f>\r\nDATA\r\n";
+        let cases: &[(Settings, &[u8], &str)] = &[
+            (big.clone(), b"0123456789abcdef\r\n.\r\n", "552"),
+            (Settings { max_message_size: 5000, ..settings() }, &[&[b'x'; 1200][..], b"\r\n.\r\n"].concat(), "500"),
+            (Settings { reject_bare_newline: true, ..settings() }, b"a\nb\r\n.\r\n", "550"),
+            (Settings { max_hops: 1, ..settings() }, b"Received: a\r\nReceived: b\r\n\r\nx\r\n.\r\n", "554"),
+        ];
+        for (s, body, code) in cases {
+            let mut h = Harness::new(s.clone(), true);
+            h.run(txn, 100);
+            let r = h.run(body, 7);
+            assert_eq!(codes(&r), [*code], "{r}");
+            assert!(h.stored.is_empty());
+            // The session is ready for the next transaction.
+            assert_eq!(codes(&h.run(b"MAIL FROM:<>\r\n", 100)), ["250"]);
+        }
+        // Without reject, a bare LF is normalised and the message is taken.
+        let mut h = Harness::new(settings(), true);
+        h.run(txn, 100);
+        assert_eq!(codes(&h.run(b"a\nb\r\n.\r\n", 100)), ["250"]);
+        assert_eq!(h.stored, vec![b"a\r\nb\r\n".to_vec()]);
+    }
+
+    #[test]
+    fn relay_denied_outside_allow() {
+        let mut h = Harness::new(settings(), false);
+        let r = h.run(b"EHLO x\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\nDATA\r\n", 100);
+        assert_eq!(codes(&r), ["250", "250", "554", "503"]);
+    }
+
+    #[test]
+    fn recipient_limit() {
+        let mut h = Harness::new(settings(), true);
+        let mut input = b"EHLO x\r\nMAIL FROM:<a@b.c>\r\n".to_vec();
+        for i in 0..101 {
+            input.extend_from_slice(format!("RCPT TO:<r{i}@b.c>\r\n").as_bytes());
+        }
+        let r = h.run(&input, 64);
+        let c = codes(&r);
+        assert_eq!(c.len(), 103);
+        assert!(c[..102].iter().all(|&c| c == "250"));
+        assert_eq!(c[102], "452");
+    }
+
+    #[test]
+    fn over_long_command_line_is_discarded() {
+        let mut h = Harness::new(settings(), true);
+        let mut input = b"NOOP ".to_vec();
+        input.extend(std::iter::repeat_n(b'A', 100_000));
+        input.extend_from_slice(b"\r\nNOOP\r\n");
+        assert_eq!(h.run(&input, 4096), "500 5.5.2 Error: line too long\r\n250 2.0.0 Ok\r\n");
+        // 510 octets + CRLF is within the limit.
+        let line = [b"NOOP ", &[b'a'; 505][..], b"\r\n"].concat();
+        assert_eq!(line.len(), 512);
+        assert_eq!(codes(&h.run(&line, 512)), ["250"]);
+    }
+
+    #[test]
+    fn spool_failures() {
+        let mut h = Harness::new(settings(), true);
+        h.open_result = Err(StoreError::NoSpace);
+        let r = h.run(b"HELO x\r\nMAIL FROM:<>\r\nRCPT TO:<d@e.f>\r\nDATA\r\n", 100);
+        assert_eq!(codes(&r), ["250", "250", "250", "452"]);
+        let mut h = Harness::new(settings(), true);
+        h.store_result = Err(StoreError::Local);
+        h.run(b"HELO x\r\nMAIL FROM:<>\r\nRCPT TO:<d@e.f>\r\nDATA\r\n", 100);
+        assert_eq!(codes(&h.run(b"x\r\n.\r\n", 100)), ["451"]);
+    }
+
+    #[test]
+    fn many_pipelined_commands_flush_in_between() {
+        let mut h = Harness::new(settings(), true);
+        let input: Vec<u8> = b"NOOP\r\n".repeat(2000);
+        let r = h.run(&input, input.len());
+        assert_eq!(codes(&r).len(), 2000);
+    }
+
+    #[test]
+    fn received_header_format() {
+        let mut h = Harness::new(settings(), true);
+        h.run(b"EHLO cam1\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\n", 100);
+        let mut s = String::new();
+        received_header(&mut s, &h.s, "ABC", "Mon, 30 Nov 2026 22:00:00 +0000").unwrap();
+        assert_eq!(
+            s,
+            "Received: from cam1 ([192.0.2.7])\r\n\tby relay.test (smtp-relayd) with ESMTP id ABC\r\n\tfor <d@e.f>; Mon, 30 Nov 2026 22:00:00 +0000\r\n"
+        );
+    }
+}
