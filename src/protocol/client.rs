@@ -1,0 +1,781 @@
+//! The client side of SMTP (the relay talking to its smarthost) as a sans-IO state
+//! machine, after OpenSMTPD's `mta_session`: greeting, EHLO (HELO fallback), then
+//! transactions of MAIL, RCPT..., DATA, body, end of data, pipelined when the server
+//! offers PIPELINING (RFC 2920), and QUIT.
+//!
+//! The relay's IO shell writes `output()`, reads replies with `ReplyReader`, hands each
+//! to `on_reply`, and acts on the `Event`. A TLS stream slots in under the shell.
+
+use core::fmt::Write as _;
+
+use super::limits;
+
+/// A reply from the server, or made up locally for a failure that has no reply.
+/// The text is the reply's lines joined by spaces, cut to a bounded length, with
+/// anything but printable ASCII replaced, so it is safe to log and to store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub code: u16,
+    pub text: heapless::String<REPLY_TEXT>,
+}
+
+/// How much of a reply's text is kept.
+pub const REPLY_TEXT: usize = 320;
+
+impl Reply {
+    pub fn new(code: u16, text: &str) -> Self {
+        let mut r = Reply { code, text: heapless::String::new() };
+        r.push_text(text.as_bytes());
+        r
+    }
+
+    fn push_text(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            let c = if (0x20..0x7f).contains(&b) { b as char } else { '?' };
+            if self.text.push(c).is_err() {
+                break;
+            }
+        }
+    }
+
+    pub fn is_positive(&self) -> bool {
+        (200..400).contains(&self.code)
+    }
+
+    pub fn is_transient(&self) -> bool {
+        (400..500).contains(&self.code)
+    }
+
+    pub fn is_permanent(&self) -> bool {
+        self.code >= 500
+    }
+}
+
+impl core::fmt::Display for Reply {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "{} {}", self.code, self.text)
+    }
+}
+
+/// Why the server's bytes are not a reply (the connection is then dropped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyError {
+    LineTooLong,
+    TooManyLines,
+    Syntax,
+}
+
+/// Collects one reply at a time from the server's bytes, with a bound on the length
+/// of a line and on the number of lines. Keeps the EHLO keywords as they pass.
+#[derive(Debug)]
+pub struct ReplyReader {
+    line: heapless::Vec<u8, { limits::REPLY_LINE }>,
+    overflow: bool,
+    lines: usize,
+    reply: Reply,
+    capabilities: Capabilities,
+}
+
+impl Default for ReplyReader {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ReplyReader {
+    pub fn new() -> Self {
+        Self {
+            line: heapless::Vec::new(),
+            overflow: false,
+            lines: 0,
+            reply: Reply::new(0, ""),
+            capabilities: Capabilities::default(),
+        }
+    }
+
+    /// Feeds bytes. Returns how many were consumed and, once a reply is complete,
+    /// the reply with the capabilities its lines named (meaningful after EHLO).
+    pub fn feed(&mut self, input: &[u8]) -> (usize, Option<Result<(Reply, Capabilities), ReplyError>>) {
+        let mut i = 0;
+        while i < input.len() {
+            let b = input[i];
+            i += 1;
+            if b != b'\n' {
+                if self.line.push(b).is_err() {
+                    self.overflow = true;
+                }
+                continue;
+            }
+            if self.overflow {
+                return (i, Some(Err(self.fail(ReplyError::LineTooLong))));
+            }
+            let mut line = core::mem::take(&mut self.line);
+            let result = self.take_line(line.strip_suffix(b"\r").unwrap_or(&line));
+            line.clear();
+            self.line = line;
+            match result {
+                Ok(false) => {}
+                Ok(true) => {
+                    let reply = core::mem::replace(&mut self.reply, Reply::new(0, ""));
+                    let caps = core::mem::take(&mut self.capabilities);
+                    self.lines = 0;
+                    return (i, Some(Ok((reply, caps))));
+                }
+                Err(e) => return (i, Some(Err(self.fail(e)))),
+            }
+        }
+        (i, None)
+    }
+
+    fn fail(&mut self, e: ReplyError) -> ReplyError {
+        *self = Self::new();
+        e
+    }
+
+    /// One line: `ddd-text` (more follow) or `ddd text` / `ddd` (the last).
+    fn take_line(&mut self, line: &[u8]) -> Result<bool, ReplyError> {
+        self.lines += 1;
+        if self.lines > limits::REPLY_LINES {
+            return Err(ReplyError::TooManyLines);
+        }
+        if line.len() < 3 || !line[..3].iter().all(u8::is_ascii_digit) || !(b'2'..=b'5').contains(&line[0]) {
+            return Err(ReplyError::Syntax);
+        }
+        let code = line[..3].iter().fold(0u16, |n, &d| n * 10 + u16::from(d - b'0'));
+        let last = match line.get(3) {
+            None | Some(b' ') => true,
+            Some(b'-') => false,
+            Some(_) => return Err(ReplyError::Syntax),
+        };
+        let text = line.get(4..).unwrap_or(b"");
+        if self.lines == 1 {
+            self.reply.code = code;
+        } else {
+            // RFC 5321 §4.2.1: every line of a reply has the same code.
+            if code != self.reply.code {
+                return Err(ReplyError::Syntax);
+            }
+            self.capabilities.add(text);
+            self.reply.push_text(b" ");
+        }
+        self.reply.push_text(text);
+        Ok(last)
+    }
+}
+
+/// What the server said it offers in its EHLO reply (RFC 5321 §4.1.1.1).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    pub pipelining: bool,
+    /// RFC 1870: the server's limit, when it gave one (0 means none).
+    pub size: Option<u64>,
+    pub eight_bit_mime: bool,
+    pub smtputf8: bool,
+    pub starttls: bool,
+    pub enhanced_status_codes: bool,
+    pub auth_plain: bool,
+    pub auth_login: bool,
+}
+
+impl Capabilities {
+    /// One `ehlo-line`: a keyword and its parameters, case-insensitive.
+    fn add(&mut self, line: &[u8]) {
+        let mut words = line.split(|&b| b == b' ').filter(|w| !w.is_empty());
+        let Some(keyword) = words.next() else { return };
+        let is = |k: &[u8]| keyword.eq_ignore_ascii_case(k);
+        if is(b"PIPELINING") {
+            self.pipelining = true;
+        } else if is(b"SIZE") {
+            let limit = words
+                .next()
+                .and_then(|w| core::str::from_utf8(w).ok())
+                .and_then(|w| w.parse::<u64>().ok())
+                .unwrap_or(0);
+            self.size = Some(limit);
+        } else if is(b"8BITMIME") {
+            self.eight_bit_mime = true;
+        } else if is(b"SMTPUTF8") {
+            self.smtputf8 = true;
+        } else if is(b"STARTTLS") {
+            self.starttls = true;
+        } else if is(b"ENHANCEDSTATUSCODES") {
+            self.enhanced_status_codes = true;
+        } else if is(b"AUTH") {
+            for mech in words {
+                self.auth_plain |= mech.eq_ignore_ascii_case(b"PLAIN");
+                self.auth_login |= mech.eq_ignore_ascii_case(b"LOGIN");
+            }
+        }
+    }
+}
+
+/// The envelope of one message to send.
+#[derive(Debug, Clone)]
+pub struct Transaction<'a> {
+    pub sender: &'a str,
+    pub recipients: &'a [&'a str],
+    /// The content size in octets, for SIZE= (RFC 1870).
+    pub size: u64,
+    pub eight_bit: bool,
+    pub smtputf8: bool,
+}
+
+/// The result for one recipient once a transaction is over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RcptResult {
+    Delivered(Reply),
+    /// 4xx, or no answer: try again later.
+    Deferred(Reply),
+    /// 5xx: will never be delivered.
+    Failed(Reply),
+}
+
+impl RcptResult {
+    fn from_reply(reply: &Reply) -> Self {
+        if reply.is_positive() {
+            RcptResult::Delivered(reply.clone())
+        } else if reply.is_permanent() {
+            RcptResult::Failed(reply.clone())
+        } else {
+            RcptResult::Deferred(reply.clone())
+        }
+    }
+
+    pub fn reply(&self) -> &Reply {
+        match self {
+            RcptResult::Delivered(r) | RcptResult::Deferred(r) | RcptResult::Failed(r) => r,
+        }
+    }
+}
+
+/// Named by the reply the client waits for, as in OpenSMTPD's `MTA_*` states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Banner,
+    Ehlo,
+    Helo,
+    /// Idle between transactions.
+    Ready,
+    Mail,
+    Rcpt(usize),
+    Data,
+    /// 354 came: the shell is sending the body.
+    Body,
+    Eom,
+    Rset,
+    Quit,
+    Closed,
+}
+
+/// What the shell does after `on_reply`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// Send what `output()` holds (if anything) and read the next reply.
+    Continue,
+    /// The session is open and idle: a transaction may start.
+    Ready,
+    /// Send the body, dot-stuffed and ended, then call `body_sent`.
+    SendBody,
+    /// The transaction is over; every recipient has its result. If `busy()`, an
+    /// RSET reply is still to be read before the next transaction.
+    Done(Vec<RcptResult>),
+    /// The session cannot go on (bad greeting, EHLO and HELO refused, 421, QUIT
+    /// answered): close the connection. The reply says why.
+    Closed(Reply),
+}
+
+pub struct Client {
+    state: State,
+    name: heapless::String<{ limits::DOMAIN }>,
+    capabilities: Capabilities,
+    out: Vec<u8>,
+    /// Per recipient, its RCPT reply, then its final result.
+    results: Vec<Option<RcptResult>>,
+    mail_reply: Option<Reply>,
+    accepted: usize,
+    /// The recipients of the transaction, for RCPT one at a time without pipelining.
+    pending: Vec<heapless::String<{ limits::MAILBOX }>>,
+}
+
+impl Client {
+    /// `name` is what the relay calls itself in EHLO.
+    pub fn new(name: &str) -> Self {
+        let mut n = heapless::String::new();
+        let _ = n.push_str(&name[..name.len().min(limits::DOMAIN)]);
+        Self {
+            state: State::Banner,
+            name: n,
+            capabilities: Capabilities::default(),
+            out: Vec::with_capacity(1024),
+            results: Vec::new(),
+            mail_reply: None,
+            accepted: 0,
+            pending: Vec::new(),
+        }
+    }
+
+    pub fn capabilities(&self) -> &Capabilities {
+        &self.capabilities
+    }
+
+    /// Commands waiting to be sent.
+    pub fn output(&self) -> &[u8] {
+        &self.out
+    }
+
+    pub fn clear_output(&mut self) {
+        self.out.clear();
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.state == State::Ready
+    }
+
+    /// A reply is awaited.
+    pub fn busy(&self) -> bool {
+        !matches!(self.state, State::Ready | State::Closed | State::Body)
+    }
+
+    /// Checks a transaction against what the server offers before anything is sent.
+    /// An `Err` is the permanent reply to record for every recipient.
+    pub fn check(&self, tx: &Transaction<'_>) -> Result<(), Reply> {
+        if let Some(limit) = self.capabilities.size.filter(|&l| l > 0 && tx.size > l) {
+            let mut r = Reply::new(552, "");
+            let _ = write!(r.text, "5.3.4 message size {} exceeds smarthost limit {limit}", tx.size);
+            return Err(r);
+        }
+        if tx.smtputf8 && !self.capabilities.smtputf8 {
+            return Err(Reply::new(553, "5.6.7 smarthost does not support SMTPUTF8"));
+        }
+        Ok(())
+    }
+
+    /// Starts a transaction (the session must be ready, and `check` must have passed).
+    /// With PIPELINING, MAIL, every RCPT and DATA go in one batch (RFC 2920 §3.1).
+    pub fn start(&mut self, tx: &Transaction<'_>) {
+        debug_assert!(self.is_ready());
+        self.results.clear();
+        self.results.resize(tx.recipients.len(), None);
+        self.mail_reply = None;
+        self.accepted = 0;
+        let caps = self.capabilities;
+        let _ = write!(Out(&mut self.out), "MAIL FROM:<{}>", tx.sender);
+        if caps.size.is_some() {
+            let _ = write!(Out(&mut self.out), " SIZE={}", tx.size);
+        }
+        if tx.eight_bit && caps.eight_bit_mime {
+            self.out.extend_from_slice(b" BODY=8BITMIME");
+        }
+        if tx.smtputf8 {
+            self.out.extend_from_slice(b" SMTPUTF8");
+        }
+        self.out.extend_from_slice(b"\r\n");
+        if caps.pipelining {
+            for r in tx.recipients {
+                let _ = write!(Out(&mut self.out), "RCPT TO:<{r}>\r\n");
+            }
+            self.out.extend_from_slice(b"DATA\r\n");
+        }
+        self.pending = tx.recipients.iter().map(|r| heapless::String::try_from(*r).unwrap_or_default()).collect();
+        self.state = State::Mail;
+    }
+
+    /// The body and its end were sent: wait for the final reply.
+    pub fn body_sent(&mut self) {
+        debug_assert_eq!(self.state, State::Body);
+        self.state = State::Eom;
+    }
+
+    /// Says goodbye (RFC 5321 §4.1.1.10).
+    pub fn quit(&mut self) {
+        self.out.extend_from_slice(b"QUIT\r\n");
+        self.state = State::Quit;
+    }
+
+    /// The shell lost the connection (EOF, error, timeout). Recipients without a final
+    /// result are deferred with `reason`.
+    pub fn connection_lost(&mut self, reason: &Reply) -> Vec<RcptResult> {
+        let in_tx = matches!(self.state, State::Mail | State::Rcpt(_) | State::Data | State::Body | State::Eom);
+        self.state = State::Closed;
+        if !in_tx {
+            return Vec::new();
+        }
+        self.finish(|r| match r {
+            Some(RcptResult::Failed(f)) => RcptResult::Failed(f.clone()),
+            _ => RcptResult::Deferred(reason.clone()),
+        })
+    }
+
+    fn finish(&mut self, f: impl Fn(&Option<RcptResult>) -> RcptResult) -> Vec<RcptResult> {
+        self.results.iter().map(f).collect()
+    }
+
+    /// Handles one complete reply from the server.
+    pub fn on_reply(&mut self, reply: Reply, caps: Capabilities) -> Event {
+        // 421 at any point: the server is closing the channel (RFC 5321 §3.8).
+        if reply.code == 421 && self.state != State::Quit {
+            let results = self.connection_lost(&reply);
+            return if results.is_empty() { Event::Closed(reply) } else { Event::Done(results) };
+        }
+        match self.state {
+            State::Banner => {
+                if reply.code != 220 {
+                    self.state = State::Closed;
+                    return Event::Closed(reply);
+                }
+                let _ = write!(Out(&mut self.out), "EHLO {}\r\n", self.name);
+                self.state = State::Ehlo;
+                Event::Continue
+            }
+            State::Ehlo => {
+                if reply.code == 250 {
+                    self.capabilities = caps;
+                    self.state = State::Ready;
+                    return Event::Ready;
+                }
+                // §4.1.4: a server that does not know EHLO gets HELO.
+                let _ = write!(Out(&mut self.out), "HELO {}\r\n", self.name);
+                self.state = State::Helo;
+                Event::Continue
+            }
+            State::Helo => {
+                if reply.code != 250 {
+                    self.state = State::Closed;
+                    return Event::Closed(reply);
+                }
+                self.capabilities = Capabilities::default();
+                self.state = State::Ready;
+                Event::Ready
+            }
+            State::Mail => {
+                let ok = reply.is_positive();
+                self.mail_reply = Some(reply);
+                if ok {
+                    self.next_rcpt(0)
+                } else if self.capabilities.pipelining {
+                    // RCPT and DATA replies still come; read them, they change nothing.
+                    self.state = State::Rcpt(0);
+                    Event::Continue
+                } else {
+                    self.done()
+                }
+            }
+            State::Rcpt(i) => {
+                if self.mail_reply.as_ref().is_some_and(Reply::is_positive) {
+                    if reply.is_positive() {
+                        self.accepted += 1;
+                    } else {
+                        self.results[i] = Some(RcptResult::from_reply(&reply));
+                    }
+                }
+                self.next_rcpt(i + 1)
+            }
+            State::Data => {
+                if reply.code == 354 {
+                    if self.accepted > 0 {
+                        self.state = State::Body;
+                        return Event::SendBody;
+                    }
+                    // RFC 2920 §3.1: DATA was taken with no valid recipient; send an
+                    // empty message to end it, and ignore the result.
+                    self.out.extend_from_slice(b".\r\n");
+                    self.mail_reply.get_or_insert(Reply::new(554, "5.5.1 no valid recipients"));
+                    self.state = State::Eom;
+                    return Event::Continue;
+                }
+                if self.accepted > 0 {
+                    // DATA refused: every accepted recipient shares that fate.
+                    self.settle_accepted(&reply);
+                }
+                self.done()
+            }
+            State::Eom => {
+                if self.accepted > 0 {
+                    self.settle_accepted(&reply);
+                }
+                self.done()
+            }
+            State::Rset => {
+                if reply.is_positive() {
+                    self.state = State::Ready;
+                    Event::Ready
+                } else {
+                    self.state = State::Closed;
+                    Event::Closed(reply)
+                }
+            }
+            State::Quit => {
+                self.state = State::Closed;
+                Event::Closed(reply)
+            }
+            State::Ready | State::Body | State::Closed => {
+                // A reply nobody asked for: the peer is out of step; drop it.
+                self.state = State::Closed;
+                Event::Closed(Reply::new(reply.code, "unexpected reply from smarthost"))
+            }
+        }
+    }
+
+    fn settle_accepted(&mut self, reply: &Reply) {
+        for r in self.results.iter_mut().filter(|r| r.is_none()) {
+            *r = Some(RcptResult::from_reply(reply));
+        }
+    }
+
+    /// After RCPT number `i` was answered: send the next one (without pipelining),
+    /// or move on to DATA.
+    fn next_rcpt(&mut self, i: usize) -> Event {
+        if i < self.results.len() {
+            if !self.capabilities.pipelining {
+                let _ = write!(Out(&mut self.out), "RCPT TO:<{}>\r\n", self.pending[i]);
+            }
+            self.state = State::Rcpt(i);
+            return Event::Continue;
+        }
+        if self.capabilities.pipelining {
+            self.state = State::Data;
+            return Event::Continue;
+        }
+        if self.accepted == 0 {
+            return self.done();
+        }
+        self.out.extend_from_slice(b"DATA\r\n");
+        self.state = State::Data;
+        Event::Continue
+    }
+
+    /// Every recipient gets its result; a failed transaction is reset with RSET.
+    fn done(&mut self) -> Event {
+        let mail = self.mail_reply.take().unwrap_or_else(|| Reply::new(451, "4.3.0 no reply to MAIL"));
+        let results: Vec<RcptResult> = self
+            .results
+            .iter()
+            .map(|r| match r {
+                Some(r) => r.clone(),
+                None if !mail.is_positive() => RcptResult::from_reply(&mail),
+                None => RcptResult::Deferred(Reply::new(451, "4.3.0 transaction ended without a result")),
+            })
+            .collect();
+        let delivered = results.iter().any(|r| matches!(r, RcptResult::Delivered(_)));
+        if delivered {
+            self.state = State::Ready;
+        } else {
+            self.out.extend_from_slice(b"RSET\r\n");
+            self.state = State::Rset;
+        }
+        Event::Done(results)
+    }
+}
+
+/// `fmt::Write` into a byte vector.
+struct Out<'a>(&'a mut Vec<u8>);
+
+impl core::fmt::Write for Out<'_> {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read_all(bytes: &[u8]) -> Vec<Result<(Reply, Capabilities), ReplyError>> {
+        let mut r = ReplyReader::new();
+        let mut out = vec![];
+        let mut pos = 0;
+        // One octet at a time: the reader must not care how replies are split.
+        while pos < bytes.len() {
+            let (n, got) = r.feed(&bytes[pos..pos + 1]);
+            pos += n;
+            if let Some(got) = got {
+                out.push(got);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn reply_reader_table() {
+        let got = read_all(b"220 mx.test ESMTP\r\n250-mx.test\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250-auth login PLAIN\r\n250 8BITMIME\r\n");
+        let (r, _) = got[0].clone().unwrap();
+        assert_eq!((r.code, r.text.as_str()), (220, "mx.test ESMTP"));
+        let (r, caps) = got[1].clone().unwrap();
+        assert_eq!(r.code, 250);
+        assert_eq!(
+            caps,
+            Capabilities {
+                pipelining: true,
+                size: Some(1000),
+                eight_bit_mime: true,
+                auth_plain: true,
+                auth_login: true,
+                ..Default::default()
+            }
+        );
+        assert_eq!(read_all(b"250\r\n")[0].clone().unwrap().0.code, 250);
+        assert_eq!(read_all(b"250 ok\n")[0].clone().unwrap().0.code, 250, "bare LF is tolerated");
+        assert_eq!(read_all(b"25 x\r\n")[0], Err(ReplyError::Syntax));
+        assert_eq!(read_all(b"250-a\r\n251 b\r\n")[0], Err(ReplyError::Syntax));
+        assert_eq!(read_all(b"250xok\r\n")[0], Err(ReplyError::Syntax));
+        assert_eq!(read_all(b"hello\r\n")[0], Err(ReplyError::Syntax));
+        assert_eq!(read_all(b"650 x\r\n")[0], Err(ReplyError::Syntax));
+        let long = [&b"250 "[..], &[b'x'; 5000], b"\r\n"].concat();
+        assert_eq!(read_all(&long)[0], Err(ReplyError::LineTooLong));
+        let many = b"250-x\r\n".repeat(200);
+        assert_eq!(read_all(&many)[0], Err(ReplyError::TooManyLines));
+        let r = read_all(b"550 bad \x1b[31mred\xff\r\n")[0].clone().unwrap().0;
+        assert_eq!(r.text.as_str(), "bad ?[31mred?");
+    }
+
+    /// Drives a client with scripted server replies; returns what it sent and the events.
+    fn drive(client: &mut Client, replies: &[&str]) -> (String, Vec<Event>) {
+        let mut sent = String::new();
+        let mut events = vec![];
+        let mut reader = ReplyReader::new();
+        for r in replies {
+            let bytes = r.replace('|', "\r\n");
+            let mut pos = 0;
+            while pos < bytes.len() {
+                let (n, got) = reader.feed(&bytes.as_bytes()[pos..]);
+                pos += n;
+                if let Some(Ok((reply, caps))) = got {
+                    let ev = client.on_reply(reply, caps);
+                    if ev == Event::SendBody {
+                        client.body_sent();
+                    }
+                    events.push(ev);
+                }
+            }
+            sent.push_str(std::str::from_utf8(client.output()).unwrap());
+            client.clear_output();
+        }
+        (sent, events)
+    }
+
+    fn tx<'a>(rcpts: &'a [&'a str]) -> Transaction<'a> {
+        Transaction { sender: "a@b.c", recipients: rcpts, size: 42, eight_bit: true, smtputf8: false }
+    }
+
+    fn codes(results: &[RcptResult]) -> Vec<(char, u16)> {
+        results
+            .iter()
+            .map(|r| match r {
+                RcptResult::Delivered(r) => ('D', r.code),
+                RcptResult::Deferred(r) => ('T', r.code),
+                RcptResult::Failed(r) => ('F', r.code),
+            })
+            .collect()
+    }
+
+    fn ready(ehlo: &str) -> Client {
+        let mut c = Client::new("relay.test");
+        let (sent, ev) = drive(&mut c, &["220 mx|", ehlo]);
+        assert_eq!(sent, "EHLO relay.test\r\n");
+        assert_eq!(ev.last(), Some(&Event::Ready));
+        c
+    }
+
+    #[test]
+    fn pipelined_transaction_with_mixed_recipients() {
+        let mut c = ready("250-mx|250-PIPELINING|250-SIZE 100|250 8BITMIME|");
+        let rcpts = ["ok@x", "later@x", "never@x"];
+        c.start(&tx(&rcpts));
+        assert_eq!(
+            std::str::from_utf8(c.output()).unwrap(),
+            "MAIL FROM:<a@b.c> SIZE=42 BODY=8BITMIME\r\nRCPT TO:<ok@x>\r\nRCPT TO:<later@x>\r\nRCPT TO:<never@x>\r\nDATA\r\n"
+        );
+        c.clear_output();
+        let (_, ev) = drive(&mut c, &["250 ok|250 ok|450 busy|550 no|354 go|", "250 queued|"]);
+        assert_eq!(ev[4], Event::SendBody);
+        let Event::Done(results) = &ev[5] else { panic!("{ev:?}") };
+        assert_eq!(codes(results), [('D', 250), ('T', 450), ('F', 550)]);
+        assert!(c.is_ready());
+    }
+
+    #[test]
+    fn one_at_a_time_without_pipelining() {
+        let mut c = ready("250-mx|250 SIZE|");
+        let rcpts = ["r1@x", "r2@x"];
+        c.start(&tx(&rcpts));
+        assert_eq!(std::str::from_utf8(c.output()).unwrap(), "MAIL FROM:<a@b.c> SIZE=42\r\n");
+        c.clear_output();
+        let (sent, ev) = drive(&mut c, &["250 ok|", "250 ok|", "250 ok|", "354 go|", "451 try later|"]);
+        assert_eq!(sent, "RCPT TO:<r1@x>\r\nRCPT TO:<r2@x>\r\nDATA\r\nRSET\r\n");
+        let Event::Done(results) = ev.last().unwrap() else { panic!() };
+        assert_eq!(codes(results), [('T', 451), ('T', 451)]);
+        assert!(c.busy(), "RSET reply pending");
+        let (_, ev) = drive(&mut c, &["250 ok|"]);
+        assert_eq!(ev, [Event::Ready]);
+    }
+
+    #[test]
+    fn failures_before_data() {
+        // MAIL refused permanently, pipelined: the rest of the batch is read, all fail.
+        let mut c = ready("250-mx|250 PIPELINING|");
+        c.start(&tx(&["r@x"]));
+        c.clear_output();
+        let (sent, ev) = drive(&mut c, &["553 sender rejected|503 no mail|503 no rcpt|"]);
+        let Event::Done(results) = ev.last().unwrap() else { panic!() };
+        assert_eq!(codes(results), [('F', 553)]);
+        assert_eq!(sent, "RSET\r\n");
+
+        // All recipients refused, not pipelined: no DATA is sent.
+        let mut c = ready("250 mx|");
+        c.start(&tx(&["r@x"]));
+        c.clear_output();
+        let (sent, ev) = drive(&mut c, &["250 ok|", "450 mailbox busy|"]);
+        assert_eq!(sent, "RCPT TO:<r@x>\r\nRSET\r\n");
+        let Event::Done(results) = ev.last().unwrap() else { panic!() };
+        assert_eq!(codes(results), [('T', 450)]);
+
+        // Pipelined, no valid recipient, but DATA says 354 anyway: send an empty end.
+        let mut c = ready("250-mx|250 PIPELINING|");
+        c.start(&tx(&["r@x"]));
+        c.clear_output();
+        let (sent, ev) = drive(&mut c, &["250 ok|550 no|354 go|", "554 no valid recipients|"]);
+        assert!(sent.starts_with(".\r\n"), "{sent:?}");
+        let Event::Done(results) = ev.last().unwrap() else { panic!() };
+        assert_eq!(codes(results), [('F', 550)]);
+    }
+
+    #[test]
+    fn session_level_failures() {
+        let mut c = Client::new("relay.test");
+        let (_, ev) = drive(&mut c, &["554 go away|"]);
+        assert!(matches!(&ev[0], Event::Closed(r) if r.code == 554));
+
+        let mut c = Client::new("relay.test");
+        let (sent, ev) = drive(&mut c, &["220 old|", "500 what|", "250 old|"]);
+        assert_eq!(sent, "EHLO relay.test\r\nHELO relay.test\r\n");
+        assert_eq!(ev.last(), Some(&Event::Ready));
+
+        // 421 during a transaction defers everyone and ends the session.
+        let mut c = ready("250-mx|250 PIPELINING|");
+        c.start(&tx(&["r1@x", "r2@x"]));
+        let (_, ev) = drive(&mut c, &["250 ok|421 shutting down|"]);
+        let Event::Done(results) = ev.last().unwrap() else { panic!() };
+        assert_eq!(codes(results), [('T', 421), ('T', 421)]);
+        assert!(!c.busy() && !c.is_ready());
+
+        // A lost connection after the body defers (at-least-once) the accepted ones.
+        let mut c = ready("250-mx|250 PIPELINING|");
+        c.start(&tx(&["r1@x", "r2@x"]));
+        let (_, ev) = drive(&mut c, &["250 ok|250 ok|550 no|354 go|"]);
+        assert_eq!(ev.last(), Some(&Event::SendBody));
+        let results = c.connection_lost(&Reply::new(451, "4.4.2 lost connection"));
+        assert_eq!(codes(&results), [('T', 451), ('F', 550)]);
+    }
+
+    #[test]
+    fn checks_before_sending() {
+        let c = ready("250-mx|250 SIZE 10|");
+        assert_eq!(c.check(&tx(&["r@x"])).unwrap_err().code, 552);
+        let c = ready("250-mx|250 SIZE 0|");
+        assert!(c.check(&tx(&["r@x"])).is_ok());
+        let c = ready("250 mx|");
+        let t = Transaction { smtputf8: true, ..tx(&["r@x"]) };
+        assert_eq!(c.check(&t).unwrap_err().code, 553);
+    }
+}
