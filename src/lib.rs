@@ -1,4 +1,7 @@
 //! smtp-relayd: a small, durable SMTP relay for embedded Linux.
 #![forbid(unsafe_code)]
 
+pub mod config;
 pub mod protocol;
+pub mod spool;
+pub mod time;

@@ -1,0 +1,458 @@
+//! The configuration file: one `key value` per line, `#` comments, list keys repeat.
+//!
+//! Every problem is reported as `FILE:LINE: what is wrong` (or `FILE: ...` for a key
+//! that is missing altogether) and makes the program exit with 78 (EX_CONFIG).
+
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// What to do with a bare CR or LF in message text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BareNewline {
+    /// Write it as CRLF and accept the message (the default).
+    Normalize,
+    /// Refuse the message with 550 5.6.0.
+    Reject,
+}
+
+/// An IP network, `ADDR/BITS`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub bits: u8,
+}
+
+impl Cidr {
+    pub fn parse(s: &str) -> Result<Cidr, String> {
+        let (addr, bits) = match s.split_once('/') {
+            Some((a, b)) => (a, Some(b)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr.parse().map_err(|_| format!("'{s}' is not an IP address or network (e.g. 192.168.1.0/24)"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let bits = match bits {
+            None => max,
+            Some(b) => b.parse::<u8>().ok().filter(|&b| b <= max).ok_or_else(|| format!("'{s}': prefix length must be 0 to {max}"))?,
+        };
+        Ok(Cidr { addr, bits })
+    }
+
+    /// IPv4-mapped IPv6 clients (from a dual-stack listener) match IPv4 networks.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip.to_canonical()) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => prefix_eq(&net.octets(), &ip.octets(), self.bits),
+            (IpAddr::V6(net), IpAddr::V6(ip)) => prefix_eq(&net.octets(), &ip.octets(), self.bits),
+            _ => false,
+        }
+    }
+}
+
+fn prefix_eq(a: &[u8], b: &[u8], bits: u8) -> bool {
+    let bits = usize::from(bits);
+    let (whole, rest) = (bits / 8, bits % 8);
+    if a[..whole] != b[..whole] {
+        return false;
+    }
+    rest == 0 || (a[whole] ^ b[whole]) >> (8 - rest) == 0
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.bits)
+    }
+}
+
+/// The upstream smarthost, `HOST:PORT`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Smarthost {
+    pub host: String,
+    pub port: u16,
+}
+
+impl std::fmt::Display for Smarthost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') { write!(f, "[{}]:{}", self.host, self.port) } else { write!(f, "{}:{}", self.host, self.port) }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub path: PathBuf,
+    pub listen: Vec<SocketAddr>,
+    pub hostname: String,
+    pub allow: Vec<Cidr>,
+    pub spool: PathBuf,
+    pub smarthost: Smarthost,
+    pub workers: usize,
+    pub max_connections: usize,
+    pub max_message_size: u64,
+    pub bare_newline: BareNewline,
+    pub max_hops: u32,
+    pub command_timeout: Duration,
+    pub data_timeout: Duration,
+    pub retry_min: Duration,
+    pub retry_max: Duration,
+    pub max_queue_lifetime: Duration,
+    pub smarthost_connect_timeout: Duration,
+    /// Overrides every reply wait of RFC 5321 §4.5.3.2 when set.
+    pub smarthost_timeout: Option<Duration>,
+    pub smarthost_idle: Duration,
+    pub shutdown_grace: Duration,
+}
+
+/// Every key, for `--check`, the README and "did you mean".
+pub const KEYS: &[&str] = &[
+    "listen",
+    "hostname",
+    "allow",
+    "spool",
+    "smarthost",
+    "workers",
+    "max_connections",
+    "max_message_size",
+    "bare_newline",
+    "max_hops",
+    "command_timeout",
+    "data_timeout",
+    "retry_min",
+    "retry_max",
+    "max_queue_lifetime",
+    "smarthost_connect_timeout",
+    "smarthost_timeout",
+    "smarthost_idle",
+    "shutdown_grace",
+];
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, String> {
+        let text = std::fs::read(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+        let text = String::from_utf8(text).map_err(|_| format!("{}: not UTF-8 text", path.display()))?;
+        Self::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Config, String> {
+        let file = path.display();
+        let mut c = Config {
+            path: path.to_path_buf(),
+            listen: Vec::new(),
+            hostname: system_hostname(),
+            allow: Vec::new(),
+            spool: PathBuf::from("/var/spool/smtp-relayd"),
+            smarthost: Smarthost { host: String::new(), port: 0 },
+            workers: 4,
+            max_connections: 64,
+            max_message_size: 10 * 1024 * 1024,
+            bare_newline: BareNewline::Normalize,
+            max_hops: 30,
+            command_timeout: Duration::from_secs(300),
+            data_timeout: Duration::from_secs(300),
+            retry_min: Duration::from_secs(60),
+            retry_max: Duration::from_secs(3600),
+            max_queue_lifetime: Duration::from_secs(5 * 86400),
+            smarthost_connect_timeout: Duration::from_secs(30),
+            smarthost_timeout: None,
+            smarthost_idle: Duration::from_secs(5),
+            shutdown_grace: Duration::from_secs(10),
+        };
+        let mut seen: Vec<(&str, usize)> = Vec::new();
+        let mut allow_given = false;
+        for (n, raw) in text.lines().enumerate() {
+            let line_no = n + 1;
+            let line = raw.split_once('#').map_or(raw, |(a, _)| a).trim();
+            if line.is_empty() {
+                continue;
+            }
+            let (key, value) = match line.split_once(|c: char| c.is_ascii_whitespace()) {
+                Some((k, v)) => (k, v.trim()),
+                None => (line, ""),
+            };
+            let err = |what: String| format!("{file}:{line_no}: {what}");
+            let Some(&key) = KEYS.iter().find(|k| **k == key) else {
+                let hint = KEYS.iter().min_by_key(|k| edit_distance(k, key)).filter(|k| edit_distance(k, key) <= 2);
+                return Err(err(match hint {
+                    Some(h) => format!("unknown key '{key}' (did you mean '{h}'?)"),
+                    None => format!("unknown key '{key}'"),
+                }));
+            };
+            if value.is_empty() {
+                return Err(err(format!("'{key}' needs a value")));
+            }
+            let repeatable = matches!(key, "listen" | "allow");
+            if let Some((_, first)) = seen.iter().find(|(k, _)| *k == key).filter(|_| !repeatable) {
+                return Err(err(format!("'{key}' given again (first on line {first}); it takes one value")));
+            }
+            seen.push((key, line_no));
+            match key {
+                "listen" => c.listen.push(parse_listen(value).map_err(err)?),
+                "hostname" => {
+                    crate::protocol::address::check_domain(value.as_bytes(), false)
+                        .map_err(|_| err(format!("hostname '{value}' is not a domain name")))?;
+                    c.hostname = value.to_string();
+                }
+                "allow" => {
+                    if !allow_given {
+                        allow_given = true;
+                    }
+                    if value != "none" {
+                        c.allow.push(Cidr::parse(value).map_err(err)?);
+                    }
+                }
+                "spool" => {
+                    if !value.starts_with('/') {
+                        return Err(err(format!("spool '{value}' must be an absolute path")));
+                    }
+                    c.spool = PathBuf::from(value);
+                }
+                "smarthost" => c.smarthost = parse_smarthost(value).map_err(err)?,
+                "workers" => c.workers = parse_count(value, 1, 1024).map_err(err)?,
+                "max_connections" => c.max_connections = parse_count(value, 1, 100_000).map_err(err)?,
+                "max_message_size" => c.max_message_size = parse_size(value).map_err(err)?,
+                "bare_newline" => {
+                    c.bare_newline = match value {
+                        "normalize" => BareNewline::Normalize,
+                        "reject" => BareNewline::Reject,
+                        _ => return Err(err(format!("bare_newline must be 'normalize' or 'reject', not '{value}'"))),
+                    }
+                }
+                "max_hops" => c.max_hops = parse_count(value, 1, 1000).map_err(err)? as u32,
+                "command_timeout" => c.command_timeout = parse_duration(value).map_err(err)?,
+                "data_timeout" => c.data_timeout = parse_duration(value).map_err(err)?,
+                "retry_min" => c.retry_min = parse_duration(value).map_err(err)?,
+                "retry_max" => c.retry_max = parse_duration(value).map_err(err)?,
+                "max_queue_lifetime" => c.max_queue_lifetime = parse_duration(value).map_err(err)?,
+                "smarthost_connect_timeout" => c.smarthost_connect_timeout = parse_duration(value).map_err(err)?,
+                "smarthost_timeout" => c.smarthost_timeout = Some(parse_duration(value).map_err(err)?),
+                "smarthost_idle" => c.smarthost_idle = parse_duration_or_zero(value).map_err(err)?,
+                "shutdown_grace" => c.shutdown_grace = parse_duration_or_zero(value).map_err(err)?,
+                _ => unreachable!("every key in KEYS is handled"),
+            }
+        }
+        if c.listen.is_empty() {
+            c.listen.push(SocketAddr::from(([127, 0, 0, 1], 25)));
+        }
+        if !allow_given {
+            c.allow = vec![Cidr::parse("127.0.0.0/8").unwrap(), Cidr::parse("::1").unwrap()];
+        }
+        if c.smarthost.host.is_empty() {
+            return Err(format!("{file}: 'smarthost HOST:PORT' is required (the upstream server mail is relayed to)"));
+        }
+        if c.retry_max < c.retry_min {
+            let line = seen.iter().find(|(k, _)| *k == "retry_max" || *k == "retry_min").map_or(0, |(_, l)| *l);
+            return Err(format!("{file}:{line}: retry_max must not be less than retry_min"));
+        }
+        if c.max_connections < c.workers {
+            let line = seen.iter().find(|(k, _)| *k == "max_connections").map_or(0, |(_, l)| *l);
+            return Err(format!("{file}:{line}: max_connections ({}) must be at least workers ({})", c.max_connections, c.workers));
+        }
+        Ok(c)
+    }
+
+    /// The effective settings, in the file's own syntax, for `--check`.
+    pub fn effective(&self) -> String {
+        let mut s = String::new();
+        let d = |d: &Duration| format!("{}s", d.as_secs());
+        for l in &self.listen {
+            let _ = writeln!(s, "listen {l}");
+        }
+        let _ = writeln!(s, "hostname {}", self.hostname);
+        if self.allow.is_empty() {
+            let _ = writeln!(s, "allow none");
+        }
+        for a in &self.allow {
+            let _ = writeln!(s, "allow {a}");
+        }
+        let _ = writeln!(s, "spool {}", self.spool.display());
+        let _ = writeln!(s, "smarthost {}", self.smarthost);
+        let _ = writeln!(s, "workers {}", self.workers);
+        let _ = writeln!(s, "max_connections {}", self.max_connections);
+        let _ = writeln!(s, "max_message_size {}", self.max_message_size);
+        let _ = writeln!(s, "bare_newline {}", if self.bare_newline == BareNewline::Reject { "reject" } else { "normalize" });
+        let _ = writeln!(s, "max_hops {}", self.max_hops);
+        let _ = writeln!(s, "command_timeout {}", d(&self.command_timeout));
+        let _ = writeln!(s, "data_timeout {}", d(&self.data_timeout));
+        let _ = writeln!(s, "retry_min {}", d(&self.retry_min));
+        let _ = writeln!(s, "retry_max {}", d(&self.retry_max));
+        let _ = writeln!(s, "max_queue_lifetime {}", d(&self.max_queue_lifetime));
+        let _ = writeln!(s, "smarthost_connect_timeout {}", d(&self.smarthost_connect_timeout));
+        match &self.smarthost_timeout {
+            Some(t) => {
+                let _ = writeln!(s, "smarthost_timeout {}", d(t));
+            }
+            None => s.push_str("# smarthost_timeout unset: RFC 5321 4.5.3.2 (5m per command, 10m after the data)\n"),
+        }
+        let _ = writeln!(s, "smarthost_idle {}", d(&self.smarthost_idle));
+        let _ = writeln!(s, "shutdown_grace {}", d(&self.shutdown_grace));
+        s
+    }
+
+    pub fn relay_allowed(&self, ip: IpAddr) -> bool {
+        self.allow.iter().any(|c| c.contains(ip))
+    }
+}
+
+fn parse_listen(v: &str) -> Result<SocketAddr, String> {
+    v.parse::<SocketAddr>()
+        .map_err(|_| format!("listen '{v}' is not ADDR:PORT (e.g. 0.0.0.0:25 or [::1]:25)"))
+}
+
+fn parse_smarthost(v: &str) -> Result<Smarthost, String> {
+    let bad = || format!("smarthost '{v}' is not HOST:PORT (e.g. smtp.example.com:587 or [2001:db8::1]:25)");
+    let (host, port) = if let Some(rest) = v.strip_prefix('[') {
+        let (h, p) = rest.split_once("]:").ok_or_else(bad)?;
+        h.parse::<std::net::Ipv6Addr>().map_err(|_| bad())?;
+        (h, p)
+    } else {
+        v.rsplit_once(':').ok_or_else(bad)?
+    };
+    let port = port.parse::<u16>().ok().filter(|&p| p > 0).ok_or_else(bad)?;
+    let host_ok = host.parse::<IpAddr>().is_ok() || crate::protocol::address::check_domain(host.as_bytes(), false).is_ok();
+    if !host_ok {
+        return Err(bad());
+    }
+    Ok(Smarthost { host: host.to_string(), port })
+}
+
+fn parse_count(v: &str, min: usize, max: usize) -> Result<usize, String> {
+    v.parse::<usize>()
+        .ok()
+        .filter(|n| (min..=max).contains(n))
+        .ok_or_else(|| format!("'{v}' must be a whole number from {min} to {max}"))
+}
+
+/// `BYTES`, or with a `K`, `M` or `G` suffix (powers of 1024).
+pub fn parse_size(v: &str) -> Result<u64, String> {
+    let bad = || format!("'{v}' is not a size (e.g. 10M, 512K or 1048576)");
+    let (num, mult) = match v.as_bytes().last() {
+        Some(b'k' | b'K') => (&v[..v.len() - 1], 1u64 << 10),
+        Some(b'm' | b'M') => (&v[..v.len() - 1], 1 << 20),
+        Some(b'g' | b'G') => (&v[..v.len() - 1], 1 << 30),
+        _ => (v, 1),
+    };
+    let n = num.parse::<u64>().map_err(|_| bad())?.checked_mul(mult).ok_or_else(bad)?;
+    if n == 0 {
+        return Err(format!("'{v}' must be more than 0"));
+    }
+    Ok(n)
+}
+
+fn parse_duration_or_zero(v: &str) -> Result<Duration, String> {
+    if v == "0" { Ok(Duration::ZERO) } else { parse_duration(v) }
+}
+
+/// `N` seconds, or `N` with `s`, `m`, `h` or `d`.
+pub fn parse_duration(v: &str) -> Result<Duration, String> {
+    let bad = || format!("'{v}' is not a duration (e.g. 30s, 5m, 2h, 5d)");
+    let (num, mult) = match v.as_bytes().last() {
+        Some(b's') => (&v[..v.len() - 1], 1),
+        Some(b'm') => (&v[..v.len() - 1], 60),
+        Some(b'h') => (&v[..v.len() - 1], 3600),
+        Some(b'd') => (&v[..v.len() - 1], 86400),
+        _ => (v, 1),
+    };
+    let n = num.parse::<u64>().map_err(|_| bad())?.checked_mul(mult).ok_or_else(bad)?;
+    if n == 0 {
+        return Err(format!("'{v}' must be more than 0"));
+    }
+    Ok(Duration::from_secs(n))
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur.push((prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// The kernel's host name, the default `hostname`.
+fn system_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| crate::protocol::address::check_domain(s.as_bytes(), false).is_ok())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::parse(Path::new("t.conf"), text)
+    }
+
+    #[test]
+    fn defaults_and_values() {
+        let c = parse("smarthost mx.example.com:587\n").unwrap();
+        assert_eq!(c.listen, vec!["127.0.0.1:25".parse().unwrap()]);
+        assert!(c.relay_allowed("127.0.0.9".parse().unwrap()));
+        assert!(c.relay_allowed("::1".parse().unwrap()));
+        assert!(!c.relay_allowed("192.168.1.2".parse().unwrap()));
+        assert_eq!(c.max_message_size, 10 << 20);
+        assert_eq!(c.max_queue_lifetime, Duration::from_secs(5 * 86400));
+
+        let c = parse(
+            "# comment\nlisten 0.0.0.0:2525\nlisten [::1]:2525  # trailing comment\n\
+             allow 192.168.1.0/24\nallow fd00::/8\nhostname relay.lan\nsmarthost [2001:db8::1]:25\n\
+             max_message_size 512K\nworkers 2\nretry_min 30s\nretry_max 2h\nbare_newline reject\n",
+        )
+        .unwrap();
+        assert_eq!(c.listen.len(), 2);
+        assert!(c.relay_allowed("192.168.1.77".parse().unwrap()));
+        assert!(c.relay_allowed("::ffff:192.168.1.77".parse().unwrap()), "IPv4-mapped");
+        assert!(!c.relay_allowed("192.168.2.1".parse().unwrap()));
+        assert!(!c.relay_allowed("127.0.0.1".parse().unwrap()), "allow replaces the default");
+        assert!(c.relay_allowed("fd12::1".parse().unwrap()));
+        assert_eq!(c.smarthost, Smarthost { host: "2001:db8::1".into(), port: 25 });
+        assert_eq!(c.max_message_size, 512 * 1024);
+        assert_eq!(c.retry_max, Duration::from_secs(7200));
+        assert_eq!(c.bare_newline, BareNewline::Reject);
+
+        let c = parse("allow none\nsmarthost a.b:25\n").unwrap();
+        assert!(c.allow.is_empty());
+        assert!(!c.relay_allowed("127.0.0.1".parse().unwrap()), "an empty list allows nobody");
+    }
+
+    #[test]
+    fn errors_name_file_and_line() {
+        let cases = [
+            ("smarthost a.b:25\nlisen 1.2.3.4:25\n", "t.conf:2: unknown key 'lisen' (did you mean 'listen'?)"),
+            ("smarthost a.b:25\nlisten 1.2.3.4\n", "t.conf:2: listen '1.2.3.4' is not ADDR:PORT"),
+            ("smarthost a.b\n", "t.conf:1: smarthost 'a.b' is not HOST:PORT"),
+            ("smarthost a.b:0\n", "t.conf:1: smarthost 'a.b:0' is not HOST:PORT"),
+            ("smarthost a.b:25\nallow 10.0.0.0/33\n", "t.conf:2: '10.0.0.0/33': prefix length must be 0 to 32"),
+            ("smarthost a.b:25\nmax_message_size 10X\n", "t.conf:2: '10X' is not a size"),
+            ("smarthost a.b:25\nworkers 0\n", "t.conf:2: '0' must be a whole number from 1 to 1024"),
+            ("smarthost a.b:25\nhostname bad_name!\n", "t.conf:2: hostname 'bad_name!' is not a domain name"),
+            ("smarthost a.b:25\nhostname a\nhostname b\n", "t.conf:3: 'hostname' given again (first on line 2)"),
+            ("smarthost a.b:25\nspool relative/dir\n", "t.conf:2: spool 'relative/dir' must be an absolute path"),
+            ("smarthost a.b:25\nretry_min 5x\n", "t.conf:2: '5x' is not a duration"),
+            ("smarthost a.b:25\nworkers\n", "t.conf:2: 'workers' needs a value"),
+            ("listen 127.0.0.1:25\n", "t.conf: 'smarthost HOST:PORT' is required"),
+            ("smarthost a.b:25\nretry_min 2h\nretry_max 1h\n", "t.conf:2: retry_max must not be less than retry_min"),
+        ];
+        for (text, want) in cases {
+            let got = parse(text).unwrap_err();
+            assert!(got.starts_with(want), "{text:?}: got {got:?}");
+        }
+    }
+
+    #[test]
+    fn cidr_matching() {
+        let c = Cidr::parse("10.1.2.3/12").unwrap();
+        assert!(c.contains("10.0.0.1".parse().unwrap()));
+        assert!(c.contains("10.15.255.255".parse().unwrap()));
+        assert!(!c.contains("10.16.0.0".parse().unwrap()));
+        assert!(Cidr::parse("0.0.0.0/0").unwrap().contains("8.8.8.8".parse().unwrap()));
+        assert!(!Cidr::parse("0.0.0.0/0").unwrap().contains("::2".parse().unwrap()));
+        assert!(Cidr::parse("192.0.2.1").unwrap().contains("192.0.2.1".parse().unwrap()));
+        assert!(!Cidr::parse("192.0.2.1").unwrap().contains("192.0.2.2".parse().unwrap()));
+    }
+}
