@@ -3,5 +3,7 @@
 
 pub mod config;
 pub mod protocol;
+pub mod relay;
+pub mod server;
 pub mod spool;
 pub mod time;

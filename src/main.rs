@@ -1,3 +1,231 @@
-fn main() {
-    println!("Hello, world!");
+//! smtp-relayd: the daemon's entry point. Parses the command line, loads the
+//! configuration, binds the listeners, starts the threads, and runs the shutdown
+//! sequence on SIGTERM/SIGINT.
+
+use std::io::Write as _;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+use smtp_relayd::config::Config;
+use smtp_relayd::relay::{Control, Relay};
+use smtp_relayd::server::acceptor::{self, Acceptor};
+use smtp_relayd::server::worker::Worker;
+use smtp_relayd::server::Shared;
+use smtp_relayd::spool::Spool;
+
+/// sysexits.h
+const EX_USAGE: u8 = 64;
+const EX_CONFIG: u8 = 78;
+
+const DEFAULT_CONFIG: &str = "/etc/smtp-relayd.conf";
+
+const HELP: &str = "\
+smtp-relayd: a small, durable SMTP relay for embedded Linux
+
+Usage: smtp-relayd [-c FILE] [--check]
+
+Options:
+  -c, --config FILE   configuration file (default /etc/smtp-relayd.conf)
+      --check         validate the configuration, print the effective settings, exit
+  -V, --version       print the version and exit
+  -h, --help          print this help and exit
+
+It runs in the foreground and logs to stderr (RUST_LOG=debug for more).
+SIGTERM or SIGINT stops it cleanly; queued mail stays in the spool.
+";
+
+struct Args {
+    config: PathBuf,
+    check: bool,
+}
+
+fn parse_args() -> Result<Option<Args>, String> {
+    let mut args = Args { config: PathBuf::from(DEFAULT_CONFIG), check: false };
+    let mut it = std::env::args_os().skip(1);
+    while let Some(arg) = it.next() {
+        let Some(a) = arg.to_str() else { return Err("arguments must be UTF-8".into()) };
+        match a {
+            "-c" | "--config" => {
+                args.config = it.next().map(PathBuf::from).ok_or_else(|| format!("{a} needs a FILE"))?;
+            }
+            _ if a.starts_with("--config=") => args.config = PathBuf::from(&a["--config=".len()..]),
+            _ if a.starts_with("-c") && a.len() > 2 => args.config = PathBuf::from(&a[2..]),
+            "--check" => args.check = true,
+            "-V" | "--version" => {
+                println!("smtp-relayd {}", env!("CARGO_PKG_VERSION"));
+                return Ok(None);
+            }
+            "-h" | "--help" => {
+                print!("{HELP}");
+                return Ok(None);
+            }
+            _ => return Err(format!("unknown argument '{a}'")),
+        }
+    }
+    Ok(Some(args))
+}
+
+fn init_logging() {
+    let pid = std::process::id();
+    env_logger::Builder::new()
+        .filter_level(log::LevelFilter::Info)
+        .parse_env("RUST_LOG")
+        .format(move |buf, record| {
+            // Postfix's shape: info lines bare, the rest with their level.
+            let level = match record.level() {
+                log::Level::Error | log::Level::Warn | log::Level::Info => "",
+                log::Level::Debug => "debug: ",
+                log::Level::Trace => "trace: ",
+            };
+            writeln!(
+                buf,
+                "{} smtp-relayd[{pid}]: {level}{}",
+                smtp_relayd::time::iso8601(smtp_relayd::time::now_unix()),
+                record.args()
+            )
+        })
+        .target(env_logger::Target::Stderr)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(Some(a)) => a,
+        Ok(None) => return ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("smtp-relayd: {e}\n\n{HELP}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    let config = match Config::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EX_CONFIG);
+        }
+    };
+    if args.check {
+        print!("# {}: OK\n{}", args.config.display(), config.effective());
+        return ExitCode::SUCCESS;
+    }
+    init_logging();
+    match serve(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("fatal: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn serve(config: Config) -> Result<(), String> {
+    let config = Arc::new(config);
+    let spool = Arc::new(Spool::open(&config.spool).map_err(|e| format!("cannot open spool {}: {e}", config.spool.display()))?);
+    let mut listeners = Vec::new();
+    for addr in &config.listen {
+        listeners.push(TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?);
+    }
+    // Registered before any thread starts, so that no thread dies of these signals.
+    let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(|e| format!("cannot set up signals: {e}"))?;
+
+    let shared = Arc::new(Shared::new(config.workers));
+    let stop_relay = Arc::new(AtomicBool::new(false));
+    let rescan = Arc::new(AtomicBool::new(false));
+    let (relay_tx, relay_rx) = crossbeam_channel::bounded::<Control>(1024);
+    // The hand-off queue: connections beyond the busy workers wait here, up to
+    // max_connections in all; past that the acceptor answers 421.
+    let (pool_tx, pool_rx) = crossbeam_channel::bounded(config.max_connections - config.workers);
+
+    let relay = {
+        let r = Relay::new(Arc::clone(&config), Arc::clone(&spool), relay_rx, Arc::clone(&stop_relay), Arc::clone(&rescan));
+        std::thread::Builder::new().name("relay".into()).spawn(move || r.run()).map_err(|e| e.to_string())?
+    };
+    let mut workers = Vec::new();
+    for index in 0..config.workers {
+        let w = Worker {
+            index,
+            config: Arc::clone(&config),
+            spool: Arc::clone(&spool),
+            relay: relay_tx.clone(),
+            rescan: Arc::clone(&rescan),
+            shared: Arc::clone(&shared),
+        };
+        let rx = pool_rx.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("worker{index}"))
+            .stack_size(256 * 1024)
+            .spawn(move || w.run(rx))
+            .map_err(|e| e.to_string())?;
+        workers.push(handle);
+    }
+    drop(pool_rx);
+    let poll = mio::Poll::new().map_err(|e| e.to_string())?;
+    let waker = mio::Waker::new(poll.registry(), acceptor::WAKE).map_err(|e| e.to_string())?;
+    let acceptor = Acceptor {
+        poll,
+        listeners,
+        pool: pool_tx,
+        shared: Arc::clone(&shared),
+        max_connections: config.max_connections,
+    };
+    let acceptor = std::thread::Builder::new()
+        .name("acceptor".into())
+        .spawn(move || acceptor.run())
+        .map_err(|e| e.to_string())?;
+
+    let listen: Vec<String> = config.listen.iter().map(|a| a.to_string()).collect();
+    log::info!(
+        "started: listening on {}, relaying to {}, spool {}, {} workers",
+        listen.join(" "),
+        config.smarthost,
+        config.spool.display(),
+        config.workers
+    );
+
+    for sig in signals.forever() {
+        match sig {
+            SIGHUP => log::info!("SIGHUP received: reload is not supported; restart to apply changes"),
+            _ => {
+                log::info!("signal {sig} received: shutting down");
+                break;
+            }
+        }
+    }
+
+    // Stop accepting; end idle sessions; let transactions finish within the grace.
+    shared.shutting_down.store(true, Ordering::SeqCst);
+    let _ = waker.wake();
+    match acceptor.join() {
+        Ok(Err(e)) => log::error!("acceptor: {e}"),
+        Err(_) => log::error!("acceptor panicked"),
+        Ok(Ok(())) => {}
+    }
+    let deadline = Instant::now() + config.shutdown_grace;
+    while workers.iter().any(|w| !w.is_finished()) {
+        shared.close_sessions(true);
+        if Instant::now() >= deadline {
+            let n = shared.close_sessions(false);
+            if n > 0 {
+                log::warn!("warning: grace period over; closing {n} session(s) in progress (no 250 was given for their messages)");
+            }
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for w in workers {
+        let _ = w.join();
+    }
+    stop_relay.store(true, Ordering::SeqCst);
+    let _ = relay_tx.try_send(Control::Wake);
+    drop(relay_tx);
+    let _ = relay.join();
+    log::info!("stopped");
+    Ok(())
 }

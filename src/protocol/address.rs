@@ -65,6 +65,10 @@ pub fn parse_path(s: &[u8], kind: PathKind, utf8: bool) -> Result<(Mailbox, &[u8
         return Ok((Mailbox::from_slice(mailbox).map_err(|_| PathError::TooLong)?, rest));
     }
     check_mailbox(mailbox, utf8)?;
+    // Non-ASCII octets must at least be UTF-8 (RFC 6531 §3.3).
+    if core::str::from_utf8(mailbox).is_err() {
+        return Err(PathError::Syntax);
+    }
     Ok((Mailbox::from_slice(mailbox).map_err(|_| PathError::TooLong)?, rest))
 }
 
@@ -253,6 +257,7 @@ mod tests {
             ("<jos\u{e9}@ex.org>".as_bytes().to_vec(), Forward, false, Err(NeedsUtf8)),
             ("<jos\u{e9}@ex.org>".as_bytes().to_vec(), Forward, true, Ok(("jos\u{e9}@ex.org".as_bytes(), b""))),
             ("<a@b\u{fc}cher.de>".as_bytes().to_vec(), Forward, true, Ok(("a@b\u{fc}cher.de".as_bytes(), b""))),
+            (b"<a\xff@b.c>".to_vec(), Forward, true, Err(Syntax)),
         ];
         let mut p = b"<".to_vec();
         p.extend_from_slice(&too_long_local);

@@ -65,6 +65,16 @@ pub enum ReplyError {
     Syntax,
 }
 
+impl std::fmt::Display for ReplyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::LineTooLong => "reply line too long",
+            Self::TooManyLines => "reply has too many lines",
+            Self::Syntax => "not an SMTP reply",
+        })
+    }
+}
+
 /// Collects one reply at a time from the server's bytes, with a bound on the length
 /// of a line and on the number of lines. Keeps the EHLO keywords as they pass.
 #[derive(Debug)]

@@ -155,14 +155,14 @@ impl DataDecoder {
     }
 
     #[inline]
-    fn emit<const N: usize>(&mut self, out: &mut heapless::Vec<u8, N>, bytes: &[u8]) {
+    fn emit(&mut self, out: &mut Vec<u8>, bytes: &[u8]) {
         self.size += bytes.len() as u64;
         if self.size > self.limit {
             self.too_big = true;
         }
         if !self.too_big {
-            // Room was checked by the caller.
-            let _ = out.extend_from_slice(bytes);
+            // Room was checked by the caller: `out` never grows past its capacity.
+            out.extend_from_slice(bytes);
         }
         for &b in bytes {
             self.headers.byte(b);
@@ -170,7 +170,7 @@ impl DataDecoder {
     }
 
     #[inline]
-    fn end_line<const N: usize>(&mut self, out: &mut heapless::Vec<u8, N>, bare: bool) -> State {
+    fn end_line(&mut self, out: &mut Vec<u8>, bare: bool) -> State {
         if self.line_len > limits::TEXT_LINE - 2 {
             self.long_line = true;
         }
@@ -180,8 +180,10 @@ impl DataDecoder {
         State::LineStart { bare }
     }
 
-    /// Decodes `input` into `out`. Returns how much input was consumed and why it stopped.
-    pub fn decode<const N: usize>(&mut self, input: &[u8], out: &mut heapless::Vec<u8, N>) -> (usize, Progress) {
+    /// Decodes `input` into `out`, which is filled up to its capacity and never grown
+    /// (the caller allocates it once). Returns how much input was consumed and why it
+    /// stopped.
+    pub fn decode(&mut self, input: &[u8], out: &mut Vec<u8>) -> (usize, Progress) {
         let mut i = 0;
         while i < input.len() {
             if out.capacity() - out.len() < MAX_EXPANSION && !self.too_big {
@@ -209,7 +211,7 @@ impl DataDecoder {
         (i, Progress::NeedInput)
     }
 
-    fn step<const N: usize>(&mut self, b: u8, out: &mut heapless::Vec<u8, N>) -> State {
+    fn step(&mut self, b: u8, out: &mut Vec<u8>) -> State {
         match self.state {
             State::LineStart { bare } => match b {
                 b'.' => {
@@ -247,7 +249,7 @@ impl DataDecoder {
     }
 
     /// An octet inside a line (or the first one of a line that is not a dot).
-    fn text<const N: usize>(&mut self, b: u8, out: &mut heapless::Vec<u8, N>) -> State {
+    fn text(&mut self, b: u8, out: &mut Vec<u8>) -> State {
         match b {
             b'\r' => State::Cr,
             b'\n' => self.end_line(out, true),
@@ -268,13 +270,14 @@ pub(crate) mod tests {
     /// octets. Returns the content, the octets left after the end, and the decoder.
     pub(crate) fn decode_all(wire: &[u8], chunk: usize, limit: u64) -> (Vec<u8>, Option<Vec<u8>>, DataDecoder) {
         let mut d = DataDecoder::new(limit);
-        let mut out: heapless::Vec<u8, 16> = heapless::Vec::new();
+        let mut out: Vec<u8> = Vec::with_capacity(16);
         let mut content = Vec::new();
         let mut pos = 0;
         while pos < wire.len() {
             let end = (pos + chunk).min(wire.len());
             let (n, progress) = d.decode(&wire[pos..end], &mut out);
             pos += n;
+            assert!(out.capacity() == 16, "the output buffer grew");
             content.extend_from_slice(&out);
             out.clear();
             if progress == Progress::End {

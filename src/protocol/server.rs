@@ -110,7 +110,8 @@ pub struct ServerSession {
     discarding: bool,
     decoder: DataDecoder,
     out: heapless::String<OUT_CAP>,
-    body: heapless::Vec<u8, BODY_CAP>,
+    /// Allocated once at `BODY_CAP`; the decoder fills it up to that and no further.
+    body: Vec<u8>,
     last_verdict: Verdict,
 }
 
@@ -127,7 +128,7 @@ impl ServerSession {
             discarding: false,
             decoder: DataDecoder::new(0),
             out: heapless::String::new(),
-            body: heapless::Vec::new(),
+            body: Vec::with_capacity(BODY_CAP),
             last_verdict: Verdict::Accept,
         }
     }

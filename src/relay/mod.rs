@@ -1,0 +1,364 @@
+//! The relay thread: it owns the schedule of queued messages and the one connection
+//! to the smarthost, and moves each message to delivered, deferred or failed.
+//!
+//! Workers send it the id of each newly queued message over a bounded channel; if
+//! the channel is full they raise `rescan` instead, and the relay re-reads `queue/`.
+//! At start it reads `queue/` and tries everything promptly.
+
+mod upstream;
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+
+use crate::config::Config;
+use crate::protocol::client::{RcptResult, Reply, Transaction};
+use crate::spool::{Message, QueueId, RcptState, ReadError, Spool};
+use crate::time::now_unix;
+pub use upstream::Upstream;
+
+/// What the relay thread is told.
+#[derive(Debug)]
+pub enum Control {
+    /// A message was committed to `queue/`.
+    Queued(QueueId),
+    /// Look at the stop flag and the rescan flag.
+    Wake,
+}
+
+/// How often `queue/` is re-read even when nobody asked, as a safety net.
+const RESCAN_EVERY: Duration = Duration::from_secs(60);
+
+/// The delay before retry number `attempt` (1-based): `retry_min` doubled each time,
+/// capped at `retry_max`.
+pub fn backoff(config: &Config, attempt: u32) -> Duration {
+    let factor = 1u32.checked_shl(attempt.saturating_sub(1).min(31)).unwrap_or(u32::MAX);
+    config.retry_min.checked_mul(factor).unwrap_or(config.retry_max).min(config.retry_max)
+}
+
+pub struct Relay {
+    config: Arc<Config>,
+    spool: Arc<Spool>,
+    rx: Receiver<Control>,
+    stop: Arc<AtomicBool>,
+    rescan: Arc<AtomicBool>,
+    due: VecDeque<QueueId>,
+    waiting: BinaryHeap<Reverse<(Instant, QueueId)>>,
+    known: HashSet<QueueId>,
+    conn: Option<Upstream>,
+    idle_since: Instant,
+    last_scan: Instant,
+}
+
+impl Relay {
+    pub fn new(
+        config: Arc<Config>,
+        spool: Arc<Spool>,
+        rx: Receiver<Control>,
+        stop: Arc<AtomicBool>,
+        rescan: Arc<AtomicBool>,
+    ) -> Relay {
+        Relay {
+            config,
+            spool,
+            rx,
+            stop,
+            rescan,
+            due: VecDeque::new(),
+            waiting: BinaryHeap::new(),
+            known: HashSet::new(),
+            conn: None,
+            idle_since: Instant::now(),
+            last_scan: Instant::now(),
+        }
+    }
+
+    pub fn run(mut self) {
+        self.scan();
+        if !self.due.is_empty() {
+            log::info!("relay: {} message(s) in the queue at start", self.due.len());
+        }
+        while !self.stop.load(Ordering::Relaxed) {
+            while let Ok(c) = self.rx.try_recv() {
+                self.take(c);
+            }
+            if self.rescan.swap(false, Ordering::Relaxed) || self.last_scan.elapsed() >= RESCAN_EVERY {
+                self.scan();
+            }
+            let now = Instant::now();
+            while let Some(Reverse((at, _))) = self.waiting.peek() {
+                if *at > now {
+                    break;
+                }
+                let Reverse((_, id)) = self.waiting.pop().expect("peeked");
+                self.due.push_back(id);
+            }
+            if let Some(id) = self.due.pop_front() {
+                self.deliver(id);
+                continue;
+            }
+            // Nothing due: sleep until the next retry, a new message, or the moment to
+            // close an idle connection.
+            let mut wait = self.waiting.peek().map_or(RESCAN_EVERY, |Reverse((at, _))| at.saturating_duration_since(now));
+            wait = wait.min(RESCAN_EVERY);
+            if self.conn.is_some() {
+                let left = self.config.smarthost_idle.saturating_sub(self.idle_since.elapsed());
+                if left.is_zero() {
+                    if let Some(c) = self.conn.take() {
+                        log::debug!("relay: closing idle connection to {}", c.name);
+                        c.quit();
+                    }
+                    continue;
+                }
+                wait = wait.min(left);
+            }
+            match self.rx.recv_timeout(wait) {
+                Ok(c) => self.take(c),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        if let Some(c) = self.conn.take() {
+            c.quit();
+        }
+        log::info!("relay: stopped; {} message(s) stay queued", self.known.len());
+    }
+
+    fn take(&mut self, c: Control) {
+        if let Control::Queued(id) = c {
+            if self.known.insert(id.clone()) {
+                self.due.push_back(id);
+            }
+        }
+    }
+
+    /// Puts every message in `queue/` that is not scheduled yet on the due list.
+    fn scan(&mut self) {
+        self.last_scan = Instant::now();
+        match self.spool.list_queue() {
+            Ok(ids) => {
+                for id in ids {
+                    if self.known.insert(id.clone()) {
+                        self.due.push_back(id);
+                    }
+                }
+            }
+            Err(e) => log::error!("relay: cannot read {}/queue: {e}", self.spool.root().display()),
+        }
+    }
+
+    fn schedule(&mut self, id: QueueId, delay: Duration) {
+        self.waiting.push(Reverse((Instant::now() + delay, id)));
+    }
+
+    fn forget(&mut self, id: &str) {
+        self.known.remove(id);
+    }
+
+    fn read(&mut self, id: &QueueId) -> Option<Message> {
+        match self.spool.read(id) {
+            Ok(m) => Some(m),
+            Err(ReadError::Missing) => {
+                self.forget(id);
+                None
+            }
+            Err(ReadError::Corrupt(why)) => {
+                log::error!("{id}: spool file is damaged ({why}); moved to {}/corrupt/", self.spool.root().display());
+                if let Err(e) = self.spool.move_aside(id) {
+                    log::error!("{id}: cannot move damaged file aside: {e}");
+                }
+                self.forget(id);
+                None
+            }
+            Err(ReadError::Io(e)) => {
+                log::warn!("{id}: cannot read spool file: {e}; will try again");
+                self.schedule(id.clone(), self.config.retry_min);
+                None
+            }
+        }
+    }
+
+    fn deliver(&mut self, id: QueueId) {
+        let Some(msg) = self.read(&id) else { return };
+        let now = now_unix();
+        let pending: Vec<usize> = (0..msg.rcpt_state.len()).filter(|&i| msg.rcpt_state[i] == RcptState::Pending).collect();
+        if pending.is_empty() {
+            self.finish(&msg, now);
+            return;
+        }
+        if self.expired(&msg, now) {
+            let why = format!("message expired after {}s in the queue", now.saturating_sub(msg.envelope.created));
+            self.fail_message(&msg, now, &why);
+            return;
+        }
+        let rcpts: Vec<&str> = pending.iter().map(|&i| msg.envelope.recipients[i].as_str()).collect();
+        let tx = Transaction {
+            sender: &msg.envelope.sender,
+            recipients: &rcpts,
+            size: msg.size,
+            eight_bit: msg.envelope.eight_bit,
+            smtputf8: msg.envelope.smtputf8,
+        };
+        let spool = Arc::clone(&self.spool);
+        let mut results = None;
+        // A reused connection may have been closed by the server while idle; that
+        // costs one reconnect, not a deferral.
+        for fresh_try in [false, true] {
+            let reused = self.conn.is_some() && !fresh_try;
+            let conn = match self.connection() {
+                Ok(c) => c,
+                Err(reply) => {
+                    log::warn!("relay: {reply}");
+                    self.defer_everything_due(msg, &reply);
+                    return;
+                }
+            };
+            if let Err(reply) = conn.check(&tx) {
+                results = Some(vec![RcptResult::Failed(reply); rcpts.len()]);
+                break;
+            }
+            match conn.send(&tx, &msg, &spool) {
+                Ok(r) => {
+                    results = Some(r);
+                    break;
+                }
+                Err(r) => {
+                    self.conn = None;
+                    let nothing_happened = r.iter().all(|x| matches!(x, RcptResult::Deferred(_)));
+                    results = Some(r);
+                    if !(reused && nothing_happened) {
+                        break;
+                    }
+                    log::debug!("relay: reused connection failed; reconnecting");
+                }
+            }
+        }
+        self.idle_since = Instant::now();
+        let results = results.unwrap_or_default();
+        self.apply(msg, &pending, &results, now);
+    }
+
+    fn connection(&mut self) -> Result<&mut Upstream, Reply> {
+        if self.conn.is_none() {
+            let c = Upstream::connect(&self.config)?;
+            log::debug!("relay: connected to {}", c.name);
+            self.conn = Some(c);
+        }
+        Ok(self.conn.as_mut().expect("just set"))
+    }
+
+    fn expired(&self, msg: &Message, now: u64) -> bool {
+        now.saturating_sub(msg.envelope.created) >= self.config.max_queue_lifetime.as_secs()
+    }
+
+    /// The smarthost cannot be reached: this message and all others due now wait for
+    /// their next try, each by its own schedule, without a connection attempt each.
+    fn defer_everything_due(&mut self, first: Message, reply: &Reply) {
+        let now = now_unix();
+        self.defer(&first, reply, now);
+        while let Some(id) = self.due.pop_front() {
+            if let Some(msg) = self.read(&id) {
+                self.defer(&msg, reply, now);
+            }
+        }
+    }
+
+    fn defer(&mut self, msg: &Message, reply: &Reply, now: u64) {
+        if self.expired(msg, now) {
+            self.fail_message(msg, now, &format!("message expired; last error: {reply}"));
+            return;
+        }
+        let delay = backoff(&self.config, msg.attempts + 1);
+        let next = now + delay.as_secs();
+        if let Err(e) = self.spool.record_deferred(&msg.id, now, next, &reply.to_string()) {
+            log::error!("{}: cannot record deferral: {e}", msg.id);
+        }
+        for (i, r) in msg.envelope.recipients.iter().enumerate() {
+            if msg.rcpt_state[i] == RcptState::Pending {
+                log::info!(
+                    "{}: to=<{r}>, relay={}, delay={}s, status=deferred ({reply}), next try in {}s",
+                    msg.id,
+                    self.config.smarthost,
+                    now.saturating_sub(msg.envelope.created),
+                    delay.as_secs()
+                );
+            }
+        }
+        self.schedule(msg.id.clone(), delay);
+    }
+
+    fn apply(&mut self, mut msg: Message, pending: &[usize], results: &[RcptResult], now: u64) {
+        let mut deferred: Option<Reply> = None;
+        let delay = now.saturating_sub(msg.envelope.created);
+        for (&i, r) in pending.iter().zip(results) {
+            let rcpt = &msg.envelope.recipients[i];
+            let relay = &self.config.smarthost;
+            match r {
+                RcptResult::Delivered(reply) => {
+                    log::info!("{}: to=<{rcpt}>, relay={relay}, delay={delay}s, status=sent ({reply})", msg.id);
+                    if let Err(e) = self.spool.record_delivered(&msg.id, i, now, &reply.to_string()) {
+                        log::error!("{}: cannot record delivery (it may be sent again): {e}", msg.id);
+                    }
+                    msg.rcpt_state[i] = RcptState::Delivered;
+                }
+                RcptResult::Failed(reply) => {
+                    log::warn!("{}: to=<{rcpt}>, relay={relay}, delay={delay}s, status=failed ({reply})", msg.id);
+                    if let Err(e) = self.spool.record_failed(&msg.id, i, now, &reply.to_string()) {
+                        log::error!("{}: cannot record failure: {e}", msg.id);
+                    }
+                    msg.rcpt_state[i] = RcptState::Failed;
+                }
+                RcptResult::Deferred(reply) => {
+                    deferred.get_or_insert_with(|| reply.clone());
+                }
+            }
+        }
+        match deferred {
+            Some(reply) => self.defer(&msg, &reply, now),
+            None if results.len() < pending.len() => {
+                self.defer(&msg, &Reply::new(451, "4.3.0 no result for every recipient"), now);
+            }
+            None => self.finish(&msg, now),
+        }
+    }
+
+    /// Every recipient has a final result.
+    fn finish(&mut self, msg: &Message, now: u64) {
+        let failed = msg.rcpt_state.iter().filter(|s| **s == RcptState::Failed).count();
+        if failed > 0 {
+            self.fail_message(msg, now, &format!("{failed} recipient(s) failed"));
+            return;
+        }
+        match self.spool.remove(&msg.id) {
+            Ok(()) => log::info!("{}: removed (delivered)", msg.id),
+            Err(e) => log::error!("{}: delivered, but cannot remove spool file: {e}", msg.id),
+        }
+        self.forget(&msg.id);
+    }
+
+    fn fail_message(&mut self, msg: &Message, now: u64, why: &str) {
+        match self.spool.move_to_failed(&msg.id, now, why) {
+            Ok(()) => log::error!("{}: failed: {why}; moved to {}/failed/", msg.id, self.spool.root().display()),
+            Err(e) => log::error!("{}: failed: {why}; cannot move to failed/: {e}", msg.id),
+        }
+        self.forget(&msg.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let c = Config::parse(Path::new("t"), "smarthost a.b:25\nretry_min 1m\nretry_max 10m\n").unwrap();
+        let secs: Vec<u64> = (1..=7).map(|a| backoff(&c, a).as_secs()).collect();
+        assert_eq!(secs, [60, 120, 240, 480, 600, 600, 600]);
+        assert_eq!(backoff(&c, 1000).as_secs(), 600);
+    }
+}

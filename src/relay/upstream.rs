@@ -1,0 +1,240 @@
+//! One connection to the smarthost: the IO shell around `protocol::client::Client`.
+//!
+//! It owns the socket, a fixed read buffer and the reply reader; the client state
+//! machine decides what to send. The stream is an enum so that TLS slots in beside
+//! plain TCP without touching the protocol code.
+
+use std::io::{self, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::protocol::client::{Client, Event, RcptResult, Reply, ReplyReader, Transaction};
+use crate::protocol::stuff::DotStuffer;
+use crate::spool::{Message, Spool};
+
+/// RFC 5321 §4.5.3.2 client timeouts.
+const GREETING: Duration = Duration::from_secs(300);
+const COMMAND: Duration = Duration::from_secs(300);
+const DATA_BLOCK: Duration = Duration::from_secs(180);
+const DATA_END: Duration = Duration::from_secs(600);
+
+pub enum Stream {
+    Plain(TcpStream),
+}
+
+impl Stream {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(s) => s,
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.flush(),
+        }
+    }
+}
+
+pub struct Upstream {
+    stream: Stream,
+    client: Client,
+    reader: ReplyReader,
+    buf: Box<[u8; 4096]>,
+    start: usize,
+    end: usize,
+    /// `smarthost_timeout`, overriding the RFC table when set.
+    timeout: Option<Duration>,
+    pub name: String,
+}
+
+/// A failure that has no server reply: made into a 4xx so the message is retried.
+fn local(text: &str) -> Reply {
+    Reply::new(451, text)
+}
+
+impl Upstream {
+    /// Connects, reads the greeting and says EHLO (or HELO). An `Err` is the reason
+    /// to record for every message that was due.
+    pub fn connect(config: &Config) -> Result<Upstream, Reply> {
+        let sh = &config.smarthost;
+        let name = sh.to_string();
+        let addrs = (sh.host.as_str(), sh.port)
+            .to_socket_addrs()
+            .map_err(|e| local(&format!("4.4.3 cannot resolve smarthost {name}: {e}")))?;
+        let mut last = None;
+        let mut tcp = None;
+        for addr in addrs {
+            match TcpStream::connect_timeout(&addr, config.smarthost_connect_timeout) {
+                Ok(s) => {
+                    tcp = Some(s);
+                    break;
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        let tcp = tcp.ok_or_else(|| {
+            let why = last.map_or("no address".to_string(), |e| e.to_string());
+            local(&format!("4.4.1 cannot connect to smarthost {name}: {why}"))
+        })?;
+        let _ = tcp.set_nodelay(true);
+        let mut up = Upstream {
+            stream: Stream::Plain(tcp),
+            client: Client::new(&config.hostname),
+            reader: ReplyReader::new(),
+            buf: Box::new([0; 4096]),
+            start: 0,
+            end: 0,
+            timeout: config.smarthost_timeout,
+            name,
+        };
+        loop {
+            let (reply, caps) = up.read_reply(GREETING)?;
+            match up.client.on_reply(reply, caps) {
+                Event::Continue => up.flush(COMMAND)?,
+                Event::Ready => return Ok(up),
+                Event::Closed(reply) => return Err(reply),
+                other => return Err(local(&format!("4.5.0 unexpected client event {other:?}"))),
+            }
+        }
+    }
+
+    fn wait(&self, rfc: Duration) -> Duration {
+        self.timeout.unwrap_or(rfc)
+    }
+
+    /// Sends what the client has queued.
+    fn flush(&mut self, timeout: Duration) -> Result<(), Reply> {
+        if self.client.output().is_empty() {
+            return Ok(());
+        }
+        let t = self.wait(timeout);
+        let _ = self.stream.tcp().set_write_timeout(Some(t));
+        let result = self.stream.write_all(self.client.output());
+        self.client.clear_output();
+        result.map_err(|e| local(&format!("4.4.2 lost connection with {} while sending: {e}", self.name)))
+    }
+
+    fn read_reply(&mut self, timeout: Duration) -> Result<(Reply, crate::protocol::client::Capabilities), Reply> {
+        let t = self.wait(timeout);
+        let _ = self.stream.tcp().set_read_timeout(Some(t));
+        loop {
+            if self.start < self.end {
+                let (n, got) = self.reader.feed(&self.buf[self.start..self.end]);
+                self.start += n;
+                match got {
+                    Some(Ok(reply)) => return Ok(reply),
+                    Some(Err(e)) => return Err(local(&format!("4.5.0 bad reply from {}: {e}", self.name))),
+                    None => {}
+                }
+            }
+            self.start = 0;
+            self.end = match self.stream.read(&mut self.buf[..]) {
+                Ok(0) => return Err(local(&format!("4.4.2 connection closed by {}", self.name))),
+                Ok(n) => n,
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                    return Err(local(&format!("4.4.2 timeout waiting for {}", self.name)));
+                }
+                Err(e) => return Err(local(&format!("4.4.2 lost connection with {}: {e}", self.name))),
+            };
+        }
+    }
+
+    /// Checks a message against the server's limits; an `Err` fails every recipient.
+    pub fn check(&self, tx: &Transaction<'_>) -> Result<(), Reply> {
+        self.client.check(tx)
+    }
+
+    /// Runs one transaction. On `Err` the connection is unusable and must be dropped;
+    /// the results then hold what is known (the rest is deferred).
+    pub fn send(&mut self, tx: &Transaction<'_>, msg: &Message, spool: &Spool) -> Result<Vec<RcptResult>, Vec<RcptResult>> {
+        self.client.start(tx);
+        let mut timeout = COMMAND;
+        let outcome = loop {
+            if let Err(reason) = self.flush(COMMAND) {
+                break Err(self.client.connection_lost(&reason));
+            }
+            let (reply, caps) = match self.read_reply(timeout) {
+                Ok(r) => r,
+                Err(reason) => break Err(self.client.connection_lost(&reason)),
+            };
+            match self.client.on_reply(reply, caps) {
+                Event::Continue => {}
+                Event::SendBody => {
+                    if let Err(reason) = self.send_body(msg, spool) {
+                        break Err(self.client.connection_lost(&reason));
+                    }
+                    self.client.body_sent();
+                    timeout = DATA_END;
+                }
+                Event::Done(results) => break Ok(results),
+                Event::Ready | Event::Closed(_) => {
+                    break Err(self.client.connection_lost(&local("4.5.0 smarthost session ended unexpectedly")));
+                }
+            }
+        };
+        let results = outcome?;
+        // A failed transaction is followed by RSET; read its reply before the next.
+        while self.client.busy() {
+            let ok = self.flush(COMMAND).and_then(|()| self.read_reply(COMMAND));
+            match ok {
+                Ok((reply, caps)) => {
+                    if let Event::Closed(_) = self.client.on_reply(reply, caps) {
+                        return Err(results);
+                    }
+                }
+                Err(_) => return Err(results),
+            }
+        }
+        if self.client.is_ready() { Ok(results) } else { Err(results) }
+    }
+
+    /// Streams the content, dot-stuffed, with large reads and writes.
+    fn send_body(&mut self, msg: &Message, spool: &Spool) -> Result<(), Reply> {
+        let mut content = msg
+            .open_content(spool)
+            .map_err(|e| local(&format!("4.3.0 cannot read spool file: {e}")))?;
+        let _ = self.stream.tcp().set_write_timeout(Some(self.wait(DATA_BLOCK)));
+        let mut stuffer = DotStuffer::new();
+        let mut chunk = vec![0u8; 64 * 1024];
+        let mut wire = Vec::with_capacity(2 * chunk.len() + 8);
+        let lost = |e: io::Error| local(&format!("4.4.2 lost connection while sending data: {e}"));
+        loop {
+            let n = content.read(&mut chunk).map_err(|e| local(&format!("4.3.0 cannot read spool file: {e}")))?;
+            if n == 0 {
+                break;
+            }
+            wire.clear();
+            stuffer.encode(&chunk[..n], &mut wire);
+            self.stream.write_all(&wire).map_err(lost)?;
+        }
+        wire.clear();
+        stuffer.finish(&mut wire);
+        self.stream.write_all(&wire).map_err(lost)
+    }
+
+    /// Says QUIT and waits briefly for the answer (RFC 5321 §4.1.1.10).
+    pub fn quit(mut self) {
+        self.client.quit();
+        if self.flush(COMMAND).is_ok() {
+            let _ = self.read_reply(Duration::from_secs(5).min(self.wait(COMMAND)));
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! The acceptor: one thread, one mio poll over every listener. It never blocks on a
+//! client: a connection goes to an idle worker or the bounded hand-off queue, or it
+//! is answered `421 4.3.2` at once and closed.
+
+use std::io::{self, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use crossbeam_channel::{Sender, TrySendError};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+
+use super::Shared;
+use crate::protocol::reply;
+
+pub const WAKE: Token = Token(usize::MAX);
+
+pub struct Acceptor {
+    pub poll: Poll,
+    pub listeners: Vec<TcpListener>,
+    pub pool: Sender<TcpStream>,
+    pub shared: Arc<Shared>,
+    pub max_connections: usize,
+}
+
+impl Acceptor {
+    pub fn run(mut self) -> io::Result<()> {
+        for (i, l) in self.listeners.iter().enumerate() {
+            l.set_nonblocking(true)?;
+            self.poll.registry().register(&mut SourceFd(&l.as_raw_fd()), Token(i), Interest::READABLE)?;
+        }
+        let mut events = Events::with_capacity(64);
+        loop {
+            if let Err(e) = self.poll.poll(&mut events, None) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            if self.shared.shutting_down.load(Ordering::Relaxed) {
+                // Dropping the listeners and the pool sender lets the workers run out.
+                return Ok(());
+            }
+            for ev in events.iter() {
+                if ev.token() != WAKE {
+                    self.accept_all(ev.token().0);
+                }
+            }
+        }
+    }
+
+    fn accept_all(&mut self, i: usize) {
+        loop {
+            match self.listeners[i].accept() {
+                Ok((stream, addr)) => self.hand_off(stream, addr),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted) => {}
+                Err(e) => {
+                    // Out of file descriptors or similar: the listener stays readable,
+                    // so pause instead of spinning.
+                    log::warn!("warning: accept failed: {e}");
+                    std::thread::sleep(Duration::from_millis(100));
+                    return;
+                }
+            }
+        }
+    }
+
+    fn hand_off(&mut self, stream: TcpStream, addr: std::net::SocketAddr) {
+        let active = self.shared.active.fetch_add(1, Ordering::AcqRel);
+        let refuse = |mut stream: TcpStream, why: &str| {
+            self.shared.active.fetch_sub(1, Ordering::AcqRel);
+            log::warn!("warning: {why}: refused [{}]:{} with 421 4.3.2", addr.ip(), addr.port());
+            // A fresh socket's send buffer is empty: this cannot block.
+            let _ = stream.set_nonblocking(true);
+            let _ = stream.write_all(reply::TOO_MANY_CONNECTIONS.as_bytes());
+        };
+        if active >= self.max_connections {
+            refuse(stream, "too many connections");
+            return;
+        }
+        match self.pool.try_send(stream) {
+            Ok(()) => {}
+            Err(TrySendError::Full(s)) | Err(TrySendError::Disconnected(s)) => refuse(s, "all workers busy"),
+        }
+    }
+}

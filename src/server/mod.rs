@@ -1,0 +1,51 @@
+//! The server shell: the acceptor thread (mio poll loop owning the listeners) and
+//! the worker pool (one blocking session per worker), and what they share.
+
+pub mod acceptor;
+pub mod worker;
+
+use std::net::TcpStream;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+/// State shared by the acceptor, the workers and the main thread.
+pub struct Shared {
+    pub shutting_down: AtomicBool,
+    /// Connections handed to the pool and not yet finished.
+    pub active: AtomicUsize,
+    /// One slot per worker: its current connection, for shutdown.
+    pub slots: Vec<Slot>,
+}
+
+#[derive(Default)]
+pub struct Slot {
+    pub stream: Mutex<Option<TcpStream>>,
+    /// A transaction is under way: shutdown lets it finish within the grace period.
+    pub in_transaction: AtomicBool,
+}
+
+impl Shared {
+    pub fn new(workers: usize) -> Shared {
+        Shared {
+            shutting_down: AtomicBool::new(false),
+            active: AtomicUsize::new(0),
+            slots: (0..workers).map(|_| Slot::default()).collect(),
+        }
+    }
+
+    /// Ends the sessions that are idle (the client gets 421 4.3.2), or all of them.
+    pub fn close_sessions(&self, idle_only: bool) -> usize {
+        let mut open = 0;
+        for slot in &self.slots {
+            let guard = slot.stream.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(s) = guard.as_ref() {
+                open += 1;
+                if !idle_only || !slot.in_transaction.load(Ordering::Relaxed) {
+                    // The worker's blocking read returns 0 and it says goodbye.
+                    let _ = s.shutdown(if idle_only { std::net::Shutdown::Read } else { std::net::Shutdown::Both });
+                }
+            }
+        }
+        open
+    }
+}

@@ -1,0 +1,276 @@
+//! A worker: the thin IO shell around `ServerSession`. It serves one connection at a
+//! time with blocking reads into a fixed buffer, and does what the session says:
+//! send replies, open, write, commit or discard a spool file, close.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crossbeam_channel::{Receiver, Sender};
+
+use super::Shared;
+use crate::config::{BareNewline, Config};
+use crate::protocol::data::Verdict;
+use crate::protocol::reply;
+use crate::protocol::server::{Peer, ServerSession, Settings, Step, StoreError, received_header};
+use crate::relay::Control;
+use crate::spool::{self, QueueId, Spool};
+use crate::time;
+
+/// The read buffer: one `read` takes at most this much.
+const READ_BUF: usize = 16 * 1024;
+
+pub struct Worker {
+    pub index: usize,
+    pub config: Arc<Config>,
+    pub spool: Arc<Spool>,
+    pub relay: Sender<Control>,
+    pub rescan: Arc<AtomicBool>,
+    pub shared: Arc<Shared>,
+}
+
+/// How a session ended, for the disconnect line.
+enum End {
+    Quit,
+    Lost(&'static str),
+    Timeout(&'static str),
+    Shutdown,
+}
+
+pub fn settings(config: &Config) -> Settings {
+    Settings {
+        hostname: heapless::String::try_from(config.hostname.as_str()).unwrap_or_default(),
+        max_message_size: config.max_message_size,
+        reject_bare_newline: config.bare_newline == BareNewline::Reject,
+        max_hops: config.max_hops,
+    }
+}
+
+impl Worker {
+    pub fn run(self, pool: Receiver<TcpStream>) {
+        // All per-session memory is taken here, once.
+        let mut session = Box::new(ServerSession::new(settings(&self.config)));
+        let mut buf = vec![0u8; READ_BUF].into_boxed_slice();
+        for stream in pool {
+            let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.serve(&mut session, &mut buf, stream);
+            }));
+            if served.is_err() {
+                log::error!("error: worker {}: session panicked; connection dropped", self.index);
+                session = Box::new(ServerSession::new(settings(&self.config)));
+            }
+            let slot = &self.shared.slots[self.index];
+            *slot.stream.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            slot.in_transaction.store(false, Ordering::Relaxed);
+            self.shared.active.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    fn serve(&self, session: &mut ServerSession, buf: &mut [u8], mut stream: TcpStream) {
+        let Ok(addr) = stream.peer_addr() else { return };
+        let ip = addr.ip().to_canonical();
+        log::info!("connect from [{ip}]:{}", addr.port());
+        let _ = stream.set_nonblocking(false);
+        let _ = stream.set_nodelay(true);
+        let _ = stream.set_read_timeout(Some(self.config.command_timeout));
+        let _ = stream.set_write_timeout(Some(self.config.command_timeout));
+        if let Ok(clone) = stream.try_clone() {
+            *self.shared.slots[self.index].stream.lock().unwrap_or_else(|e| e.into_inner()) = Some(clone);
+        }
+        session.start(Peer { ip, relay_allowed: self.config.relay_allowed(ip) });
+        let mut messages = 0u32;
+        let end = self.session_loop(session, buf, &mut stream, addr, &mut messages);
+        let _ = stream.flush();
+        match end {
+            End::Quit | End::Shutdown => {}
+            End::Lost(when) => log::info!("lost connection after {when} from [{ip}]:{}", addr.port()),
+            End::Timeout(when) => log::info!("timeout after {when} from [{ip}]:{}", addr.port()),
+        }
+        log::info!("disconnect from [{ip}]:{} messages={messages}", addr.port());
+    }
+
+    fn session_loop(
+        &self,
+        session: &mut ServerSession,
+        buf: &mut [u8],
+        stream: &mut TcpStream,
+        addr: SocketAddr,
+        messages: &mut u32,
+    ) -> End {
+        let slot = &self.shared.slots[self.index];
+        let mut message: Option<(QueueId, spool::Writer)> = None;
+        let mut write_error: Option<StoreError> = None;
+        let mut in_data = false;
+        let phase = |s: &ServerSession| if s.in_data() { "DATA" } else { "command" };
+        loop {
+            if send(stream, session).is_err() {
+                return End::Lost(phase(session));
+            }
+            if session.in_data() != in_data {
+                in_data = session.in_data();
+                let t = if in_data { self.config.data_timeout } else { self.config.command_timeout };
+                let _ = stream.set_read_timeout(Some(t));
+            }
+            slot.in_transaction.store(session.in_transaction(), Ordering::Relaxed);
+            let n = match stream.read(buf) {
+                Ok(0) if self.shared.shutting_down.load(Ordering::Relaxed) => {
+                    let _ = stream.write_all(reply::SHUTTING_DOWN.as_bytes());
+                    abort(&mut message);
+                    return End::Shutdown;
+                }
+                Ok(0) => {
+                    abort(&mut message);
+                    return End::Lost(phase(session));
+                }
+                Ok(n) => n,
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                    let _ = stream.write_all(reply::TIMEOUT.as_bytes());
+                    abort(&mut message);
+                    return End::Timeout(phase(session));
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    abort(&mut message);
+                    return End::Lost(phase(session));
+                }
+            };
+            let mut pos = 0;
+            loop {
+                let (used, step) = session.feed(&buf[pos..n]);
+                pos += used;
+                match step {
+                    Step::NeedInput => break,
+                    Step::Flush => {
+                        if send(stream, session).is_err() {
+                            abort(&mut message);
+                            return End::Lost(phase(session));
+                        }
+                    }
+                    Step::OpenMessage => {
+                        write_error = None;
+                        let result = self.open_message(session).map(|m| message = Some(m));
+                        session.spool_opened(result);
+                    }
+                    Step::WriteBody => {
+                        write_body(session, &mut message, &mut write_error);
+                        session.clear_body();
+                    }
+                    Step::StoreMessage => {
+                        write_body(session, &mut message, &mut write_error);
+                        match (message.take(), write_error.take()) {
+                            (Some((id, w)), None) => match self.spool.commit(&id, w) {
+                                Ok(()) => {
+                                    *messages += 1;
+                                    self.accepted(session, &id);
+                                    session.stored(Ok(&id));
+                                }
+                                Err(e) => {
+                                    log::error!("error: {id}: cannot commit to spool: {e}");
+                                    session.stored(Err(store_error(&e)));
+                                }
+                            },
+                            (m, err) => {
+                                if let Some((_, w)) = m {
+                                    w.abort();
+                                }
+                                session.stored(Err(err.unwrap_or(StoreError::Local)));
+                            }
+                        }
+                    }
+                    Step::DiscardMessage => {
+                        let id = message.as_ref().map(|(id, _)| id.clone()).unwrap_or_default();
+                        abort(&mut message);
+                        let why = match session.last_verdict() {
+                            Verdict::TooBig => "552 5.3.4 message too big",
+                            Verdict::LineTooLong => "500 5.5.2 text line too long",
+                            Verdict::BareNewline => "550 5.6.0 bare CR or LF",
+                            Verdict::TooManyHops | Verdict::Accept => "554 5.4.6 too many hops",
+                        };
+                        log::info!("{id}: reject: DATA from [{}]:{}: {why}; size={}", addr.ip(), addr.port(), session.message_size());
+                    }
+                    Step::Close => {
+                        let _ = send(stream, session);
+                        return End::Quit;
+                    }
+                }
+            }
+        }
+    }
+
+    fn open_message(&self, session: &ServerSession) -> Result<(QueueId, spool::Writer), StoreError> {
+        let env = session.envelope();
+        let now = time::now_unix();
+        let id = self.spool.new_id();
+        let record = spool::Envelope {
+            created: now,
+            client: session.peer().ip.to_string(),
+            helo: session.helo().to_string(),
+            eight_bit: env.body == crate::protocol::command::BodyType::EightBitMime,
+            smtputf8: env.smtputf8,
+            sender: String::from_utf8_lossy(&env.sender).into_owned(),
+            recipients: env.recipients.iter().map(|r| String::from_utf8_lossy(r).into_owned()).collect(),
+        };
+        let mut w = self.spool.create(&id, &record).map_err(|e| {
+            log::error!("error: cannot create spool file: {e}");
+            store_error(&e)
+        })?;
+        let mut trace = String::with_capacity(256);
+        let _ = received_header(&mut trace, session, &id, &time::rfc5322(now));
+        if let Err(e) = w.write(trace.as_bytes()) {
+            w.abort();
+            return Err(store_error(&e));
+        }
+        Ok((id, w))
+    }
+
+    fn accepted(&self, session: &ServerSession, id: &str) {
+        let env = session.envelope();
+        let to: Vec<String> = env.recipients.iter().map(|r| format!("<{}>", String::from_utf8_lossy(r))).collect();
+        log::info!(
+            "{id}: from=<{}>, to={}, size={}, nrcpt={}, client=[{}], helo={}",
+            String::from_utf8_lossy(&env.sender),
+            to.join(","),
+            session.message_size(),
+            env.recipients.len(),
+            session.peer().ip,
+            session.helo()
+        );
+        let id = QueueId::try_from(id).unwrap_or_default();
+        if self.relay.try_send(Control::Queued(id)).is_err() {
+            // The relay is busy; it will find the message in queue/.
+            self.rescan.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+fn send(stream: &mut TcpStream, session: &mut ServerSession) -> io::Result<()> {
+    if session.output().is_empty() {
+        return Ok(());
+    }
+    let r = stream.write_all(session.output());
+    session.clear_output();
+    r
+}
+
+fn write_body(session: &ServerSession, message: &mut Option<(QueueId, spool::Writer)>, error: &mut Option<StoreError>) {
+    if error.is_some() || session.body().is_empty() {
+        return;
+    }
+    if let Some((id, w)) = message.as_mut() {
+        if let Err(e) = w.write(session.body()) {
+            log::error!("error: {id}: cannot write spool file: {e}");
+            *error = Some(store_error(&e));
+        }
+    }
+}
+
+fn abort(message: &mut Option<(QueueId, spool::Writer)>) {
+    if let Some((_, w)) = message.take() {
+        w.abort();
+    }
+}
+
+fn store_error(e: &io::Error) -> StoreError {
+    if spool::is_no_space(e) { StoreError::NoSpace } else { StoreError::Local }
+}
