@@ -30,11 +30,17 @@ impl Cidr {
             Some((a, b)) => (a, Some(b)),
             None => (s, None),
         };
-        let addr: IpAddr = addr.parse().map_err(|_| format!("'{s}' is not an IP address or network (e.g. 192.168.1.0/24)"))?;
+        let addr: IpAddr = addr
+            .parse()
+            .map_err(|_| format!("'{s}' is not an IP address or network (e.g. 192.168.1.0/24)"))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let bits = match bits {
             None => max,
-            Some(b) => b.parse::<u8>().ok().filter(|&b| b <= max).ok_or_else(|| format!("'{s}': prefix length must be 0 to {max}"))?,
+            Some(b) => b
+                .parse::<u8>()
+                .ok()
+                .filter(|&b| b <= max)
+                .ok_or_else(|| format!("'{s}': prefix length must be 0 to {max}"))?,
         };
         Ok(Cidr { addr, bits })
     }
@@ -73,7 +79,11 @@ pub struct Smarthost {
 
 impl std::fmt::Display for Smarthost {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.host.contains(':') { write!(f, "[{}]:{}", self.host, self.port) } else { write!(f, "{}:{}", self.host, self.port) }
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
     }
 }
 
@@ -127,8 +137,10 @@ pub const KEYS: &[&str] = &[
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, String> {
-        let text = std::fs::read(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-        let text = String::from_utf8(text).map_err(|_| format!("{}: not UTF-8 text", path.display()))?;
+        let text =
+            std::fs::read(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+        let text =
+            String::from_utf8(text).map_err(|_| format!("{}: not UTF-8 text", path.display()))?;
         Self::parse(path, &text)
     }
 
@@ -140,7 +152,10 @@ impl Config {
             hostname: system_hostname(),
             allow: Vec::new(),
             spool: PathBuf::from("/var/spool/smtp-relayd"),
-            smarthost: Smarthost { host: String::new(), port: 0 },
+            smarthost: Smarthost {
+                host: String::new(),
+                port: 0,
+            },
             workers: 4,
             max_connections: 64,
             max_message_size: 10 * 1024 * 1024,
@@ -170,7 +185,10 @@ impl Config {
             };
             let err = |what: String| format!("{file}:{line_no}: {what}");
             let Some(&key) = KEYS.iter().find(|k| **k == key) else {
-                let hint = KEYS.iter().min_by_key(|k| edit_distance(k, key)).filter(|k| edit_distance(k, key) <= 2);
+                let hint = KEYS
+                    .iter()
+                    .min_by_key(|k| edit_distance(k, key))
+                    .filter(|k| edit_distance(k, key) <= 2);
                 return Err(err(match hint {
                     Some(h) => format!("unknown key '{key}' (did you mean '{h}'?)"),
                     None => format!("unknown key '{key}'"),
@@ -181,7 +199,9 @@ impl Config {
             }
             let repeatable = matches!(key, "listen" | "allow");
             if let Some((_, first)) = seen.iter().find(|(k, _)| *k == key).filter(|_| !repeatable) {
-                return Err(err(format!("'{key}' given again (first on line {first}); it takes one value")));
+                return Err(err(format!(
+                    "'{key}' given again (first on line {first}); it takes one value"
+                )));
             }
             seen.push((key, line_no));
             match key {
@@ -207,13 +227,19 @@ impl Config {
                 }
                 "smarthost" => c.smarthost = parse_smarthost(value).map_err(err)?,
                 "workers" => c.workers = parse_count(value, 1, 1024).map_err(err)?,
-                "max_connections" => c.max_connections = parse_count(value, 1, 100_000).map_err(err)?,
+                "max_connections" => {
+                    c.max_connections = parse_count(value, 1, 100_000).map_err(err)?
+                }
                 "max_message_size" => c.max_message_size = parse_size(value).map_err(err)?,
                 "bare_newline" => {
                     c.bare_newline = match value {
                         "normalize" => BareNewline::Normalize,
                         "reject" => BareNewline::Reject,
-                        _ => return Err(err(format!("bare_newline must be 'normalize' or 'reject', not '{value}'"))),
+                        _ => {
+                            return Err(err(format!(
+                                "bare_newline must be 'normalize' or 'reject', not '{value}'"
+                            )));
+                        }
                     }
                 }
                 "max_hops" => c.max_hops = parse_count(value, 1, 1000).map_err(err)? as u32,
@@ -221,11 +247,21 @@ impl Config {
                 "data_timeout" => c.data_timeout = parse_duration(value).map_err(err)?,
                 "retry_min" => c.retry_min = parse_duration(value).map_err(err)?,
                 "retry_max" => c.retry_max = parse_duration(value).map_err(err)?,
-                "max_queue_lifetime" => c.max_queue_lifetime = parse_duration(value).map_err(err)?,
-                "smarthost_connect_timeout" => c.smarthost_connect_timeout = parse_duration(value).map_err(err)?,
-                "smarthost_timeout" => c.smarthost_timeout = Some(parse_duration(value).map_err(err)?),
-                "smarthost_idle" => c.smarthost_idle = parse_duration_or_zero(value).map_err(err)?,
-                "shutdown_grace" => c.shutdown_grace = parse_duration_or_zero(value).map_err(err)?,
+                "max_queue_lifetime" => {
+                    c.max_queue_lifetime = parse_duration(value).map_err(err)?
+                }
+                "smarthost_connect_timeout" => {
+                    c.smarthost_connect_timeout = parse_duration(value).map_err(err)?
+                }
+                "smarthost_timeout" => {
+                    c.smarthost_timeout = Some(parse_duration(value).map_err(err)?)
+                }
+                "smarthost_idle" => {
+                    c.smarthost_idle = parse_duration_or_zero(value).map_err(err)?
+                }
+                "shutdown_grace" => {
+                    c.shutdown_grace = parse_duration_or_zero(value).map_err(err)?
+                }
                 _ => unreachable!("every key in KEYS is handled"),
             }
         }
@@ -233,18 +269,34 @@ impl Config {
             c.listen.push(SocketAddr::from(([127, 0, 0, 1], 25)));
         }
         if !allow_given {
-            c.allow = vec![Cidr::parse("127.0.0.0/8").unwrap(), Cidr::parse("::1").unwrap()];
+            c.allow = vec![
+                Cidr::parse("127.0.0.0/8").unwrap(),
+                Cidr::parse("::1").unwrap(),
+            ];
         }
         if c.smarthost.host.is_empty() {
-            return Err(format!("{file}: 'smarthost HOST:PORT' is required (the upstream server mail is relayed to)"));
+            return Err(format!(
+                "{file}: 'smarthost HOST:PORT' is required (the upstream server mail is relayed to)"
+            ));
         }
         if c.retry_max < c.retry_min {
-            let line = seen.iter().find(|(k, _)| *k == "retry_max" || *k == "retry_min").map_or(0, |(_, l)| *l);
-            return Err(format!("{file}:{line}: retry_max must not be less than retry_min"));
+            let line = seen
+                .iter()
+                .find(|(k, _)| *k == "retry_max" || *k == "retry_min")
+                .map_or(0, |(_, l)| *l);
+            return Err(format!(
+                "{file}:{line}: retry_max must not be less than retry_min"
+            ));
         }
         if c.max_connections < c.workers {
-            let line = seen.iter().find(|(k, _)| *k == "max_connections").map_or(0, |(_, l)| *l);
-            return Err(format!("{file}:{line}: max_connections ({}) must be at least workers ({})", c.max_connections, c.workers));
+            let line = seen
+                .iter()
+                .find(|(k, _)| *k == "max_connections")
+                .map_or(0, |(_, l)| *l);
+            return Err(format!(
+                "{file}:{line}: max_connections ({}) must be at least workers ({})",
+                c.max_connections, c.workers
+            ));
         }
         Ok(c)
     }
@@ -268,14 +320,26 @@ impl Config {
         let _ = writeln!(s, "workers {}", self.workers);
         let _ = writeln!(s, "max_connections {}", self.max_connections);
         let _ = writeln!(s, "max_message_size {}", self.max_message_size);
-        let _ = writeln!(s, "bare_newline {}", if self.bare_newline == BareNewline::Reject { "reject" } else { "normalize" });
+        let _ = writeln!(
+            s,
+            "bare_newline {}",
+            if self.bare_newline == BareNewline::Reject {
+                "reject"
+            } else {
+                "normalize"
+            }
+        );
         let _ = writeln!(s, "max_hops {}", self.max_hops);
         let _ = writeln!(s, "command_timeout {}", d(&self.command_timeout));
         let _ = writeln!(s, "data_timeout {}", d(&self.data_timeout));
         let _ = writeln!(s, "retry_min {}", d(&self.retry_min));
         let _ = writeln!(s, "retry_max {}", d(&self.retry_max));
         let _ = writeln!(s, "max_queue_lifetime {}", d(&self.max_queue_lifetime));
-        let _ = writeln!(s, "smarthost_connect_timeout {}", d(&self.smarthost_connect_timeout));
+        let _ = writeln!(
+            s,
+            "smarthost_connect_timeout {}",
+            d(&self.smarthost_connect_timeout)
+        );
         match &self.smarthost_timeout {
             Some(t) => {
                 let _ = writeln!(s, "smarthost_timeout {}", d(t));
@@ -298,7 +362,9 @@ fn parse_listen(v: &str) -> Result<SocketAddr, String> {
 }
 
 fn parse_smarthost(v: &str) -> Result<Smarthost, String> {
-    let bad = || format!("smarthost '{v}' is not HOST:PORT (e.g. smtp.example.com:587 or [2001:db8::1]:25)");
+    let bad = || {
+        format!("smarthost '{v}' is not HOST:PORT (e.g. smtp.example.com:587 or [2001:db8::1]:25)")
+    };
     let (host, port) = if let Some(rest) = v.strip_prefix('[') {
         let (h, p) = rest.split_once("]:").ok_or_else(bad)?;
         h.parse::<std::net::Ipv6Addr>().map_err(|_| bad())?;
@@ -306,12 +372,20 @@ fn parse_smarthost(v: &str) -> Result<Smarthost, String> {
     } else {
         v.rsplit_once(':').ok_or_else(bad)?
     };
-    let port = port.parse::<u16>().ok().filter(|&p| p > 0).ok_or_else(bad)?;
-    let host_ok = host.parse::<IpAddr>().is_ok() || crate::protocol::address::check_domain(host.as_bytes(), false).is_ok();
+    let port = port
+        .parse::<u16>()
+        .ok()
+        .filter(|&p| p > 0)
+        .ok_or_else(bad)?;
+    let host_ok = host.parse::<IpAddr>().is_ok()
+        || crate::protocol::address::check_domain(host.as_bytes(), false).is_ok();
     if !host_ok {
         return Err(bad());
     }
-    Ok(Smarthost { host: host.to_string(), port })
+    Ok(Smarthost {
+        host: host.to_string(),
+        port,
+    })
 }
 
 fn parse_count(v: &str, min: usize, max: usize) -> Result<usize, String> {
@@ -330,7 +404,11 @@ pub fn parse_size(v: &str) -> Result<u64, String> {
         Some(b'g' | b'G') => (&v[..v.len() - 1], 1 << 30),
         _ => (v, 1),
     };
-    let n = num.parse::<u64>().map_err(|_| bad())?.checked_mul(mult).ok_or_else(bad)?;
+    let n = num
+        .parse::<u64>()
+        .map_err(|_| bad())?
+        .checked_mul(mult)
+        .ok_or_else(bad)?;
     if n == 0 {
         return Err(format!("'{v}' must be more than 0"));
     }
@@ -338,7 +416,11 @@ pub fn parse_size(v: &str) -> Result<u64, String> {
 }
 
 fn parse_duration_or_zero(v: &str) -> Result<Duration, String> {
-    if v == "0" { Ok(Duration::ZERO) } else { parse_duration(v) }
+    if v == "0" {
+        Ok(Duration::ZERO)
+    } else {
+        parse_duration(v)
+    }
 }
 
 /// `N` seconds, or `N` with `s`, `m`, `h` or `d`.
@@ -351,7 +433,11 @@ pub fn parse_duration(v: &str) -> Result<Duration, String> {
         Some(b'd') => (&v[..v.len() - 1], 86400),
         _ => (v, 1),
     };
-    let n = num.parse::<u64>().map_err(|_| bad())?.checked_mul(mult).ok_or_else(bad)?;
+    let n = num
+        .parse::<u64>()
+        .map_err(|_| bad())?
+        .checked_mul(mult)
+        .ok_or_else(bad)?;
     if n == 0 {
         return Err(format!("'{v}' must be more than 0"));
     }
@@ -364,7 +450,11 @@ fn edit_distance(a: &str, b: &str) -> usize {
     for (i, ca) in a.chars().enumerate() {
         let mut cur = vec![i + 1];
         for (j, cb) in b.iter().enumerate() {
-            cur.push((prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1));
+            cur.push(
+                (prev[j] + usize::from(ca != *cb))
+                    .min(prev[j + 1] + 1)
+                    .min(cur[j] + 1),
+            );
         }
         prev = cur;
     }
@@ -406,37 +496,94 @@ mod tests {
         .unwrap();
         assert_eq!(c.listen.len(), 2);
         assert!(c.relay_allowed("192.168.1.77".parse().unwrap()));
-        assert!(c.relay_allowed("::ffff:192.168.1.77".parse().unwrap()), "IPv4-mapped");
+        assert!(
+            c.relay_allowed("::ffff:192.168.1.77".parse().unwrap()),
+            "IPv4-mapped"
+        );
         assert!(!c.relay_allowed("192.168.2.1".parse().unwrap()));
-        assert!(!c.relay_allowed("127.0.0.1".parse().unwrap()), "allow replaces the default");
+        assert!(
+            !c.relay_allowed("127.0.0.1".parse().unwrap()),
+            "allow replaces the default"
+        );
         assert!(c.relay_allowed("fd12::1".parse().unwrap()));
-        assert_eq!(c.smarthost, Smarthost { host: "2001:db8::1".into(), port: 25 });
+        assert_eq!(
+            c.smarthost,
+            Smarthost {
+                host: "2001:db8::1".into(),
+                port: 25
+            }
+        );
         assert_eq!(c.max_message_size, 512 * 1024);
         assert_eq!(c.retry_max, Duration::from_secs(7200));
         assert_eq!(c.bare_newline, BareNewline::Reject);
 
         let c = parse("allow none\nsmarthost a.b:25\n").unwrap();
         assert!(c.allow.is_empty());
-        assert!(!c.relay_allowed("127.0.0.1".parse().unwrap()), "an empty list allows nobody");
+        assert!(
+            !c.relay_allowed("127.0.0.1".parse().unwrap()),
+            "an empty list allows nobody"
+        );
     }
 
     #[test]
     fn errors_name_file_and_line() {
         let cases = [
-            ("smarthost a.b:25\nlisen 1.2.3.4:25\n", "t.conf:2: unknown key 'lisen' (did you mean 'listen'?)"),
-            ("smarthost a.b:25\nlisten 1.2.3.4\n", "t.conf:2: listen '1.2.3.4' is not ADDR:PORT"),
-            ("smarthost a.b\n", "t.conf:1: smarthost 'a.b' is not HOST:PORT"),
-            ("smarthost a.b:0\n", "t.conf:1: smarthost 'a.b:0' is not HOST:PORT"),
-            ("smarthost a.b:25\nallow 10.0.0.0/33\n", "t.conf:2: '10.0.0.0/33': prefix length must be 0 to 32"),
-            ("smarthost a.b:25\nmax_message_size 10X\n", "t.conf:2: '10X' is not a size"),
-            ("smarthost a.b:25\nworkers 0\n", "t.conf:2: '0' must be a whole number from 1 to 1024"),
-            ("smarthost a.b:25\nhostname bad_name!\n", "t.conf:2: hostname 'bad_name!' is not a domain name"),
-            ("smarthost a.b:25\nhostname a\nhostname b\n", "t.conf:3: 'hostname' given again (first on line 2)"),
-            ("smarthost a.b:25\nspool relative/dir\n", "t.conf:2: spool 'relative/dir' must be an absolute path"),
-            ("smarthost a.b:25\nretry_min 5x\n", "t.conf:2: '5x' is not a duration"),
-            ("smarthost a.b:25\nworkers\n", "t.conf:2: 'workers' needs a value"),
-            ("listen 127.0.0.1:25\n", "t.conf: 'smarthost HOST:PORT' is required"),
-            ("smarthost a.b:25\nretry_min 2h\nretry_max 1h\n", "t.conf:2: retry_max must not be less than retry_min"),
+            (
+                "smarthost a.b:25\nlisen 1.2.3.4:25\n",
+                "t.conf:2: unknown key 'lisen' (did you mean 'listen'?)",
+            ),
+            (
+                "smarthost a.b:25\nlisten 1.2.3.4\n",
+                "t.conf:2: listen '1.2.3.4' is not ADDR:PORT",
+            ),
+            (
+                "smarthost a.b\n",
+                "t.conf:1: smarthost 'a.b' is not HOST:PORT",
+            ),
+            (
+                "smarthost a.b:0\n",
+                "t.conf:1: smarthost 'a.b:0' is not HOST:PORT",
+            ),
+            (
+                "smarthost a.b:25\nallow 10.0.0.0/33\n",
+                "t.conf:2: '10.0.0.0/33': prefix length must be 0 to 32",
+            ),
+            (
+                "smarthost a.b:25\nmax_message_size 10X\n",
+                "t.conf:2: '10X' is not a size",
+            ),
+            (
+                "smarthost a.b:25\nworkers 0\n",
+                "t.conf:2: '0' must be a whole number from 1 to 1024",
+            ),
+            (
+                "smarthost a.b:25\nhostname bad_name!\n",
+                "t.conf:2: hostname 'bad_name!' is not a domain name",
+            ),
+            (
+                "smarthost a.b:25\nhostname a\nhostname b\n",
+                "t.conf:3: 'hostname' given again (first on line 2)",
+            ),
+            (
+                "smarthost a.b:25\nspool relative/dir\n",
+                "t.conf:2: spool 'relative/dir' must be an absolute path",
+            ),
+            (
+                "smarthost a.b:25\nretry_min 5x\n",
+                "t.conf:2: '5x' is not a duration",
+            ),
+            (
+                "smarthost a.b:25\nworkers\n",
+                "t.conf:2: 'workers' needs a value",
+            ),
+            (
+                "listen 127.0.0.1:25\n",
+                "t.conf: 'smarthost HOST:PORT' is required",
+            ),
+            (
+                "smarthost a.b:25\nretry_min 2h\nretry_max 1h\n",
+                "t.conf:2: retry_max must not be less than retry_min",
+            ),
         ];
         for (text, want) in cases {
             let got = parse(text).unwrap_err();
@@ -450,9 +597,25 @@ mod tests {
         assert!(c.contains("10.0.0.1".parse().unwrap()));
         assert!(c.contains("10.15.255.255".parse().unwrap()));
         assert!(!c.contains("10.16.0.0".parse().unwrap()));
-        assert!(Cidr::parse("0.0.0.0/0").unwrap().contains("8.8.8.8".parse().unwrap()));
-        assert!(!Cidr::parse("0.0.0.0/0").unwrap().contains("::2".parse().unwrap()));
-        assert!(Cidr::parse("192.0.2.1").unwrap().contains("192.0.2.1".parse().unwrap()));
-        assert!(!Cidr::parse("192.0.2.1").unwrap().contains("192.0.2.2".parse().unwrap()));
+        assert!(
+            Cidr::parse("0.0.0.0/0")
+                .unwrap()
+                .contains("8.8.8.8".parse().unwrap())
+        );
+        assert!(
+            !Cidr::parse("0.0.0.0/0")
+                .unwrap()
+                .contains("::2".parse().unwrap())
+        );
+        assert!(
+            Cidr::parse("192.0.2.1")
+                .unwrap()
+                .contains("192.0.2.1".parse().unwrap())
+        );
+        assert!(
+            !Cidr::parse("192.0.2.1")
+                .unwrap()
+                .contains("192.0.2.2".parse().unwrap())
+        );
     }
 }

@@ -15,9 +15,9 @@ use signal_hook::iterator::Signals;
 
 use smtp_relayd::config::Config;
 use smtp_relayd::relay::{Control, Relay};
+use smtp_relayd::server::Shared;
 use smtp_relayd::server::acceptor::{self, Acceptor};
 use smtp_relayd::server::worker::Worker;
-use smtp_relayd::server::Shared;
 use smtp_relayd::spool::Spool;
 
 /// sysexits.h
@@ -47,13 +47,21 @@ struct Args {
 }
 
 fn parse_args() -> Result<Option<Args>, String> {
-    let mut args = Args { config: PathBuf::from(DEFAULT_CONFIG), check: false };
+    let mut args = Args {
+        config: PathBuf::from(DEFAULT_CONFIG),
+        check: false,
+    };
     let mut it = std::env::args_os().skip(1);
     while let Some(arg) = it.next() {
-        let Some(a) = arg.to_str() else { return Err("arguments must be UTF-8".into()) };
+        let Some(a) = arg.to_str() else {
+            return Err("arguments must be UTF-8".into());
+        };
         match a {
             "-c" | "--config" => {
-                args.config = it.next().map(PathBuf::from).ok_or_else(|| format!("{a} needs a FILE"))?;
+                args.config = it
+                    .next()
+                    .map(PathBuf::from)
+                    .ok_or_else(|| format!("{a} needs a FILE"))?;
             }
             _ if a.starts_with("--config=") => args.config = PathBuf::from(&a["--config=".len()..]),
             _ if a.starts_with("-c") && a.len() > 2 => args.config = PathBuf::from(&a[2..]),
@@ -127,13 +135,18 @@ fn main() -> ExitCode {
 
 fn serve(config: Config) -> Result<(), String> {
     let config = Arc::new(config);
-    let spool = Arc::new(Spool::open(&config.spool).map_err(|e| format!("cannot open spool {}: {e}", config.spool.display()))?);
+    let spool = Arc::new(
+        Spool::open(&config.spool)
+            .map_err(|e| format!("cannot open spool {}: {e}", config.spool.display()))?,
+    );
     let mut listeners = Vec::new();
     for addr in &config.listen {
-        listeners.push(TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?);
+        listeners
+            .push(TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?);
     }
     // Registered before any thread starts, so that no thread dies of these signals.
-    let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(|e| format!("cannot set up signals: {e}"))?;
+    let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])
+        .map_err(|e| format!("cannot set up signals: {e}"))?;
 
     let shared = Arc::new(Shared::new(config.workers));
     let stop_relay = Arc::new(AtomicBool::new(false));
@@ -144,8 +157,17 @@ fn serve(config: Config) -> Result<(), String> {
     let (pool_tx, pool_rx) = crossbeam_channel::bounded(config.max_connections - config.workers);
 
     let relay = {
-        let r = Relay::new(Arc::clone(&config), Arc::clone(&spool), relay_rx, Arc::clone(&stop_relay), Arc::clone(&rescan));
-        std::thread::Builder::new().name("relay".into()).spawn(move || r.run()).map_err(|e| e.to_string())?
+        let r = Relay::new(
+            Arc::clone(&config),
+            Arc::clone(&spool),
+            relay_rx,
+            Arc::clone(&stop_relay),
+            Arc::clone(&rescan),
+        );
+        std::thread::Builder::new()
+            .name("relay".into())
+            .spawn(move || r.run())
+            .map_err(|e| e.to_string())?
     };
     let mut workers = Vec::new();
     for index in 0..config.workers {
@@ -191,7 +213,9 @@ fn serve(config: Config) -> Result<(), String> {
 
     for sig in signals.forever() {
         match sig {
-            SIGHUP => log::info!("SIGHUP received: reload is not supported; restart to apply changes"),
+            SIGHUP => {
+                log::info!("SIGHUP received: reload is not supported; restart to apply changes")
+            }
             _ => {
                 log::info!("signal {sig} received: shutting down");
                 break;
@@ -213,7 +237,9 @@ fn serve(config: Config) -> Result<(), String> {
         if Instant::now() >= deadline {
             let n = shared.close_sessions(false);
             if n > 0 {
-                log::warn!("warning: grace period over; closing {n} session(s) in progress (no 250 was given for their messages)");
+                log::warn!(
+                    "warning: grace period over; closing {n} session(s) in progress (no 250 was given for their messages)"
+                );
             }
             break;
         }

@@ -4,7 +4,9 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub fn now_unix() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Days since 1970-01-01 to (year, month, day), after Howard Hinnant's `civil_from_days`.
@@ -34,13 +36,23 @@ fn parts(unix: u64) -> Parts {
     let days = (unix / 86400) as i64;
     let (year, month, day) = civil(days);
     let secs = unix % 86400;
-    Parts { year, month, day, weekday: ((days + 4).rem_euclid(7)) as usize, h: secs / 3600, m: secs / 60 % 60, s: secs % 60 }
+    Parts {
+        year,
+        month,
+        day,
+        weekday: ((days + 4).rem_euclid(7)) as usize,
+        h: secs / 3600,
+        m: secs / 60 % 60,
+        s: secs % 60,
+    }
 }
 
 /// `Mon, 30 Nov 2026 22:26:04 +0000` (RFC 5322 §3.3).
 pub fn rfc5322(unix: u64) -> String {
     const DAYS: [&str; 7] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
-    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
     let p = parts(unix);
     format!(
         "{}, {} {} {} {:02}:{:02}:{:02} +0000",
@@ -57,7 +69,10 @@ pub fn rfc5322(unix: u64) -> String {
 /// `2026-11-30T22:26:04Z`, for log lines.
 pub fn iso8601(unix: u64) -> String {
     let p = parts(unix);
-    format!("{}-{:02}-{:02}T{:02}:{:02}:{:02}Z", p.year, p.month, p.day, p.h, p.m, p.s)
+    format!(
+        "{}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        p.year, p.month, p.day, p.h, p.m, p.s
+    )
 }
 
 #[cfg(test)]

@@ -40,7 +40,10 @@ pub enum PathKind {
 /// non-ASCII octets (RFC 6531).
 pub fn parse_path(s: &[u8], kind: PathKind, utf8: bool) -> Result<(Mailbox, &[u8]), PathError> {
     let (inner, rest) = if let Some(body) = s.strip_prefix(b"<") {
-        let end = body.iter().position(|&b| b == b'>').ok_or(PathError::Syntax)?;
+        let end = body
+            .iter()
+            .position(|&b| b == b'>')
+            .ok_or(PathError::Syntax)?;
         // A '>' inside a quoted local part would end the path early; such paths are
         // then rejected below as unterminated quotes, which is the safe side.
         (&body[..end], &body[end + 1..])
@@ -62,14 +65,20 @@ pub fn parse_path(s: &[u8], kind: PathKind, utf8: bool) -> Result<(Mailbox, &[u8
     }
     let mailbox = strip_source_route(inner)?;
     if kind == PathKind::Forward && mailbox.eq_ignore_ascii_case(b"postmaster") {
-        return Ok((Mailbox::from_slice(mailbox).map_err(|_| PathError::TooLong)?, rest));
+        return Ok((
+            Mailbox::from_slice(mailbox).map_err(|_| PathError::TooLong)?,
+            rest,
+        ));
     }
     check_mailbox(mailbox, utf8)?;
     // Non-ASCII octets must at least be UTF-8 (RFC 6531 §3.3).
     if core::str::from_utf8(mailbox).is_err() {
         return Err(PathError::Syntax);
     }
-    Ok((Mailbox::from_slice(mailbox).map_err(|_| PathError::TooLong)?, rest))
+    Ok((
+        Mailbox::from_slice(mailbox).map_err(|_| PathError::TooLong)?,
+        rest,
+    ))
 }
 
 /// `A-d-l ":"` is obsolete but must be accepted; its route is ignored (§4.1.2, §C).
@@ -111,7 +120,11 @@ fn is_atext(b: u8) -> bool {
 fn local_part_len(s: &[u8], utf8: bool) -> Result<usize, PathError> {
     let non_ascii = |b: u8| {
         if b >= 0x80 {
-            if utf8 { Ok(true) } else { Err(PathError::NeedsUtf8) }
+            if utf8 {
+                Ok(true)
+            } else {
+                Err(PathError::NeedsUtf8)
+            }
         } else {
             Ok(false)
         }
@@ -172,7 +185,11 @@ pub fn check_domain(s: &[u8], utf8: bool) -> Result<(), PathError> {
         };
         let letdig = |b: u8| b.is_ascii_alphanumeric() || (utf8 && b >= 0x80);
         if !letdig(first) || !letdig(last) {
-            return Err(if first >= 0x80 || last >= 0x80 { PathError::NeedsUtf8 } else { PathError::Syntax });
+            return Err(if first >= 0x80 || last >= 0x80 {
+                PathError::NeedsUtf8
+            } else {
+                PathError::Syntax
+            });
         }
         for &b in label {
             if b >= 0x80 && !utf8 {
@@ -196,8 +213,14 @@ fn check_address_literal(s: &[u8]) -> Result<(), PathError> {
     if text.parse::<core::net::Ipv4Addr>().is_ok() {
         return Ok(());
     }
-    if let Some(v6) = text.strip_prefix("IPv6:").or_else(|| text.strip_prefix("ipv6:")) {
-        return v6.parse::<core::net::Ipv6Addr>().map(|_| ()).map_err(|_| PathError::Syntax);
+    if let Some(v6) = text
+        .strip_prefix("IPv6:")
+        .or_else(|| text.strip_prefix("ipv6:"))
+    {
+        return v6
+            .parse::<core::net::Ipv6Addr>()
+            .map(|_| ())
+            .map_err(|_| PathError::Syntax);
     }
     // General-address-literal: Standardized-tag ":" 1*dcontent, dcontent = %d33-90 / %d94-126.
     let (tag, content) = text.split_once(':').ok_or(PathError::Syntax)?;
@@ -205,8 +228,14 @@ fn check_address_literal(s: &[u8]) -> Result<(), PathError> {
         && tag.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
         && !tag.ends_with('-');
     let content_ok = !content.is_empty()
-        && content.bytes().all(|b| (33..=90).contains(&b) || (94..=126).contains(&b));
-    if tag_ok && content_ok { Ok(()) } else { Err(PathError::Syntax) }
+        && content
+            .bytes()
+            .all(|b| (33..=90).contains(&b) || (94..=126).contains(&b));
+    if tag_ok && content_ok {
+        Ok(())
+    } else {
+        Err(PathError::Syntax)
+    }
 }
 
 #[cfg(test)]
@@ -220,24 +249,90 @@ mod tests {
         let long_local = [b'a'; 65];
         let mut too_long_local = long_local.to_vec();
         too_long_local.extend_from_slice(b"@x.org");
-        let mut cases: Vec<(Vec<u8>, PathKind, bool, Result<(&[u8], &[u8]), PathError>)> = vec![
+        type Case<'a> = (
+            Vec<u8>,
+            PathKind,
+            bool,
+            Result<(&'a [u8], &'a [u8]), PathError>,
+        );
+        let mut cases: Vec<Case> = vec![
             (b"<a@b.c>".to_vec(), Reverse, false, Ok((b"a@b.c", b""))),
-            (b"<a@b.c> SIZE=1".to_vec(), Reverse, false, Ok((b"a@b.c", b" SIZE=1"))),
+            (
+                b"<a@b.c> SIZE=1".to_vec(),
+                Reverse,
+                false,
+                Ok((b"a@b.c", b" SIZE=1")),
+            ),
             (b"<>".to_vec(), Reverse, false, Ok((b"", b""))),
             (b"<>".to_vec(), Forward, false, Err(Syntax)),
-            (b"<Postmaster>".to_vec(), Forward, false, Ok((b"Postmaster", b""))),
+            (
+                b"<Postmaster>".to_vec(),
+                Forward,
+                false,
+                Ok((b"Postmaster", b"")),
+            ),
             (b"<postmaster>".to_vec(), Reverse, false, Err(Syntax)),
-            (b"<first.last+tag@sub.example.com>".to_vec(), Forward, false, Ok((b"first.last+tag@sub.example.com", b""))),
-            (b"<\"john doe\"@example.com>".to_vec(), Forward, false, Ok((b"\"john doe\"@example.com", b""))),
-            (b"<\"a\\\"b\"@example.com>".to_vec(), Forward, false, Ok((b"\"a\\\"b\"@example.com", b""))),
-            (b"<\"unterminated@example.com>".to_vec(), Forward, false, Err(Syntax)),
-            (b"<@relay1.org,@relay2.org:user@example.com>".to_vec(), Forward, false, Ok((b"user@example.com", b""))),
-            (b"<@bad_route:user@example.com>".to_vec(), Forward, false, Err(Syntax)),
-            (b"<user@[192.0.2.1]>".to_vec(), Forward, false, Ok((b"user@[192.0.2.1]", b""))),
-            (b"<user@[IPv6:2001:db8::1]>".to_vec(), Forward, false, Ok((b"user@[IPv6:2001:db8::1]", b""))),
-            (b"<user@[IPv6:nonsense]>".to_vec(), Forward, false, Err(Syntax)),
+            (
+                b"<first.last+tag@sub.example.com>".to_vec(),
+                Forward,
+                false,
+                Ok((b"first.last+tag@sub.example.com", b"")),
+            ),
+            (
+                b"<\"john doe\"@example.com>".to_vec(),
+                Forward,
+                false,
+                Ok((b"\"john doe\"@example.com", b"")),
+            ),
+            (
+                b"<\"a\\\"b\"@example.com>".to_vec(),
+                Forward,
+                false,
+                Ok((b"\"a\\\"b\"@example.com", b"")),
+            ),
+            (
+                b"<\"unterminated@example.com>".to_vec(),
+                Forward,
+                false,
+                Err(Syntax),
+            ),
+            (
+                b"<@relay1.org,@relay2.org:user@example.com>".to_vec(),
+                Forward,
+                false,
+                Ok((b"user@example.com", b"")),
+            ),
+            (
+                b"<@bad_route:user@example.com>".to_vec(),
+                Forward,
+                false,
+                Err(Syntax),
+            ),
+            (
+                b"<user@[192.0.2.1]>".to_vec(),
+                Forward,
+                false,
+                Ok((b"user@[192.0.2.1]", b"")),
+            ),
+            (
+                b"<user@[IPv6:2001:db8::1]>".to_vec(),
+                Forward,
+                false,
+                Ok((b"user@[IPv6:2001:db8::1]", b"")),
+            ),
+            (
+                b"<user@[IPv6:nonsense]>".to_vec(),
+                Forward,
+                false,
+                Err(Syntax),
+            ),
             (b"<user@[300.1.1.1]>".to_vec(), Forward, false, Err(Syntax)),
-            (b"<user@[x-tag:stuff]>".to_vec(), Forward, false, Ok((b"user@[x-tag:stuff]", b""))),
+            (
+                b"<user@[x-tag:stuff]>".to_vec(),
+                Forward,
+                false,
+                Ok((b"user@[x-tag:stuff]", b"")),
+            ),
             (b"<.a@b.c>".to_vec(), Forward, false, Err(Syntax)),
             (b"<a.@b.c>".to_vec(), Forward, false, Err(Syntax)),
             (b"<a..b@b.c>".to_vec(), Forward, false, Err(Syntax)),
@@ -253,10 +348,30 @@ mod tests {
             (b"<a\x00@b.c>".to_vec(), Forward, false, Err(Syntax)),
             (b"<a\r@b.c>".to_vec(), Forward, false, Err(Syntax)),
             (b"a@b.c".to_vec(), Forward, false, Ok((b"a@b.c", b""))),
-            (b"a@b.c SIZE=5".to_vec(), Reverse, false, Ok((b"a@b.c", b" SIZE=5"))),
-            ("<jos\u{e9}@ex.org>".as_bytes().to_vec(), Forward, false, Err(NeedsUtf8)),
-            ("<jos\u{e9}@ex.org>".as_bytes().to_vec(), Forward, true, Ok(("jos\u{e9}@ex.org".as_bytes(), b""))),
-            ("<a@b\u{fc}cher.de>".as_bytes().to_vec(), Forward, true, Ok(("a@b\u{fc}cher.de".as_bytes(), b""))),
+            (
+                b"a@b.c SIZE=5".to_vec(),
+                Reverse,
+                false,
+                Ok((b"a@b.c", b" SIZE=5")),
+            ),
+            (
+                "<jos\u{e9}@ex.org>".as_bytes().to_vec(),
+                Forward,
+                false,
+                Err(NeedsUtf8),
+            ),
+            (
+                "<jos\u{e9}@ex.org>".as_bytes().to_vec(),
+                Forward,
+                true,
+                Ok(("jos\u{e9}@ex.org".as_bytes(), b"")),
+            ),
+            (
+                "<a@b\u{fc}cher.de>".as_bytes().to_vec(),
+                Forward,
+                true,
+                Ok(("a@b\u{fc}cher.de".as_bytes(), b"")),
+            ),
             (b"<a\xff@b.c>".to_vec(), Forward, true, Err(Syntax)),
         ];
         let mut p = b"<".to_vec();
@@ -270,7 +385,10 @@ mod tests {
 
         for (input, kind, utf8, want) in cases {
             let got = parse_path(&input, kind, utf8);
-            let got = got.as_ref().map(|(m, rest)| (&m[..], *rest)).map_err(|e| *e);
+            let got = got
+                .as_ref()
+                .map(|(m, rest)| (&m[..], *rest))
+                .map_err(|e| *e);
             assert_eq!(got, want, "input {:?}", String::from_utf8_lossy(&input));
         }
     }

@@ -16,7 +16,8 @@ use super::limits;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
     pub code: u16,
-    pub text: heapless::String<REPLY_TEXT>,
+    /// At most `REPLY_TEXT` characters.
+    pub text: String,
 }
 
 /// How much of a reply's text is kept.
@@ -24,17 +25,24 @@ pub const REPLY_TEXT: usize = 320;
 
 impl Reply {
     pub fn new(code: u16, text: &str) -> Self {
-        let mut r = Reply { code, text: heapless::String::new() };
+        let mut r = Reply {
+            code,
+            text: String::new(),
+        };
         r.push_text(text.as_bytes());
         r
     }
 
     fn push_text(&mut self, bytes: &[u8]) {
         for &b in bytes {
-            let c = if (0x20..0x7f).contains(&b) { b as char } else { '?' };
-            if self.text.push(c).is_err() {
+            if self.text.len() >= REPLY_TEXT {
                 break;
             }
+            self.text.push(if (0x20..0x7f).contains(&b) {
+                b as char
+            } else {
+                '?'
+            });
         }
     }
 
@@ -75,6 +83,9 @@ impl std::fmt::Display for ReplyError {
     }
 }
 
+/// A complete reply and the EHLO capabilities its lines named, or why it is bad.
+pub type Parsed = Result<(Reply, Capabilities), ReplyError>;
+
 /// Collects one reply at a time from the server's bytes, with a bound on the length
 /// of a line and on the number of lines. Keeps the EHLO keywords as they pass.
 #[derive(Debug)]
@@ -105,7 +116,7 @@ impl ReplyReader {
 
     /// Feeds bytes. Returns how many were consumed and, once a reply is complete,
     /// the reply with the capabilities its lines named (meaningful after EHLO).
-    pub fn feed(&mut self, input: &[u8]) -> (usize, Option<Result<(Reply, Capabilities), ReplyError>>) {
+    pub fn feed(&mut self, input: &[u8]) -> (usize, Option<Parsed>) {
         let mut i = 0;
         while i < input.len() {
             let b = input[i];
@@ -148,10 +159,15 @@ impl ReplyReader {
         if self.lines > limits::REPLY_LINES {
             return Err(ReplyError::TooManyLines);
         }
-        if line.len() < 3 || !line[..3].iter().all(u8::is_ascii_digit) || !(b'2'..=b'5').contains(&line[0]) {
+        if line.len() < 3
+            || !line[..3].iter().all(u8::is_ascii_digit)
+            || !(b'2'..=b'5').contains(&line[0])
+        {
             return Err(ReplyError::Syntax);
         }
-        let code = line[..3].iter().fold(0u16, |n, &d| n * 10 + u16::from(d - b'0'));
+        let code = line[..3]
+            .iter()
+            .fold(0u16, |n, &d| n * 10 + u16::from(d - b'0'));
         let last = match line.get(3) {
             None | Some(b' ') => true,
             Some(b'-') => false,
@@ -351,7 +367,11 @@ impl Client {
     pub fn check(&self, tx: &Transaction<'_>) -> Result<(), Reply> {
         if let Some(limit) = self.capabilities.size.filter(|&l| l > 0 && tx.size > l) {
             let mut r = Reply::new(552, "");
-            let _ = write!(r.text, "5.3.4 message size {} exceeds smarthost limit {limit}", tx.size);
+            let _ = write!(
+                r.text,
+                "5.3.4 message size {} exceeds smarthost limit {limit}",
+                tx.size
+            );
             return Err(r);
         }
         if tx.smtputf8 && !self.capabilities.smtputf8 {
@@ -386,7 +406,11 @@ impl Client {
             }
             self.out.extend_from_slice(b"DATA\r\n");
         }
-        self.pending = tx.recipients.iter().map(|r| heapless::String::try_from(*r).unwrap_or_default()).collect();
+        self.pending = tx
+            .recipients
+            .iter()
+            .map(|r| heapless::String::try_from(*r).unwrap_or_default())
+            .collect();
         self.state = State::Mail;
     }
 
@@ -405,7 +429,10 @@ impl Client {
     /// The shell lost the connection (EOF, error, timeout). Recipients without a final
     /// result are deferred with `reason`.
     pub fn connection_lost(&mut self, reason: &Reply) -> Vec<RcptResult> {
-        let in_tx = matches!(self.state, State::Mail | State::Rcpt(_) | State::Data | State::Body | State::Eom);
+        let in_tx = matches!(
+            self.state,
+            State::Mail | State::Rcpt(_) | State::Data | State::Body | State::Eom
+        );
         self.state = State::Closed;
         if !in_tx {
             return Vec::new();
@@ -425,7 +452,11 @@ impl Client {
         // 421 at any point: the server is closing the channel (RFC 5321 §3.8).
         if reply.code == 421 && self.state != State::Quit {
             let results = self.connection_lost(&reply);
-            return if results.is_empty() { Event::Closed(reply) } else { Event::Done(results) };
+            return if results.is_empty() {
+                Event::Closed(reply)
+            } else {
+                Event::Done(results)
+            };
         }
         match self.state {
             State::Banner => {
@@ -489,7 +520,8 @@ impl Client {
                     // RFC 2920 §3.1: DATA was taken with no valid recipient; send an
                     // empty message to end it, and ignore the result.
                     self.out.extend_from_slice(b".\r\n");
-                    self.mail_reply.get_or_insert(Reply::new(554, "5.5.1 no valid recipients"));
+                    self.mail_reply
+                        .get_or_insert(Reply::new(554, "5.5.1 no valid recipients"));
                     self.state = State::Eom;
                     return Event::Continue;
                 }
@@ -556,17 +588,25 @@ impl Client {
 
     /// Every recipient gets its result; a failed transaction is reset with RSET.
     fn done(&mut self) -> Event {
-        let mail = self.mail_reply.take().unwrap_or_else(|| Reply::new(451, "4.3.0 no reply to MAIL"));
+        let mail = self
+            .mail_reply
+            .take()
+            .unwrap_or_else(|| Reply::new(451, "4.3.0 no reply to MAIL"));
         let results: Vec<RcptResult> = self
             .results
             .iter()
             .map(|r| match r {
                 Some(r) => r.clone(),
                 None if !mail.is_positive() => RcptResult::from_reply(&mail),
-                None => RcptResult::Deferred(Reply::new(451, "4.3.0 transaction ended without a result")),
+                None => RcptResult::Deferred(Reply::new(
+                    451,
+                    "4.3.0 transaction ended without a result",
+                )),
             })
             .collect();
-        let delivered = results.iter().any(|r| matches!(r, RcptResult::Delivered(_)));
+        let delivered = results
+            .iter()
+            .any(|r| matches!(r, RcptResult::Delivered(_)));
         if delivered {
             self.state = State::Ready;
         } else {
@@ -591,7 +631,7 @@ impl core::fmt::Write for Out<'_> {
 mod tests {
     use super::*;
 
-    fn read_all(bytes: &[u8]) -> Vec<Result<(Reply, Capabilities), ReplyError>> {
+    fn read_all(bytes: &[u8]) -> Vec<Parsed> {
         let mut r = ReplyReader::new();
         let mut out = vec![];
         let mut pos = 0;
@@ -625,7 +665,11 @@ mod tests {
             }
         );
         assert_eq!(read_all(b"250\r\n")[0].clone().unwrap().0.code, 250);
-        assert_eq!(read_all(b"250 ok\n")[0].clone().unwrap().0.code, 250, "bare LF is tolerated");
+        assert_eq!(
+            read_all(b"250 ok\n")[0].clone().unwrap().0.code,
+            250,
+            "bare LF is tolerated"
+        );
         assert_eq!(read_all(b"25 x\r\n")[0], Err(ReplyError::Syntax));
         assert_eq!(read_all(b"250-a\r\n251 b\r\n")[0], Err(ReplyError::Syntax));
         assert_eq!(read_all(b"250xok\r\n")[0], Err(ReplyError::Syntax));
@@ -635,7 +679,10 @@ mod tests {
         assert_eq!(read_all(&long)[0], Err(ReplyError::LineTooLong));
         let many = b"250-x\r\n".repeat(200);
         assert_eq!(read_all(&many)[0], Err(ReplyError::TooManyLines));
-        let r = read_all(b"550 bad \x1b[31mred\xff\r\n")[0].clone().unwrap().0;
+        let r = read_all(b"550 bad \x1b[31mred\xff\r\n")[0]
+            .clone()
+            .unwrap()
+            .0;
         assert_eq!(r.text.as_str(), "bad ?[31mred?");
     }
 
@@ -665,7 +712,13 @@ mod tests {
     }
 
     fn tx<'a>(rcpts: &'a [&'a str]) -> Transaction<'a> {
-        Transaction { sender: "a@b.c", recipients: rcpts, size: 42, eight_bit: true, smtputf8: false }
+        Transaction {
+            sender: "a@b.c",
+            recipients: rcpts,
+            size: 42,
+            eight_bit: true,
+            smtputf8: false,
+        }
     }
 
     fn codes(results: &[RcptResult]) -> Vec<(char, u16)> {
@@ -697,9 +750,14 @@ mod tests {
             "MAIL FROM:<a@b.c> SIZE=42 BODY=8BITMIME\r\nRCPT TO:<ok@x>\r\nRCPT TO:<later@x>\r\nRCPT TO:<never@x>\r\nDATA\r\n"
         );
         c.clear_output();
-        let (_, ev) = drive(&mut c, &["250 ok|250 ok|450 busy|550 no|354 go|", "250 queued|"]);
+        let (_, ev) = drive(
+            &mut c,
+            &["250 ok|250 ok|450 busy|550 no|354 go|", "250 queued|"],
+        );
         assert_eq!(ev[4], Event::SendBody);
-        let Event::Done(results) = &ev[5] else { panic!("{ev:?}") };
+        let Event::Done(results) = &ev[5] else {
+            panic!("{ev:?}")
+        };
         assert_eq!(codes(results), [('D', 250), ('T', 450), ('F', 550)]);
         assert!(c.is_ready());
     }
@@ -709,11 +767,19 @@ mod tests {
         let mut c = ready("250-mx|250 SIZE|");
         let rcpts = ["r1@x", "r2@x"];
         c.start(&tx(&rcpts));
-        assert_eq!(std::str::from_utf8(c.output()).unwrap(), "MAIL FROM:<a@b.c> SIZE=42\r\n");
+        assert_eq!(
+            std::str::from_utf8(c.output()).unwrap(),
+            "MAIL FROM:<a@b.c> SIZE=42\r\n"
+        );
         c.clear_output();
-        let (sent, ev) = drive(&mut c, &["250 ok|", "250 ok|", "250 ok|", "354 go|", "451 try later|"]);
+        let (sent, ev) = drive(
+            &mut c,
+            &["250 ok|", "250 ok|", "250 ok|", "354 go|", "451 try later|"],
+        );
         assert_eq!(sent, "RCPT TO:<r1@x>\r\nRCPT TO:<r2@x>\r\nDATA\r\nRSET\r\n");
-        let Event::Done(results) = ev.last().unwrap() else { panic!() };
+        let Event::Done(results) = ev.last().unwrap() else {
+            panic!()
+        };
         assert_eq!(codes(results), [('T', 451), ('T', 451)]);
         assert!(c.busy(), "RSET reply pending");
         let (_, ev) = drive(&mut c, &["250 ok|"]);
@@ -727,7 +793,9 @@ mod tests {
         c.start(&tx(&["r@x"]));
         c.clear_output();
         let (sent, ev) = drive(&mut c, &["553 sender rejected|503 no mail|503 no rcpt|"]);
-        let Event::Done(results) = ev.last().unwrap() else { panic!() };
+        let Event::Done(results) = ev.last().unwrap() else {
+            panic!()
+        };
         assert_eq!(codes(results), [('F', 553)]);
         assert_eq!(sent, "RSET\r\n");
 
@@ -737,16 +805,23 @@ mod tests {
         c.clear_output();
         let (sent, ev) = drive(&mut c, &["250 ok|", "450 mailbox busy|"]);
         assert_eq!(sent, "RCPT TO:<r@x>\r\nRSET\r\n");
-        let Event::Done(results) = ev.last().unwrap() else { panic!() };
+        let Event::Done(results) = ev.last().unwrap() else {
+            panic!()
+        };
         assert_eq!(codes(results), [('T', 450)]);
 
         // Pipelined, no valid recipient, but DATA says 354 anyway: send an empty end.
         let mut c = ready("250-mx|250 PIPELINING|");
         c.start(&tx(&["r@x"]));
         c.clear_output();
-        let (sent, ev) = drive(&mut c, &["250 ok|550 no|354 go|", "554 no valid recipients|"]);
+        let (sent, ev) = drive(
+            &mut c,
+            &["250 ok|550 no|354 go|", "554 no valid recipients|"],
+        );
         assert!(sent.starts_with(".\r\n"), "{sent:?}");
-        let Event::Done(results) = ev.last().unwrap() else { panic!() };
+        let Event::Done(results) = ev.last().unwrap() else {
+            panic!()
+        };
         assert_eq!(codes(results), [('F', 550)]);
     }
 
@@ -765,7 +840,9 @@ mod tests {
         let mut c = ready("250-mx|250 PIPELINING|");
         c.start(&tx(&["r1@x", "r2@x"]));
         let (_, ev) = drive(&mut c, &["250 ok|421 shutting down|"]);
-        let Event::Done(results) = ev.last().unwrap() else { panic!() };
+        let Event::Done(results) = ev.last().unwrap() else {
+            panic!()
+        };
         assert_eq!(codes(results), [('T', 421), ('T', 421)]);
         assert!(!c.busy() && !c.is_ready());
 
@@ -785,7 +862,10 @@ mod tests {
         let c = ready("250-mx|250 SIZE 0|");
         assert!(c.check(&tx(&["r@x"])).is_ok());
         let c = ready("250 mx|");
-        let t = Transaction { smtputf8: true, ..tx(&["r@x"]) };
+        let t = Transaction {
+            smtputf8: true,
+            ..tx(&["r@x"])
+        };
         assert_eq!(c.check(&t).unwrap_err().code, 553);
     }
 }

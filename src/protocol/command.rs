@@ -89,11 +89,21 @@ pub fn parse(line: &[u8], utf8: bool) -> Result<Command<'_>, CommandError> {
         None => (line, &line[line.len()..]),
     };
     let is = |name: &[u8]| verb.eq_ignore_ascii_case(name);
-    let no_arg = |cmd: Command<'static>| if arg.is_empty() { Ok(cmd) } else { Err(CommandError::NoArguments) };
+    let no_arg = |cmd: Command<'static>| {
+        if arg.is_empty() {
+            Ok(cmd)
+        } else {
+            Err(CommandError::NoArguments)
+        }
+    };
     if is(b"EHLO") {
-        client_name(arg).map(Command::Ehlo).ok_or(CommandError::EhloSyntax)
+        client_name(arg)
+            .map(Command::Ehlo)
+            .ok_or(CommandError::EhloSyntax)
     } else if is(b"HELO") {
-        client_name(arg).map(Command::Helo).ok_or(CommandError::HeloSyntax)
+        client_name(arg)
+            .map(Command::Helo)
+            .ok_or(CommandError::HeloSyntax)
     } else if is(b"MAIL") {
         parse_mail(arg)
     } else if is(b"RCPT") {
@@ -109,12 +119,26 @@ pub fn parse(line: &[u8], utf8: bool) -> Result<Command<'_>, CommandError> {
     } else if is(b"HELP") {
         Ok(Command::Help)
     } else if is(b"VRFY") {
-        if arg.is_empty() { Err(CommandError::Syntax) } else { Ok(Command::Vrfy) }
+        if arg.is_empty() {
+            Err(CommandError::Syntax)
+        } else {
+            Ok(Command::Vrfy)
+        }
     } else if is(b"EXPN") {
         Ok(Command::Expn)
-    } else if [&b"STARTTLS"[..], b"AUTH", b"BDAT", b"ETRN", b"TURN", b"ATRN", b"SEND", b"SOML", b"SAML"]
-        .iter()
-        .any(|v| is(v))
+    } else if [
+        &b"STARTTLS"[..],
+        b"AUTH",
+        b"BDAT",
+        b"ETRN",
+        b"TURN",
+        b"ATRN",
+        b"SEND",
+        b"SOML",
+        b"SAML",
+    ]
+    .iter()
+    .any(|v| is(v))
     {
         Ok(Command::NotImplemented)
     } else if verb.iter().any(|&b| b >= 0x80) {
@@ -153,9 +177,16 @@ fn parse_mail(arg: &[u8]) -> Result<Command<'_>, CommandError> {
     let rest = after_prefix(arg, b"FROM:").ok_or(CommandError::MailSyntax)?;
     let (sender, params) = match parse_path(rest, PathKind::Reverse, true) {
         Ok(v) => v,
-        Err(PathError::Syntax | PathError::TooLong | PathError::NeedsUtf8) => return Err(CommandError::BadSender),
+        Err(PathError::Syntax | PathError::TooLong | PathError::NeedsUtf8) => {
+            return Err(CommandError::BadSender);
+        }
     };
-    let mut mail = Mail { sender, size: None, body: BodyType::SevenBit, smtputf8: false };
+    let mut mail = Mail {
+        sender,
+        size: None,
+        body: BodyType::SevenBit,
+        smtputf8: false,
+    };
     let (mut seen_size, mut seen_body) = (false, false);
     for param in params.split(|&b| b == b' ').filter(|p| !p.is_empty()) {
         let (key, value) = match param.iter().position(|&b| b == b'=') {
@@ -168,9 +199,12 @@ fn parse_mail(arg: &[u8]) -> Result<Command<'_>, CommandError> {
         if key.eq_ignore_ascii_case(b"SIZE") && !seen_size {
             seen_size = true;
             // RFC 1870: size-value = 1*20DIGIT
-            let v = value.filter(|v| !v.is_empty() && v.len() <= 20 && v.iter().all(u8::is_ascii_digit));
+            let v = value
+                .filter(|v| !v.is_empty() && v.len() <= 20 && v.iter().all(u8::is_ascii_digit));
             let v = v.ok_or(CommandError::Syntax)?;
-            let n = v.iter().try_fold(0u64, |n, &d| n.checked_mul(10)?.checked_add(u64::from(d - b'0')));
+            let n = v.iter().try_fold(0u64, |n, &d| {
+                n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+            });
             mail.size = Some(n.unwrap_or(u64::MAX));
         } else if key.eq_ignore_ascii_case(b"BODY") && !seen_body {
             seen_body = true;
@@ -200,7 +234,11 @@ fn parse_rcpt(arg: &[u8], utf8: bool) -> Result<Command<'_>, CommandError> {
     };
     // No RCPT parameters are offered (no DSN): any is unrecognised (RFC 5321 §4.1.1.3).
     if !trim(params).is_empty() {
-        return Err(if params.starts_with(b" ") { CommandError::UnknownParameter } else { CommandError::BadRecipient });
+        return Err(if params.starts_with(b" ") {
+            CommandError::UnknownParameter
+        } else {
+            CommandError::BadRecipient
+        });
     }
     Ok(Command::Rcpt(rcpt))
 }
@@ -215,7 +253,12 @@ mod tests {
     }
 
     fn mail(sender: &[u8], size: Option<u64>, body: BodyType, smtputf8: bool) -> Command<'static> {
-        Command::Mail(Mail { sender: mb(sender), size, body, smtputf8 })
+        Command::Mail(Mail {
+            sender: mb(sender),
+            size,
+            body,
+            smtputf8,
+        })
     }
 
     #[test]
@@ -225,36 +268,75 @@ mod tests {
             (b"EHLO client.example", Ok(Command::Ehlo(b"client.example"))),
             (b"ehlo client.example", Ok(Command::Ehlo(b"client.example"))),
             (b"EhLo [192.0.2.1]", Ok(Command::Ehlo(b"[192.0.2.1]"))),
-            (b"EHLO camera_01 extra words", Ok(Command::Ehlo(b"camera_01"))),
+            (
+                b"EHLO camera_01 extra words",
+                Ok(Command::Ehlo(b"camera_01")),
+            ),
             (b"EHLO", Err(E::EhloSyntax)),
             (b"EHLO ", Err(E::EhloSyntax)),
             (b"HELO", Err(E::HeloSyntax)),
             (b"HELO x", Ok(Command::Helo(b"x"))),
-            (b"MAIL FROM:<a@b.c>", Ok(mail(b"a@b.c", None, SevenBit, false))),
-            (b"mail from:<a@b.c>", Ok(mail(b"a@b.c", None, SevenBit, false))),
-            (b"MAIL FROM: <a@b.c>", Ok(mail(b"a@b.c", None, SevenBit, false))),
+            (
+                b"MAIL FROM:<a@b.c>",
+                Ok(mail(b"a@b.c", None, SevenBit, false)),
+            ),
+            (
+                b"mail from:<a@b.c>",
+                Ok(mail(b"a@b.c", None, SevenBit, false)),
+            ),
+            (
+                b"MAIL FROM: <a@b.c>",
+                Ok(mail(b"a@b.c", None, SevenBit, false)),
+            ),
             (b"MAIL FROM:<>", Ok(mail(b"", None, SevenBit, false))),
-            (b"MAIL FROM:<a@b.c> SIZE=1000 BODY=8BITMIME", Ok(mail(b"a@b.c", Some(1000), EightBitMime, false))),
-            (b"MAIL FROM:<a@b.c> size=12 body=7bit ", Ok(mail(b"a@b.c", Some(12), SevenBit, false))),
-            (b"MAIL FROM:<a@b.c> SIZE=99999999999999999999", Ok(mail(b"a@b.c", Some(u64::MAX), SevenBit, false))),
-            (b"MAIL FROM:<a@b.c> SIZE=123456789012345678901", Err(E::Syntax)),
+            (
+                b"MAIL FROM:<a@b.c> SIZE=1000 BODY=8BITMIME",
+                Ok(mail(b"a@b.c", Some(1000), EightBitMime, false)),
+            ),
+            (
+                b"MAIL FROM:<a@b.c> size=12 body=7bit ",
+                Ok(mail(b"a@b.c", Some(12), SevenBit, false)),
+            ),
+            (
+                b"MAIL FROM:<a@b.c> SIZE=99999999999999999999",
+                Ok(mail(b"a@b.c", Some(u64::MAX), SevenBit, false)),
+            ),
+            (
+                b"MAIL FROM:<a@b.c> SIZE=123456789012345678901",
+                Err(E::Syntax),
+            ),
             (b"MAIL FROM:<a@b.c> SIZE=", Err(E::Syntax)),
             (b"MAIL FROM:<a@b.c> SIZE=12x", Err(E::Syntax)),
             (b"MAIL FROM:<a@b.c> SIZE=1 SIZE=2", Err(E::UnknownParameter)),
-            (b"MAIL FROM:<a@b.c> BODY=BINARYMIME", Err(E::UnknownParameter)),
+            (
+                b"MAIL FROM:<a@b.c> BODY=BINARYMIME",
+                Err(E::UnknownParameter),
+            ),
             (b"MAIL FROM:<a@b.c> RET=HDRS", Err(E::UnknownParameter)),
             (b"MAIL FROM:<a@b.c> X_Y=1", Err(E::Syntax)),
-            ("MAIL FROM:<jos\u{e9}@b.c> SMTPUTF8".as_bytes(), Ok(mail("jos\u{e9}@b.c".as_bytes(), None, SevenBit, true))),
-            ("MAIL FROM:<jos\u{e9}@b.c>".as_bytes(), Err(E::NeedsSmtputf8)),
+            (
+                "MAIL FROM:<jos\u{e9}@b.c> SMTPUTF8".as_bytes(),
+                Ok(mail("jos\u{e9}@b.c".as_bytes(), None, SevenBit, true)),
+            ),
+            (
+                "MAIL FROM:<jos\u{e9}@b.c>".as_bytes(),
+                Err(E::NeedsSmtputf8),
+            ),
             (b"MAIL FROM:<a@b.c> SMTPUTF8=yes", Err(E::UnknownParameter)),
-            (b"MAIL FROM:a@b.c", Ok(mail(b"a@b.c", None, SevenBit, false))),
+            (
+                b"MAIL FROM:a@b.c",
+                Ok(mail(b"a@b.c", None, SevenBit, false)),
+            ),
             (b"MAIL FROM:<a@b.c", Err(E::BadSender)),
             (b"MAIL FROM:<a@@b.c>", Err(E::BadSender)),
             (b"MAIL FROM:", Err(E::BadSender)),
             (b"MAIL TO:<a@b.c>", Err(E::MailSyntax)),
             (b"MAIL", Err(E::MailSyntax)),
             (b"RCPT TO:<a@b.c>", Ok(Command::Rcpt(mb(b"a@b.c")))),
-            (b"RCPT TO:<Postmaster>", Ok(Command::Rcpt(mb(b"Postmaster")))),
+            (
+                b"RCPT TO:<Postmaster>",
+                Ok(Command::Rcpt(mb(b"Postmaster"))),
+            ),
             (b"RCPT TO:<>", Err(E::BadRecipient)),
             (b"RCPT TO:<a@b.c> NOTIFY=NEVER", Err(E::UnknownParameter)),
             (b"RCPT TO:<a@b.c>junk", Err(E::BadRecipient)),
@@ -284,7 +366,12 @@ mod tests {
             (b"\xff\xfe", Err(E::BadCharacters)),
         ];
         for (line, want) in cases {
-            assert_eq!(&parse(line, false), want, "line {:?}", String::from_utf8_lossy(line));
+            assert_eq!(
+                &parse(line, false),
+                want,
+                "line {:?}",
+                String::from_utf8_lossy(line)
+            );
         }
         // RCPT in an SMTPUTF8 transaction takes UTF-8.
         assert_eq!(

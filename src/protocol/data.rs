@@ -63,7 +63,12 @@ const RECEIVED: &[u8] = b"received:";
 
 impl HeaderScan {
     fn new() -> Self {
-        Self { in_header: true, matched: 0, line_len: 0, received: 0 }
+        Self {
+            in_header: true,
+            matched: 0,
+            line_len: 0,
+            received: 0,
+        }
     }
 
     #[inline]
@@ -81,7 +86,10 @@ impl HeaderScan {
             }
             b'\r' => {}
             _ => {
-                if self.matched == self.line_len && self.matched < RECEIVED.len() && b.to_ascii_lowercase() == RECEIVED[self.matched] {
+                if self.matched == self.line_len
+                    && self.matched < RECEIVED.len()
+                    && b.to_ascii_lowercase() == RECEIVED[self.matched]
+                {
                     self.matched += 1;
                     if self.matched == RECEIVED.len() {
                         self.received += 1;
@@ -191,9 +199,16 @@ impl DataDecoder {
             }
             if self.state == State::Text {
                 // Fast path: copy a run of ordinary octets at once.
-                let run = input[i..].iter().position(|&b| b == b'\r' || b == b'\n').unwrap_or(input.len() - i);
+                let run = input[i..]
+                    .iter()
+                    .position(|&b| b == b'\r' || b == b'\n')
+                    .unwrap_or(input.len() - i);
                 if run > 0 {
-                    let room = if self.too_big { run } else { out.capacity() - out.len() - (MAX_EXPANSION - 1) };
+                    let room = if self.too_big {
+                        run
+                    } else {
+                        out.capacity() - out.len() - (MAX_EXPANSION - 1)
+                    };
                     let n = run.min(room);
                     self.line_len += n;
                     self.emit(out, &input[i..i + n]);
@@ -268,7 +283,11 @@ pub(crate) mod tests {
 
     /// Decodes all of `wire` through a small output buffer, in chunks of `chunk`
     /// octets. Returns the content, the octets left after the end, and the decoder.
-    pub(crate) fn decode_all(wire: &[u8], chunk: usize, limit: u64) -> (Vec<u8>, Option<Vec<u8>>, DataDecoder) {
+    pub(crate) fn decode_all(
+        wire: &[u8],
+        chunk: usize,
+        limit: u64,
+    ) -> (Vec<u8>, Option<Vec<u8>>, DataDecoder) {
         let mut d = DataDecoder::new(limit);
         let mut out: Vec<u8> = Vec::with_capacity(16);
         let mut content = Vec::new();
@@ -290,7 +309,8 @@ pub(crate) mod tests {
     #[test]
     fn decode_table() {
         // (wire, content, rest after the end (None: not ended), bare newline seen)
-        let cases: &[(&[u8], &[u8], Option<&[u8]>, bool)] = &[
+        type Case<'a> = (&'a [u8], &'a [u8], Option<&'a [u8]>, bool);
+        let cases: &[Case] = &[
             (b".\r\n", b"", Some(b""), false),
             (b"a\r\n.\r\nQUIT\r\n", b"a\r\n", Some(b"QUIT\r\n"), false),
             (b"..a\r\n.\r\n", b".a\r\n", Some(b""), false),
@@ -302,7 +322,12 @@ pub(crate) mod tests {
             (b"a\nb\r\n.\r\n", b"a\r\nb\r\n", Some(b""), true),
             (b"a\rb\r\n.\r\n", b"a\r\nb\r\n", Some(b""), true),
             // The smuggling sequences: none of them ends the message.
-            (b"a\n.\nMAIL FROM:<x@y>\r\n", b"a\r\n\r\nMAIL FROM:<x@y>\r\n", None, true),
+            (
+                b"a\n.\nMAIL FROM:<x@y>\r\n",
+                b"a\r\n\r\nMAIL FROM:<x@y>\r\n",
+                None,
+                true,
+            ),
             (b"a\r.\rMAIL\r\n", b"a\r\n\r\nMAIL\r\n", None, true),
             (b"a\n.\r\nMAIL\r\n", b"a\r\n\r\nMAIL\r\n", None, true),
             (b"a\r\n.\nMAIL\r\n", b"a\r\n\r\nMAIL\r\n", None, true),
@@ -311,9 +336,19 @@ pub(crate) mod tests {
             (b"a\n.\rMAIL\r\n", b"a\r\n\r\nMAIL\r\n", None, true),
             (b"a\r.\nMAIL\r\n", b"a\r\n\r\nMAIL\r\n", None, true),
             // After a smuggling attempt, a real end still ends it.
-            (b"a\n.\r\nb\r\n.\r\nQUIT\r\n", b"a\r\n\r\nb\r\n", Some(b"QUIT\r\n"), true),
+            (
+                b"a\n.\r\nb\r\n.\r\nQUIT\r\n",
+                b"a\r\n\r\nb\r\n",
+                Some(b"QUIT\r\n"),
+                true,
+            ),
             // 8-bit and NUL octets are carried as they are.
-            (b"\xff\x00\xe9\r\n.\r\n", b"\xff\x00\xe9\r\n", Some(b""), false),
+            (
+                b"\xff\x00\xe9\r\n.\r\n",
+                b"\xff\x00\xe9\r\n",
+                Some(b""),
+                false,
+            ),
             (b"a\r\n.", b"a\r\n", None, false),
             (b"a\r\n.\r", b"a\r\n", None, false),
         ];
@@ -339,10 +374,16 @@ pub(crate) mod tests {
         // 998 octets plus CRLF is the longest text line (RFC 5321 §4.5.3.1.6).
         let mut wire = vec![b'x'; 998];
         wire.extend_from_slice(b"\r\n.\r\n");
-        assert_eq!(decode_all(&wire, 100, u64::MAX).2.verdict(false, 30), Verdict::Accept);
+        assert_eq!(
+            decode_all(&wire, 100, u64::MAX).2.verdict(false, 30),
+            Verdict::Accept
+        );
         let mut wire = vec![b'x'; 999];
         wire.extend_from_slice(b"\r\n.\r\n");
-        assert_eq!(decode_all(&wire, 100, u64::MAX).2.verdict(false, 30), Verdict::LineTooLong);
+        assert_eq!(
+            decode_all(&wire, 100, u64::MAX).2.verdict(false, 30),
+            Verdict::LineTooLong
+        );
 
         let (_, _, d) = decode_all(b"a\nb\r\n.\r\n", 3, u64::MAX);
         assert_eq!(d.verdict(false, 30), Verdict::Accept);

@@ -9,12 +9,14 @@ pub const SENDER_OK: &str = "250 2.1.0 Ok\r\n";
 pub const RECIPIENT_OK: &str = "250 2.1.5 Ok\r\n";
 pub const BYE: &str = "221 2.0.0 Bye\r\n";
 pub const HELP: &str = "214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP\r\n";
-pub const VRFY: &str = "252 2.0.0 Cannot VRFY user, but will accept message and attempt delivery\r\n";
+pub const VRFY: &str =
+    "252 2.0.0 Cannot VRFY user, but will accept message and attempt delivery\r\n";
 pub const START_DATA: &str = "354 End data with <CR><LF>.<CR><LF>\r\n";
 
 pub const UNRECOGNIZED: &str = "500 5.5.2 Error: command not recognized\r\n";
 pub const LINE_TOO_LONG: &str = "500 5.5.2 Error: line too long\r\n";
-pub const TEXT_LINE_TOO_LONG: &str = "500 5.5.2 Error: message text line longer than 1000 octets\r\n";
+pub const TEXT_LINE_TOO_LONG: &str =
+    "500 5.5.2 Error: message text line longer than 1000 octets\r\n";
 pub const BAD_CHARACTERS: &str = "500 5.5.2 Error: bad characters in command\r\n";
 pub const SYNTAX: &str = "501 5.5.4 Syntax error in parameters or arguments\r\n";
 pub const HELO_SYNTAX: &str = "501 5.5.4 Syntax: HELO hostname\r\n";
@@ -52,17 +54,54 @@ mod tests {
     fn replies_are_well_formed() {
         use super::*;
         let all = [
-            OK, SENDER_OK, RECIPIENT_OK, BYE, HELP, VRFY, START_DATA, UNRECOGNIZED, LINE_TOO_LONG,
-            TEXT_LINE_TOO_LONG, BAD_CHARACTERS, SYNTAX, HELO_SYNTAX, EHLO_SYNTAX, MAIL_SYNTAX,
-            RCPT_SYNTAX, NO_ARGUMENTS, BAD_SENDER, BAD_RECIPIENT, NOT_IMPLEMENTED, EXPN,
-            NEED_HELO, NESTED_MAIL, NEED_MAIL, NEED_RCPT, UNKNOWN_PARAMETER, MESSAGE_TOO_BIG,
-            RELAY_DENIED, MAIL_LOOP, BARE_NEWLINE, UTF8_WITHOUT_SMTPUTF8, TOO_MANY_RECIPIENTS,
-            NO_STORAGE, LOCAL_ERROR, TIMEOUT, TOO_MANY_CONNECTIONS, SHUTTING_DOWN,
+            OK,
+            SENDER_OK,
+            RECIPIENT_OK,
+            BYE,
+            HELP,
+            VRFY,
+            START_DATA,
+            UNRECOGNIZED,
+            LINE_TOO_LONG,
+            TEXT_LINE_TOO_LONG,
+            BAD_CHARACTERS,
+            SYNTAX,
+            HELO_SYNTAX,
+            EHLO_SYNTAX,
+            MAIL_SYNTAX,
+            RCPT_SYNTAX,
+            NO_ARGUMENTS,
+            BAD_SENDER,
+            BAD_RECIPIENT,
+            NOT_IMPLEMENTED,
+            EXPN,
+            NEED_HELO,
+            NESTED_MAIL,
+            NEED_MAIL,
+            NEED_RCPT,
+            UNKNOWN_PARAMETER,
+            MESSAGE_TOO_BIG,
+            RELAY_DENIED,
+            MAIL_LOOP,
+            BARE_NEWLINE,
+            UTF8_WITHOUT_SMTPUTF8,
+            TOO_MANY_RECIPIENTS,
+            NO_STORAGE,
+            LOCAL_ERROR,
+            TIMEOUT,
+            TOO_MANY_CONNECTIONS,
+            SHUTTING_DOWN,
         ];
         for r in all {
             let b = r.as_bytes();
-            assert!(r.ends_with("\r\n") && r.matches("\r\n").count() == 1, "{r:?}");
-            assert!(b[..3].iter().all(u8::is_ascii_digit) && b[3] == b' ', "{r:?}");
+            assert!(
+                r.ends_with("\r\n") && r.matches("\r\n").count() == 1,
+                "{r:?}"
+            );
+            assert!(
+                b[..3].iter().all(u8::is_ascii_digit) && b[3] == b' ',
+                "{r:?}"
+            );
             if b[0] != b'3' {
                 // RFC 3463: the class digit of the enhanced code equals the reply's.
                 assert_eq!(b[4], b[0], "{r:?}");

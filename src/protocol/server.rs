@@ -119,7 +119,10 @@ impl ServerSession {
     pub fn new(settings: Settings) -> Self {
         Self {
             settings,
-            peer: Peer { ip: IpAddr::from([0, 0, 0, 0]), relay_allowed: false },
+            peer: Peer {
+                ip: IpAddr::from([0, 0, 0, 0]),
+                relay_allowed: false,
+            },
             state: State::Closed,
             esmtp: false,
             helo: heapless::String::new(),
@@ -144,7 +147,11 @@ impl ServerSession {
         self.discarding = false;
         self.out.clear();
         self.body.clear();
-        let _ = write!(self.out, "220 {} ESMTP smtp-relayd\r\n", self.settings.hostname);
+        let _ = write!(
+            self.out,
+            "220 {} ESMTP smtp-relayd\r\n",
+            self.settings.hostname
+        );
     }
 
     /// Replies waiting to be sent.
@@ -234,7 +241,9 @@ impl ServerSession {
                         Progress::NeedInput => return (i, Step::NeedInput),
                         Progress::OutputFull => return (i, Step::WriteBody),
                         Progress::End => {
-                            let verdict = self.decoder.verdict(self.settings.reject_bare_newline, self.settings.max_hops);
+                            let verdict = self
+                                .decoder
+                                .verdict(self.settings.reject_bare_newline, self.settings.max_hops);
                             self.last_verdict = verdict;
                             if verdict == Verdict::Accept {
                                 self.state = State::SpoolCommit;
@@ -307,7 +316,9 @@ impl ServerSession {
                 self.esmtp = matches!(cmd, Command::Ehlo(_));
                 self.helo.clear();
                 // `name` is printable ASCII of at most 255 octets (the parser checked).
-                let _ = self.helo.push_str(core::str::from_utf8(name).unwrap_or("unknown"));
+                let _ = self
+                    .helo
+                    .push_str(core::str::from_utf8(name).unwrap_or("unknown"));
                 self.reset_transaction();
                 self.state = State::Mail;
                 if self.esmtp {
@@ -323,7 +334,10 @@ impl ServerSession {
             Command::Mail(mail) => match self.state {
                 State::Hello => self.reply(reply::NEED_HELO),
                 State::Rcpt | State::RcptOrData => self.reply(reply::NESTED_MAIL),
-                _ if mail.size.is_some_and(|s| s > self.settings.max_message_size) => {
+                _ if mail
+                    .size
+                    .is_some_and(|s| s > self.settings.max_message_size) =>
+                {
                     self.reply(reply::MESSAGE_TOO_BIG)
                 }
                 _ => {
@@ -426,7 +440,12 @@ pub fn received_header(
         IpAddr::V4(ip) => write!(out, "[{ip}]")?,
         IpAddr::V6(ip) => write!(out, "[IPv6:{ip}]")?,
     }
-    write!(out, ")\r\n\tby {} (smtp-relayd) with {} id {id}", session.settings.hostname, session.protocol())?;
+    write!(
+        out,
+        ")\r\n\tby {} (smtp-relayd) with {} id {id}",
+        session.settings.hostname,
+        session.protocol()
+    )?;
     let rcpts = &session.envelope().recipients;
     if rcpts.len() == 1 {
         write!(out, "\r\n\tfor <{}>", String::from_utf8_lossy(&rcpts[0]))?;
@@ -462,10 +481,21 @@ mod tests {
     impl Harness {
         fn new(settings: Settings, relay_allowed: bool) -> Self {
             let mut s = ServerSession::new(settings);
-            s.start(Peer { ip: IpAddr::from([192, 0, 2, 7]), relay_allowed });
+            s.start(Peer {
+                ip: IpAddr::from([192, 0, 2, 7]),
+                relay_allowed,
+            });
             let replies = String::from_utf8(s.output().to_vec()).unwrap();
             s.clear_output();
-            Self { s, replies, stored: vec![], body: vec![], closed: false, open_result: Ok(()), store_result: Ok("ID1") }
+            Self {
+                s,
+                replies,
+                stored: vec![],
+                body: vec![],
+                closed: false,
+                open_result: Ok(()),
+                store_result: Ok("ID1"),
+            }
         }
 
         fn run(&mut self, input: &[u8], chunk: usize) -> String {
@@ -497,7 +527,8 @@ mod tests {
                             self.closed = true;
                         }
                     }
-                    self.replies.push_str(std::str::from_utf8(self.s.output()).unwrap());
+                    self.replies
+                        .push_str(std::str::from_utf8(self.s.output()).unwrap());
                     self.s.clear_output();
                     if self.closed {
                         return self.replies[start..].to_string();
@@ -512,7 +543,11 @@ mod tests {
     }
 
     fn codes(replies: &str) -> Vec<&str> {
-        replies.split("\r\n").filter(|l| l.len() >= 4 && &l[3..4] == " ").map(|l| &l[..3]).collect()
+        replies
+            .split("\r\n")
+            .filter(|l| l.len() >= 4 && &l[3..4] == " ")
+            .map(|l| &l[..3])
+            .collect()
     }
 
     #[test]
@@ -537,27 +572,59 @@ mod tests {
             (b"DATA\r\n", &["503"]),
             (b"EHLO x\r\nRCPT TO:<a@b.c>\r\n", &["250", "503"]),
             (b"EHLO x\r\nDATA\r\n", &["250", "503"]),
-            (b"EHLO x\r\nMAIL FROM:<a@b.c>\r\nDATA\r\n", &["250", "250", "503"]),
-            (b"EHLO x\r\nMAIL FROM:<a@b.c>\r\nMAIL FROM:<a@b.c>\r\n", &["250", "250", "503"]),
-            (b"EHLO x\r\nMAIL FROM:<a@b.c> SIZE=1001\r\n", &["250", "552"]),
+            (
+                b"EHLO x\r\nMAIL FROM:<a@b.c>\r\nDATA\r\n",
+                &["250", "250", "503"],
+            ),
+            (
+                b"EHLO x\r\nMAIL FROM:<a@b.c>\r\nMAIL FROM:<a@b.c>\r\n",
+                &["250", "250", "503"],
+            ),
+            (
+                b"EHLO x\r\nMAIL FROM:<a@b.c> SIZE=1001\r\n",
+                &["250", "552"],
+            ),
             (b"EHLO x\r\nMAIL FROM:<a@b.c> FOO=1\r\n", &["250", "555"]),
             (b"EHLO x\r\nMAIL FROM:<a@@b.c>\r\n", &["250", "501"]),
-            (b"EHLO x\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<bad>\r\n", &["250", "250", "501"]),
-            (b"EHLO x\r\nMAIL FROM:<a@b.c>\r\nRSET\r\nRCPT TO:<a@b.c>\r\n", &["250", "250", "250", "503"]),
-            (b"EHLO x\r\nMAIL FROM:<a@b.c>\r\nEHLO y\r\nRCPT TO:<a@b.c>\r\n", &["250", "250", "250", "503"]),
-            (b"NOOP\r\nHELP\r\nVRFY root\r\nEXPN list\r\n", &["250", "214", "252", "502"]),
-            (b"STARTTLS\r\nAUTH LOGIN\r\nBDAT 1\r\n", &["502", "502", "502"]),
+            (
+                b"EHLO x\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<bad>\r\n",
+                &["250", "250", "501"],
+            ),
+            (
+                b"EHLO x\r\nMAIL FROM:<a@b.c>\r\nRSET\r\nRCPT TO:<a@b.c>\r\n",
+                &["250", "250", "250", "503"],
+            ),
+            (
+                b"EHLO x\r\nMAIL FROM:<a@b.c>\r\nEHLO y\r\nRCPT TO:<a@b.c>\r\n",
+                &["250", "250", "250", "503"],
+            ),
+            (
+                b"NOOP\r\nHELP\r\nVRFY root\r\nEXPN list\r\n",
+                &["250", "214", "252", "502"],
+            ),
+            (
+                b"STARTTLS\r\nAUTH LOGIN\r\nBDAT 1\r\n",
+                &["502", "502", "502"],
+            ),
             (b"FROB\r\n", &["500"]),
             (b"EHLO\r\nHELO\r\n", &["501", "501"]),
             (b"DATA now\r\n", &["501"]),
-            (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n", &["500"]),
+            (
+                b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n",
+                &["500"],
+            ),
             (b"QUIT\r\n", &["221"]),
         ];
         for &(input, want) in cases {
             for chunk in [1, 5, input.len()] {
                 let mut h = Harness::new(settings(), true);
                 let r = h.run(input, chunk);
-                assert_eq!(codes(&r), want, "input {:?} chunk {chunk}: {r}", String::from_utf8_lossy(input));
+                assert_eq!(
+                    codes(&r),
+                    want,
+                    "input {:?} chunk {chunk}: {r}",
+                    String::from_utf8_lossy(input)
+                );
             }
         }
     }
@@ -574,7 +641,10 @@ mod tests {
         assert_eq!(h.s.envelope().body, BodyType::EightBitMime);
         let r = h.run(b"Subject: hi\r\n\r\n..dot\r\n\xe9\r\n.\r\nQUIT\r\n", 3);
         assert_eq!(r, "250 2.0.0 Ok: queued as ID1\r\n221 2.0.0 Bye\r\n");
-        assert_eq!(h.stored, vec![b"Subject: hi\r\n\r\n.dot\r\n\xe9\r\n".to_vec()]);
+        assert_eq!(
+            h.stored,
+            vec![b"Subject: hi\r\n\r\n.dot\r\n\xe9\r\n".to_vec()]
+        );
         assert!(h.closed);
     }
 
@@ -585,9 +655,30 @@ mod tests {
         let txn = b"HELO x\r\nMAIL FROM:<>\r\nRCPT TO:<d@e.f>\r\nDATA\r\n";
         let cases: &[(Settings, &[u8], &str)] = &[
             (big.clone(), b"0123456789abcdef\r\n.\r\n", "552"),
-            (Settings { max_message_size: 5000, ..settings() }, &[&[b'x'; 1200][..], b"\r\n.\r\n"].concat(), "500"),
-            (Settings { reject_bare_newline: true, ..settings() }, b"a\nb\r\n.\r\n", "550"),
-            (Settings { max_hops: 1, ..settings() }, b"Received: a\r\nReceived: b\r\n\r\nx\r\n.\r\n", "554"),
+            (
+                Settings {
+                    max_message_size: 5000,
+                    ..settings()
+                },
+                &[&[b'x'; 1200][..], b"\r\n.\r\n"].concat(),
+                "500",
+            ),
+            (
+                Settings {
+                    reject_bare_newline: true,
+                    ..settings()
+                },
+                b"a\nb\r\n.\r\n",
+                "550",
+            ),
+            (
+                Settings {
+                    max_hops: 1,
+                    ..settings()
+                },
+                b"Received: a\r\nReceived: b\r\n\r\nx\r\n.\r\n",
+                "554",
+            ),
         ];
         for (s, body, code) in cases {
             let mut h = Harness::new(s.clone(), true);
@@ -608,7 +699,10 @@ mod tests {
     #[test]
     fn relay_denied_outside_allow() {
         let mut h = Harness::new(settings(), false);
-        let r = h.run(b"EHLO x\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\nDATA\r\n", 100);
+        let r = h.run(
+            b"EHLO x\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\nDATA\r\n",
+            100,
+        );
         assert_eq!(codes(&r), ["250", "250", "554", "503"]);
     }
 
@@ -632,7 +726,10 @@ mod tests {
         let mut input = b"NOOP ".to_vec();
         input.extend(std::iter::repeat_n(b'A', 100_000));
         input.extend_from_slice(b"\r\nNOOP\r\n");
-        assert_eq!(h.run(&input, 4096), "500 5.5.2 Error: line too long\r\n250 2.0.0 Ok\r\n");
+        assert_eq!(
+            h.run(&input, 4096),
+            "500 5.5.2 Error: line too long\r\n250 2.0.0 Ok\r\n"
+        );
         // 510 octets + CRLF is within the limit.
         let line = [b"NOOP ", &[b'a'; 505][..], b"\r\n"].concat();
         assert_eq!(line.len(), 512);
@@ -643,11 +740,17 @@ mod tests {
     fn spool_failures() {
         let mut h = Harness::new(settings(), true);
         h.open_result = Err(StoreError::NoSpace);
-        let r = h.run(b"HELO x\r\nMAIL FROM:<>\r\nRCPT TO:<d@e.f>\r\nDATA\r\n", 100);
+        let r = h.run(
+            b"HELO x\r\nMAIL FROM:<>\r\nRCPT TO:<d@e.f>\r\nDATA\r\n",
+            100,
+        );
         assert_eq!(codes(&r), ["250", "250", "250", "452"]);
         let mut h = Harness::new(settings(), true);
         h.store_result = Err(StoreError::Local);
-        h.run(b"HELO x\r\nMAIL FROM:<>\r\nRCPT TO:<d@e.f>\r\nDATA\r\n", 100);
+        h.run(
+            b"HELO x\r\nMAIL FROM:<>\r\nRCPT TO:<d@e.f>\r\nDATA\r\n",
+            100,
+        );
         assert_eq!(codes(&h.run(b"x\r\n.\r\n", 100)), ["451"]);
     }
 
@@ -662,7 +765,10 @@ mod tests {
     #[test]
     fn received_header_format() {
         let mut h = Harness::new(settings(), true);
-        h.run(b"EHLO cam1\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\n", 100);
+        h.run(
+            b"EHLO cam1\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\n",
+            100,
+        );
         let mut s = String::new();
         received_header(&mut s, &h.s, "ABC", "Mon, 30 Nov 2026 22:00:00 +0000").unwrap();
         assert_eq!(

@@ -18,7 +18,10 @@ impl Default for DotStuffer {
 
 impl DotStuffer {
     pub fn new() -> Self {
-        Self { line_start: true, pending_cr: false }
+        Self {
+            line_start: true,
+            pending_cr: false,
+        }
     }
 
     /// Appends the wire form of `input` to `out` (at most twice its length, plus 2).
@@ -50,7 +53,10 @@ impl DotStuffer {
                         out.push(b'.');
                     }
                     self.line_start = false;
-                    let run = input[i..].iter().position(|&b| b == b'\r' || b == b'\n').unwrap_or(input.len() - i);
+                    let run = input[i..]
+                        .iter()
+                        .position(|&b| b == b'\r' || b == b'\n')
+                        .unwrap_or(input.len() - i);
                     out.extend_from_slice(&input[i..i + run]);
                     i += run;
                 }
@@ -98,7 +104,12 @@ mod tests {
         ];
         for &(content, wire) in cases {
             for chunk in [1, 2, 5, content.len()] {
-                assert_eq!(stuff(content, chunk), wire, "content {:?} chunk {chunk}", String::from_utf8_lossy(content));
+                assert_eq!(
+                    stuff(content, chunk),
+                    wire,
+                    "content {:?} chunk {chunk}",
+                    String::from_utf8_lossy(content)
+                );
             }
         }
     }

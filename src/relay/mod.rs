@@ -36,8 +36,14 @@ const RESCAN_EVERY: Duration = Duration::from_secs(60);
 /// The delay before retry number `attempt` (1-based): `retry_min` doubled each time,
 /// capped at `retry_max`.
 pub fn backoff(config: &Config, attempt: u32) -> Duration {
-    let factor = 1u32.checked_shl(attempt.saturating_sub(1).min(31)).unwrap_or(u32::MAX);
-    config.retry_min.checked_mul(factor).unwrap_or(config.retry_max).min(config.retry_max)
+    let factor = 1u32
+        .checked_shl(attempt.saturating_sub(1).min(31))
+        .unwrap_or(u32::MAX);
+    config
+        .retry_min
+        .checked_mul(factor)
+        .unwrap_or(config.retry_max)
+        .min(config.retry_max)
 }
 
 pub struct Relay {
@@ -86,7 +92,9 @@ impl Relay {
             while let Ok(c) = self.rx.try_recv() {
                 self.take(c);
             }
-            if self.rescan.swap(false, Ordering::Relaxed) || self.last_scan.elapsed() >= RESCAN_EVERY {
+            if self.rescan.swap(false, Ordering::Relaxed)
+                || self.last_scan.elapsed() >= RESCAN_EVERY
+            {
                 self.scan();
             }
             let now = Instant::now();
@@ -103,10 +111,18 @@ impl Relay {
             }
             // Nothing due: sleep until the next retry, a new message, or the moment to
             // close an idle connection.
-            let mut wait = self.waiting.peek().map_or(RESCAN_EVERY, |Reverse((at, _))| at.saturating_duration_since(now));
+            let mut wait = self
+                .waiting
+                .peek()
+                .map_or(RESCAN_EVERY, |Reverse((at, _))| {
+                    at.saturating_duration_since(now)
+                });
             wait = wait.min(RESCAN_EVERY);
             if self.conn.is_some() {
-                let left = self.config.smarthost_idle.saturating_sub(self.idle_since.elapsed());
+                let left = self
+                    .config
+                    .smarthost_idle
+                    .saturating_sub(self.idle_since.elapsed());
                 if left.is_zero() {
                     if let Some(c) = self.conn.take() {
                         log::debug!("relay: closing idle connection to {}", c.name);
@@ -125,14 +141,17 @@ impl Relay {
         if let Some(c) = self.conn.take() {
             c.quit();
         }
-        log::info!("relay: stopped; {} message(s) stay queued", self.known.len());
+        log::info!(
+            "relay: stopped; {} message(s) stay queued",
+            self.known.len()
+        );
     }
 
     fn take(&mut self, c: Control) {
-        if let Control::Queued(id) = c {
-            if self.known.insert(id.clone()) {
-                self.due.push_back(id);
-            }
+        if let Control::Queued(id) = c
+            && self.known.insert(id.clone())
+        {
+            self.due.push_back(id);
         }
     }
 
@@ -147,7 +166,10 @@ impl Relay {
                     }
                 }
             }
-            Err(e) => log::error!("relay: cannot read {}/queue: {e}", self.spool.root().display()),
+            Err(e) => log::error!(
+                "relay: cannot read {}/queue: {e}",
+                self.spool.root().display()
+            ),
         }
     }
 
@@ -167,7 +189,10 @@ impl Relay {
                 None
             }
             Err(ReadError::Corrupt(why)) => {
-                log::error!("{id}: spool file is damaged ({why}); moved to {}/corrupt/", self.spool.root().display());
+                log::error!(
+                    "{id}: spool file is damaged ({why}); moved to {}/corrupt/",
+                    self.spool.root().display()
+                );
                 if let Err(e) = self.spool.move_aside(id) {
                     log::error!("{id}: cannot move damaged file aside: {e}");
                 }
@@ -185,17 +210,25 @@ impl Relay {
     fn deliver(&mut self, id: QueueId) {
         let Some(msg) = self.read(&id) else { return };
         let now = now_unix();
-        let pending: Vec<usize> = (0..msg.rcpt_state.len()).filter(|&i| msg.rcpt_state[i] == RcptState::Pending).collect();
+        let pending: Vec<usize> = (0..msg.rcpt_state.len())
+            .filter(|&i| msg.rcpt_state[i] == RcptState::Pending)
+            .collect();
         if pending.is_empty() {
             self.finish(&msg, now);
             return;
         }
         if self.expired(&msg, now) {
-            let why = format!("message expired after {}s in the queue", now.saturating_sub(msg.envelope.created));
+            let why = format!(
+                "message expired after {}s in the queue",
+                now.saturating_sub(msg.envelope.created)
+            );
             self.fail_message(&msg, now, &why);
             return;
         }
-        let rcpts: Vec<&str> = pending.iter().map(|&i| msg.envelope.recipients[i].as_str()).collect();
+        let rcpts: Vec<&str> = pending
+            .iter()
+            .map(|&i| msg.envelope.recipients[i].as_str())
+            .collect();
         let tx = Transaction {
             sender: &msg.envelope.sender,
             recipients: &rcpts,
@@ -274,7 +307,10 @@ impl Relay {
         }
         let delay = backoff(&self.config, msg.attempts + 1);
         let next = now + delay.as_secs();
-        if let Err(e) = self.spool.record_deferred(&msg.id, now, next, &reply.to_string()) {
+        if let Err(e) = self
+            .spool
+            .record_deferred(&msg.id, now, next, &reply.to_string())
+        {
             log::error!("{}: cannot record deferral: {e}", msg.id);
         }
         for (i, r) in msg.envelope.recipients.iter().enumerate() {
@@ -299,15 +335,30 @@ impl Relay {
             let relay = &self.config.smarthost;
             match r {
                 RcptResult::Delivered(reply) => {
-                    log::info!("{}: to=<{rcpt}>, relay={relay}, delay={delay}s, status=sent ({reply})", msg.id);
-                    if let Err(e) = self.spool.record_delivered(&msg.id, i, now, &reply.to_string()) {
-                        log::error!("{}: cannot record delivery (it may be sent again): {e}", msg.id);
+                    log::info!(
+                        "{}: to=<{rcpt}>, relay={relay}, delay={delay}s, status=sent ({reply})",
+                        msg.id
+                    );
+                    if let Err(e) = self
+                        .spool
+                        .record_delivered(&msg.id, i, now, &reply.to_string())
+                    {
+                        log::error!(
+                            "{}: cannot record delivery (it may be sent again): {e}",
+                            msg.id
+                        );
                     }
                     msg.rcpt_state[i] = RcptState::Delivered;
                 }
                 RcptResult::Failed(reply) => {
-                    log::warn!("{}: to=<{rcpt}>, relay={relay}, delay={delay}s, status=failed ({reply})", msg.id);
-                    if let Err(e) = self.spool.record_failed(&msg.id, i, now, &reply.to_string()) {
+                    log::warn!(
+                        "{}: to=<{rcpt}>, relay={relay}, delay={delay}s, status=failed ({reply})",
+                        msg.id
+                    );
+                    if let Err(e) = self
+                        .spool
+                        .record_failed(&msg.id, i, now, &reply.to_string())
+                    {
                         log::error!("{}: cannot record failure: {e}", msg.id);
                     }
                     msg.rcpt_state[i] = RcptState::Failed;
@@ -320,7 +371,11 @@ impl Relay {
         match deferred {
             Some(reply) => self.defer(&msg, &reply, now),
             None if results.len() < pending.len() => {
-                self.defer(&msg, &Reply::new(451, "4.3.0 no result for every recipient"), now);
+                self.defer(
+                    &msg,
+                    &Reply::new(451, "4.3.0 no result for every recipient"),
+                    now,
+                );
             }
             None => self.finish(&msg, now),
         }
@@ -328,7 +383,11 @@ impl Relay {
 
     /// Every recipient has a final result.
     fn finish(&mut self, msg: &Message, now: u64) {
-        let failed = msg.rcpt_state.iter().filter(|s| **s == RcptState::Failed).count();
+        let failed = msg
+            .rcpt_state
+            .iter()
+            .filter(|s| **s == RcptState::Failed)
+            .count();
         if failed > 0 {
             self.fail_message(msg, now, &format!("{failed} recipient(s) failed"));
             return;
@@ -342,7 +401,11 @@ impl Relay {
 
     fn fail_message(&mut self, msg: &Message, now: u64, why: &str) {
         match self.spool.move_to_failed(&msg.id, now, why) {
-            Ok(()) => log::error!("{}: failed: {why}; moved to {}/failed/", msg.id, self.spool.root().display()),
+            Ok(()) => log::error!(
+                "{}: failed: {why}; moved to {}/failed/",
+                msg.id,
+                self.spool.root().display()
+            ),
             Err(e) => log::error!("{}: failed: {why}; cannot move to failed/: {e}", msg.id),
         }
         self.forget(&msg.id);
@@ -356,7 +419,11 @@ mod tests {
 
     #[test]
     fn backoff_doubles_and_caps() {
-        let c = Config::parse(Path::new("t"), "smarthost a.b:25\nretry_min 1m\nretry_max 10m\n").unwrap();
+        let c = Config::parse(
+            Path::new("t"),
+            "smarthost a.b:25\nretry_min 1m\nretry_max 10m\n",
+        )
+        .unwrap();
         let secs: Vec<u64> = (1..=7).map(|a| backoff(&c, a).as_secs()).collect();
         assert_eq!(secs, [60, 120, 240, 480, 600, 600, 600]);
         assert_eq!(backoff(&c, 1000).as_secs(), 600);

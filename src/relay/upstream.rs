@@ -129,10 +129,18 @@ impl Upstream {
         let _ = self.stream.tcp().set_write_timeout(Some(t));
         let result = self.stream.write_all(self.client.output());
         self.client.clear_output();
-        result.map_err(|e| local(&format!("4.4.2 lost connection with {} while sending: {e}", self.name)))
+        result.map_err(|e| {
+            local(&format!(
+                "4.4.2 lost connection with {} while sending: {e}",
+                self.name
+            ))
+        })
     }
 
-    fn read_reply(&mut self, timeout: Duration) -> Result<(Reply, crate::protocol::client::Capabilities), Reply> {
+    fn read_reply(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<(Reply, crate::protocol::client::Capabilities), Reply> {
         let t = self.wait(timeout);
         let _ = self.stream.tcp().set_read_timeout(Some(t));
         loop {
@@ -141,7 +149,9 @@ impl Upstream {
                 self.start += n;
                 match got {
                     Some(Ok(reply)) => return Ok(reply),
-                    Some(Err(e)) => return Err(local(&format!("4.5.0 bad reply from {}: {e}", self.name))),
+                    Some(Err(e)) => {
+                        return Err(local(&format!("4.5.0 bad reply from {}: {e}", self.name)));
+                    }
                     None => {}
                 }
             }
@@ -149,10 +159,20 @@ impl Upstream {
             self.end = match self.stream.read(&mut self.buf[..]) {
                 Ok(0) => return Err(local(&format!("4.4.2 connection closed by {}", self.name))),
                 Ok(n) => n,
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
                     return Err(local(&format!("4.4.2 timeout waiting for {}", self.name)));
                 }
-                Err(e) => return Err(local(&format!("4.4.2 lost connection with {}: {e}", self.name))),
+                Err(e) => {
+                    return Err(local(&format!(
+                        "4.4.2 lost connection with {}: {e}",
+                        self.name
+                    )));
+                }
             };
         }
     }
@@ -164,7 +184,12 @@ impl Upstream {
 
     /// Runs one transaction. On `Err` the connection is unusable and must be dropped;
     /// the results then hold what is known (the rest is deferred).
-    pub fn send(&mut self, tx: &Transaction<'_>, msg: &Message, spool: &Spool) -> Result<Vec<RcptResult>, Vec<RcptResult>> {
+    pub fn send(
+        &mut self,
+        tx: &Transaction<'_>,
+        msg: &Message,
+        spool: &Spool,
+    ) -> Result<Vec<RcptResult>, Vec<RcptResult>> {
         self.client.start(tx);
         let mut timeout = COMMAND;
         let outcome = loop {
@@ -186,7 +211,9 @@ impl Upstream {
                 }
                 Event::Done(results) => break Ok(results),
                 Event::Ready | Event::Closed(_) => {
-                    break Err(self.client.connection_lost(&local("4.5.0 smarthost session ended unexpectedly")));
+                    break Err(self
+                        .client
+                        .connection_lost(&local("4.5.0 smarthost session ended unexpectedly")));
                 }
             }
         };
@@ -203,7 +230,11 @@ impl Upstream {
                 Err(_) => return Err(results),
             }
         }
-        if self.client.is_ready() { Ok(results) } else { Err(results) }
+        if self.client.is_ready() {
+            Ok(results)
+        } else {
+            Err(results)
+        }
     }
 
     /// Streams the content, dot-stuffed, with large reads and writes.
@@ -211,13 +242,18 @@ impl Upstream {
         let mut content = msg
             .open_content(spool)
             .map_err(|e| local(&format!("4.3.0 cannot read spool file: {e}")))?;
-        let _ = self.stream.tcp().set_write_timeout(Some(self.wait(DATA_BLOCK)));
+        let _ = self
+            .stream
+            .tcp()
+            .set_write_timeout(Some(self.wait(DATA_BLOCK)));
         let mut stuffer = DotStuffer::new();
         let mut chunk = vec![0u8; 64 * 1024];
         let mut wire = Vec::with_capacity(2 * chunk.len() + 8);
         let lost = |e: io::Error| local(&format!("4.4.2 lost connection while sending data: {e}"));
         loop {
-            let n = content.read(&mut chunk).map_err(|e| local(&format!("4.3.0 cannot read spool file: {e}")))?;
+            let n = content
+                .read(&mut chunk)
+                .map_err(|e| local(&format!("4.3.0 cannot read spool file: {e}")))?;
             if n == 0 {
                 break;
             }

@@ -30,7 +30,11 @@ impl Acceptor {
     pub fn run(mut self) -> io::Result<()> {
         for (i, l) in self.listeners.iter().enumerate() {
             l.set_nonblocking(true)?;
-            self.poll.registry().register(&mut SourceFd(&l.as_raw_fd()), Token(i), Interest::READABLE)?;
+            self.poll.registry().register(
+                &mut SourceFd(&l.as_raw_fd()),
+                Token(i),
+                Interest::READABLE,
+            )?;
         }
         let mut events = Events::with_capacity(64);
         loop {
@@ -57,7 +61,11 @@ impl Acceptor {
             match self.listeners[i].accept() {
                 Ok((stream, addr)) => self.hand_off(stream, addr),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
+                    ) => {}
                 Err(e) => {
                     // Out of file descriptors or similar: the listener stays readable,
                     // so pause instead of spinning.
@@ -73,7 +81,11 @@ impl Acceptor {
         let active = self.shared.active.fetch_add(1, Ordering::AcqRel);
         let refuse = |mut stream: TcpStream, why: &str| {
             self.shared.active.fetch_sub(1, Ordering::AcqRel);
-            log::warn!("warning: {why}: refused [{}]:{} with 421 4.3.2", addr.ip(), addr.port());
+            log::warn!(
+                "warning: {why}: refused [{}]:{} with 421 4.3.2",
+                addr.ip(),
+                addr.port()
+            );
             // A fresh socket's send buffer is empty: this cannot block.
             let _ = stream.set_nonblocking(true);
             let _ = stream.write_all(reply::TOO_MANY_CONNECTIONS.as_bytes());
@@ -84,7 +96,9 @@ impl Acceptor {
         }
         match self.pool.try_send(stream) {
             Ok(()) => {}
-            Err(TrySendError::Full(s)) | Err(TrySendError::Disconnected(s)) => refuse(s, "all workers busy"),
+            Err(TrySendError::Full(s)) | Err(TrySendError::Disconnected(s)) => {
+                refuse(s, "all workers busy")
+            }
         }
     }
 }

@@ -42,7 +42,11 @@ impl Shared {
                 open += 1;
                 if !idle_only || !slot.in_transaction.load(Ordering::Relaxed) {
                     // The worker's blocking read returns 0 and it says goodbye.
-                    let _ = s.shutdown(if idle_only { std::net::Shutdown::Read } else { std::net::Shutdown::Both });
+                    let _ = s.shutdown(if idle_only {
+                        std::net::Shutdown::Read
+                    } else {
+                        std::net::Shutdown::Both
+                    });
                 }
             }
         }

@@ -57,8 +57,11 @@ impl Worker {
                 self.serve(&mut session, &mut buf, stream);
             }));
             if served.is_err() {
-                log::error!("error: worker {}: session panicked; connection dropped", self.index);
-                session = Box::new(ServerSession::new(settings(&self.config)));
+                log::error!(
+                    "error: worker {}: session panicked; connection dropped",
+                    self.index
+                );
+                *session = ServerSession::new(settings(&self.config));
             }
             let slot = &self.shared.slots[self.index];
             *slot.stream.lock().unwrap_or_else(|e| e.into_inner()) = None;
@@ -76,15 +79,23 @@ impl Worker {
         let _ = stream.set_read_timeout(Some(self.config.command_timeout));
         let _ = stream.set_write_timeout(Some(self.config.command_timeout));
         if let Ok(clone) = stream.try_clone() {
-            *self.shared.slots[self.index].stream.lock().unwrap_or_else(|e| e.into_inner()) = Some(clone);
+            *self.shared.slots[self.index]
+                .stream
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = Some(clone);
         }
-        session.start(Peer { ip, relay_allowed: self.config.relay_allowed(ip) });
+        session.start(Peer {
+            ip,
+            relay_allowed: self.config.relay_allowed(ip),
+        });
         let mut messages = 0u32;
         let end = self.session_loop(session, buf, &mut stream, addr, &mut messages);
         let _ = stream.flush();
         match end {
             End::Quit | End::Shutdown => {}
-            End::Lost(when) => log::info!("lost connection after {when} from [{ip}]:{}", addr.port()),
+            End::Lost(when) => {
+                log::info!("lost connection after {when} from [{ip}]:{}", addr.port())
+            }
             End::Timeout(when) => log::info!("timeout after {when} from [{ip}]:{}", addr.port()),
         }
         log::info!("disconnect from [{ip}]:{} messages={messages}", addr.port());
@@ -109,10 +120,15 @@ impl Worker {
             }
             if session.in_data() != in_data {
                 in_data = session.in_data();
-                let t = if in_data { self.config.data_timeout } else { self.config.command_timeout };
+                let t = if in_data {
+                    self.config.data_timeout
+                } else {
+                    self.config.command_timeout
+                };
                 let _ = stream.set_read_timeout(Some(t));
             }
-            slot.in_transaction.store(session.in_transaction(), Ordering::Relaxed);
+            slot.in_transaction
+                .store(session.in_transaction(), Ordering::Relaxed);
             let n = match stream.read(buf) {
                 Ok(0) if self.shared.shutting_down.load(Ordering::Relaxed) => {
                     let _ = stream.write_all(reply::SHUTTING_DOWN.as_bytes());
@@ -124,7 +140,12 @@ impl Worker {
                     return End::Lost(phase(session));
                 }
                 Ok(n) => n,
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
                     let _ = stream.write_all(reply::TIMEOUT.as_bytes());
                     abort(&mut message);
                     return End::Timeout(phase(session));
@@ -179,7 +200,10 @@ impl Worker {
                         }
                     }
                     Step::DiscardMessage => {
-                        let id = message.as_ref().map(|(id, _)| id.clone()).unwrap_or_default();
+                        let id = message
+                            .as_ref()
+                            .map(|(id, _)| id.clone())
+                            .unwrap_or_default();
                         abort(&mut message);
                         let why = match session.last_verdict() {
                             Verdict::TooBig => "552 5.3.4 message too big",
@@ -187,7 +211,12 @@ impl Worker {
                             Verdict::BareNewline => "550 5.6.0 bare CR or LF",
                             Verdict::TooManyHops | Verdict::Accept => "554 5.4.6 too many hops",
                         };
-                        log::info!("{id}: reject: DATA from [{}]:{}: {why}; size={}", addr.ip(), addr.port(), session.message_size());
+                        log::info!(
+                            "{id}: reject: DATA from [{}]:{}: {why}; size={}",
+                            addr.ip(),
+                            addr.port(),
+                            session.message_size()
+                        );
                     }
                     Step::Close => {
                         let _ = send(stream, session);
@@ -198,7 +227,10 @@ impl Worker {
         }
     }
 
-    fn open_message(&self, session: &ServerSession) -> Result<(QueueId, spool::Writer), StoreError> {
+    fn open_message(
+        &self,
+        session: &ServerSession,
+    ) -> Result<(QueueId, spool::Writer), StoreError> {
         let env = session.envelope();
         let now = time::now_unix();
         let id = self.spool.new_id();
@@ -209,7 +241,11 @@ impl Worker {
             eight_bit: env.body == crate::protocol::command::BodyType::EightBitMime,
             smtputf8: env.smtputf8,
             sender: String::from_utf8_lossy(&env.sender).into_owned(),
-            recipients: env.recipients.iter().map(|r| String::from_utf8_lossy(r).into_owned()).collect(),
+            recipients: env
+                .recipients
+                .iter()
+                .map(|r| String::from_utf8_lossy(r).into_owned())
+                .collect(),
         };
         let mut w = self.spool.create(&id, &record).map_err(|e| {
             log::error!("error: cannot create spool file: {e}");
@@ -226,7 +262,11 @@ impl Worker {
 
     fn accepted(&self, session: &ServerSession, id: &str) {
         let env = session.envelope();
-        let to: Vec<String> = env.recipients.iter().map(|r| format!("<{}>", String::from_utf8_lossy(r))).collect();
+        let to: Vec<String> = env
+            .recipients
+            .iter()
+            .map(|r| format!("<{}>", String::from_utf8_lossy(r)))
+            .collect();
         log::info!(
             "{id}: from=<{}>, to={}, size={}, nrcpt={}, client=[{}], helo={}",
             String::from_utf8_lossy(&env.sender),
@@ -253,15 +293,19 @@ fn send(stream: &mut TcpStream, session: &mut ServerSession) -> io::Result<()> {
     r
 }
 
-fn write_body(session: &ServerSession, message: &mut Option<(QueueId, spool::Writer)>, error: &mut Option<StoreError>) {
+fn write_body(
+    session: &ServerSession,
+    message: &mut Option<(QueueId, spool::Writer)>,
+    error: &mut Option<StoreError>,
+) {
     if error.is_some() || session.body().is_empty() {
         return;
     }
-    if let Some((id, w)) = message.as_mut() {
-        if let Err(e) = w.write(session.body()) {
-            log::error!("error: {id}: cannot write spool file: {e}");
-            *error = Some(store_error(&e));
-        }
+    if let Some((id, w)) = message.as_mut()
+        && let Err(e) = w.write(session.body())
+    {
+        log::error!("error: {id}: cannot write spool file: {e}");
+        *error = Some(store_error(&e));
     }
 }
 
@@ -272,5 +316,9 @@ fn abort(message: &mut Option<(QueueId, spool::Writer)>) {
 }
 
 fn store_error(e: &io::Error) -> StoreError {
-    if spool::is_no_space(e) { StoreError::NoSpace } else { StoreError::Local }
+    if spool::is_no_space(e) {
+        StoreError::NoSpace
+    } else {
+        StoreError::Local
+    }
 }

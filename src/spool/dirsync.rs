@@ -27,7 +27,15 @@ struct State {
 
 impl DirSync {
     pub fn new(dir: PathBuf) -> Self {
-        DirSync { dir, state: Mutex::new(State { issued: 0, synced: 0, running: false }), done: Condvar::new() }
+        DirSync {
+            dir,
+            state: Mutex::new(State {
+                issued: 0,
+                synced: 0,
+                running: false,
+            }),
+            done: Condvar::new(),
+        }
     }
 
     pub fn sync_dir(dir: &Path) -> io::Result<()> {

@@ -53,7 +53,9 @@ const MAX_RECORDS: u64 = 1024 * 1024;
 pub type QueueId = heapless::String<24>;
 
 pub fn valid_id(s: &str) -> bool {
-    s.len() == 23 && s.bytes().all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b))
+    s.len() == 23
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b))
 }
 
 /// The envelope stored in front of a message.
@@ -170,14 +172,24 @@ impl Spool {
         let n = self.counter.fetch_add(1, Ordering::Relaxed) & 0xffff;
         let mut id = QueueId::new();
         use std::fmt::Write as _;
-        let _ = write!(id, "{:013X}{:04X}{:06X}", micros & 0x000F_FFFF_FFFF_FFFF, n, self.pid & 0xff_ffff);
+        let _ = write!(
+            id,
+            "{:013X}{:04X}{:06X}",
+            micros & 0x000F_FFFF_FFFF_FFFF,
+            n,
+            self.pid & 0xff_ffff
+        );
         id
     }
 
     /// Starts a message file in `tmp/` and writes its envelope.
     pub fn create(&self, id: &str, env: &Envelope) -> io::Result<Writer> {
         let tmp = self.root.join("tmp").join(id);
-        let file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
         let mut head = String::with_capacity(256);
         use std::fmt::Write as _;
         let _ = write!(
@@ -196,7 +208,12 @@ impl Spool {
         head.push_str("size ");
         let size_offset = head.len() as u64;
         let _ = write!(head, "{:0w$}\n\n", 0, w = SIZE_WIDTH);
-        let mut w = Writer { file: io::BufWriter::with_capacity(64 * 1024, file), tmp, size_offset, written: 0 };
+        let mut w = Writer {
+            file: io::BufWriter::with_capacity(64 * 1024, file),
+            tmp,
+            size_offset,
+            written: 0,
+        };
         if let Err(e) = w.file.write_all(head.as_bytes()) {
             w.abort();
             return Err(e);
@@ -211,7 +228,10 @@ impl Spool {
         let result = (|| {
             let size = w.written;
             let file = w.file.into_inner().map_err(|e| e.into_error())?;
-            file.write_all_at(format!("{size:0w$}", w = SIZE_WIDTH).as_bytes(), w.size_offset)?;
+            file.write_all_at(
+                format!("{size:0w$}", w = SIZE_WIDTH).as_bytes(),
+                w.size_offset,
+            )?;
             file.sync_data()?;
             fs::rename(&tmp, self.queue_path(id))?;
             self.queue_sync.sync()
@@ -230,7 +250,10 @@ impl Spool {
             match name.to_str() {
                 Some(n) if valid_id(n) => ids.push(QueueId::try_from(n).unwrap_or_default()),
                 _ => {
-                    log::warn!("spool: moving unknown file queue/{} aside", name.to_string_lossy());
+                    log::warn!(
+                        "spool: moving unknown file queue/{} aside",
+                        name.to_string_lossy()
+                    );
                     let _ = self.move_aside_name(&name.to_string_lossy());
                 }
             }
@@ -253,7 +276,11 @@ impl Spool {
         let mut offset = 0u64;
         let mut next = |r: &mut BufReader<File>, line: &mut String| -> Result<(), ReadError> {
             line.clear();
-            let n = r.by_ref().take(MAX_HEADER).read_line(line).map_err(|_| bad("unreadable envelope"))?;
+            let n = r
+                .by_ref()
+                .take(MAX_HEADER)
+                .read_line(line)
+                .map_err(|_| bad("unreadable envelope"))?;
             offset += n as u64;
             if !line.ends_with('\n') || offset > MAX_HEADER {
                 return Err(bad("truncated envelope"));
@@ -280,8 +307,15 @@ impl Spool {
             if line.is_empty() {
                 break;
             }
-            let (k, v) = line.split_once(' ').ok_or_else(|| bad("bad envelope line"))?;
-            let path = || v.strip_prefix('<').and_then(|v| v.strip_suffix('>')).map(str::to_string).ok_or_else(|| bad("bad address"));
+            let (k, v) = line
+                .split_once(' ')
+                .ok_or_else(|| bad("bad envelope line"))?;
+            let path = || {
+                v.strip_prefix('<')
+                    .and_then(|v| v.strip_suffix('>'))
+                    .map(str::to_string)
+                    .ok_or_else(|| bad("bad address"))
+            };
             match k {
                 "created" => env.created = v.parse().map_err(|_| bad("bad created"))?,
                 "client" => env.client = v.to_string(),
@@ -314,9 +348,12 @@ impl Spool {
         };
         // The delivery records after the content.
         let mut file = r.into_inner();
-        file.seek(SeekFrom::Start(content_offset + size)).map_err(ReadError::Io)?;
+        file.seek(SeekFrom::Start(content_offset + size))
+            .map_err(ReadError::Io)?;
         let mut records = String::new();
-        file.take(MAX_RECORDS).read_to_string(&mut records).map_err(|_| bad("unreadable records"))?;
+        file.take(MAX_RECORDS)
+            .read_to_string(&mut records)
+            .map_err(|_| bad("unreadable records"))?;
         // A record cut short by a crash has no TAB LF: it never happened.
         for rec in records.split('\n').filter_map(|r| r.strip_suffix('\t')) {
             apply_record(&mut msg, rec);
@@ -381,15 +418,25 @@ impl Spool {
 
 /// Records and envelope values stay on one line of printable text.
 fn sanitize(s: &str) -> String {
-    s.chars().map(|c| if c.is_control() { '?' } else { c }).collect()
+    s.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
 }
 
 fn apply_record(msg: &mut Message, rec: &str) {
     let mut f = rec.splitn(4, ' ');
     match (f.next(), f.next(), f.next(), f.next()) {
         (Some("D" | "F"), Some(idx), Some(_), reply) => {
-            if let Some(state) = idx.parse::<usize>().ok().and_then(|i| msg.rcpt_state.get_mut(i)) {
-                *state = if rec.starts_with('D') { RcptState::Delivered } else { RcptState::Failed };
+            if let Some(state) = idx
+                .parse::<usize>()
+                .ok()
+                .and_then(|i| msg.rcpt_state.get_mut(i))
+            {
+                *state = if rec.starts_with('D') {
+                    RcptState::Delivered
+                } else {
+                    RcptState::Failed
+                };
             }
             if rec.starts_with('F') {
                 msg.last_reply = reply.map(str::to_string);
@@ -428,7 +475,8 @@ mod tests {
     use super::*;
 
     pub(crate) fn temp_dir(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("smtp-relayd-test-{name}-{}", std::process::id()));
+        let d =
+            std::env::temp_dir().join(format!("smtp-relayd-test-{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&d);
         d
     }
@@ -462,14 +510,24 @@ mod tests {
         assert_eq!(m.envelope, env());
         assert_eq!(m.size, 20);
         let mut content = Vec::new();
-        m.open_content(&spool).unwrap().read_to_end(&mut content).unwrap();
+        m.open_content(&spool)
+            .unwrap()
+            .read_to_end(&mut content)
+            .unwrap();
         assert_eq!(content, b"Subject: x\r\n\r\nbody\r\n");
         assert_eq!(m.rcpt_state, [RcptState::Pending, RcptState::Pending]);
 
         spool.record_delivered(&id, 0, 10, "250 2.0.0 ok").unwrap();
-        spool.record_deferred(&id, 10, 70, "451 4.3.0 later\r\nX injected").unwrap();
+        spool
+            .record_deferred(&id, 10, 70, "451 4.3.0 later\r\nX injected")
+            .unwrap();
         // A record torn by a crash (no newline) is ignored.
-        OpenOptions::new().append(true).open(spool.queue_path(&id)).unwrap().write_all(b"D 1 11 250").unwrap();
+        OpenOptions::new()
+            .append(true)
+            .open(spool.queue_path(&id))
+            .unwrap()
+            .write_all(b"D 1 11 250")
+            .unwrap();
         let m = spool.read(&id).unwrap();
         assert_eq!(m.rcpt_state, [RcptState::Delivered, RcptState::Pending]);
         assert_eq!((m.attempts, m.next_try), (1, Some(70)));
@@ -478,10 +536,16 @@ mod tests {
         spool.move_to_failed(&id, 20, "550 5.1.1 no").unwrap();
         assert!(spool.list_queue().unwrap().is_empty());
         let text = fs::read_to_string(spool.failed_path(&id)).unwrap();
-        assert!(text.contains("\nD 1 11 250\nX 20 550 5.1.1 no\t\n"), "{text}");
+        assert!(
+            text.contains("\nD 1 11 250\nX 20 550 5.1.1 no\t\n"),
+            "{text}"
+        );
         // The torn record stays torn: recipient 1 is not taken as delivered.
         fs::rename(spool.failed_path(&id), spool.queue_path(&id)).unwrap();
-        assert_eq!(spool.read(&id).unwrap().rcpt_state, [RcptState::Delivered, RcptState::Pending]);
+        assert_eq!(
+            spool.read(&id).unwrap().rcpt_state,
+            [RcptState::Delivered, RcptState::Pending]
+        );
         fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -498,7 +562,10 @@ mod tests {
         // Truncated content, garbage, and an empty file are all Corrupt, never a panic.
         for bad in [&good[..good.len() - 3], b"\x00\xff junk", b"", &good[..30]] {
             fs::write(&path, bad).unwrap();
-            assert!(matches!(spool.read(&id), Err(ReadError::Corrupt(_))), "{bad:?}");
+            assert!(
+                matches!(spool.read(&id), Err(ReadError::Corrupt(_))),
+                "{bad:?}"
+            );
         }
         spool.move_aside(&id).unwrap();
         assert!(dir.join("corrupt").join(&*id).exists());

@@ -1,0 +1,199 @@
+"""Fixtures for the integration suite: the real smtp-relayd binary on loopback,
+in front of the scriptable sink (tests/sink.py) as its smarthost."""
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+from sink import Plan, Sink  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BINARY = os.environ.get("SMTP_RELAYD_BIN", os.path.join(ROOT, "target", "debug", "smtp-relayd"))
+# A wrapper such as "qemu-aarch64-static" to run a cross-built binary.
+RUNNER = os.environ.get("SMTP_RELAYD_RUNNER", "").split()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Relay:
+    """One smtp-relayd process with its own config, spool and log."""
+
+    def __init__(self, tmp_path, smarthost_port, **conf):
+        self.dir = tmp_path
+        self.spool = os.path.join(tmp_path, "spool")
+        self.port = conf.pop("port", None) or free_port()
+        self.conf_path = os.path.join(tmp_path, "relay.conf")
+        self.log_path = os.path.join(tmp_path, "relay.log")
+        settings = {
+            "listen": f"127.0.0.1:{self.port}",
+            "hostname": "relay.test",
+            "spool": self.spool,
+            "smarthost": f"127.0.0.1:{smarthost_port}",
+            "retry_min": "1s",
+            "retry_max": "2s",
+            "smarthost_timeout": "10s",
+            "smarthost_idle": "1s",
+            "shutdown_grace": "3s",
+        }
+        settings.update(conf)
+        with open(self.conf_path, "w") as f:
+            for k, v in settings.items():
+                for item in v if isinstance(v, list) else [v]:
+                    f.write(f"{k} {item}\n")
+        self.proc = None
+
+    def start(self, wait=True):
+        self.logf = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(RUNNER + [BINARY, "-c", self.conf_path], stderr=self.logf, stdin=subprocess.DEVNULL)
+        if wait:
+            deadline = time.time() + 15
+            while time.time() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"smtp-relayd exited with {self.proc.returncode}:\n{self.log()}")
+                try:
+                    with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                        s.settimeout(5)
+                        if s.recv(100).startswith(b"220"):
+                            s.sendall(b"QUIT\r\n")
+                            break
+                except OSError:
+                    time.sleep(0.05)
+            else:
+                raise RuntimeError("smtp-relayd did not start listening:\n" + self.log())
+        return self
+
+    def stop(self, sig=signal.SIGTERM, timeout=20):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise
+        if self.proc:
+            self.logf.close()
+        return self.proc.returncode if self.proc else None
+
+    def kill9(self):
+        self.proc.kill()
+        self.proc.wait()
+        self.logf.close()
+
+    def log(self):
+        with open(self.log_path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+    def wait_log(self, pattern, timeout=20, count=1):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if len(re.findall(pattern, self.log())) >= count:
+                return self.log()
+            time.sleep(0.05)
+        raise AssertionError(f"log never matched {pattern!r} x{count}:\n{self.log()}")
+
+    def files(self, area):
+        d = os.path.join(self.spool, area)
+        return sorted(os.listdir(d)) if os.path.isdir(d) else []
+
+
+@pytest.fixture
+def sink():
+    s = Sink().start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def make_relay(tmp_path):
+    relays = []
+
+    def make(smarthost_port, **conf):
+        sub = tmp_path / f"r{len(relays)}"
+        sub.mkdir()
+        r = Relay(str(sub), smarthost_port, **conf)
+        relays.append(r)
+        return r
+
+    yield make
+    for r in relays:
+        try:
+            r.stop(signal.SIGKILL)
+        except Exception:
+            pass
+
+
+@pytest.fixture
+def relay(sink, make_relay):
+    return make_relay(sink.port).start()
+
+
+class Client:
+    """A raw SMTP client: sends exact bytes, reads replies."""
+
+    def __init__(self, port, host="127.0.0.1", timeout=10):
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.buf = b""
+        self.greeting = self.reply()
+
+    def send(self, data):
+        self.sock.sendall(data)
+
+    def line(self):
+        while b"\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError(f"closed; buffered {self.buf!r}")
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        return line + b"\n"
+
+    def reply(self):
+        lines = [self.line()]
+        while lines[-1][3:4] == b"-":
+            lines.append(self.line())
+        return b"".join(lines).decode("utf-8", "replace")
+
+    def cmd(self, data):
+        self.send(data if isinstance(data, bytes) else data.encode() + b"\r\n")
+        return self.reply()
+
+    def codes(self, n):
+        return [self.reply()[:3] for _ in range(n)]
+
+    def closed(self, timeout=5):
+        self.sock.settimeout(timeout)
+        try:
+            return self.sock.recv(100) == b""
+        except ConnectionResetError:
+            return True
+
+    def close(self):
+        self.sock.close()
+
+
+@pytest.fixture
+def client_for():
+    clients = []
+
+    def make(relay, **kw):
+        c = Client(relay.port, **kw)
+        clients.append(c)
+        return c
+
+    yield make
+    for c in clients:
+        c.close()
+
+
+__all__ = ["Plan", "Sink", "Relay", "Client", "free_port", "BINARY"]

@@ -1,0 +1,615 @@
+"""End-to-end tests: the real binary on loopback, real clients, a test upstream."""
+import hashlib
+import os
+import re
+import signal
+import smtplib
+import subprocess
+import threading
+import time
+
+import pytest
+
+from conftest import BINARY, Client, Plan, Sink, free_port
+
+RECEIVED = re.compile(
+    rb"^Received: from (\S+) \(\[([^\]]+)\]\)\r\n\tby relay\.test \(smtp-relayd\) with (E?SMTP|UTF8SMTP) id ([0-9A-F]{23})"
+    rb"(\r\n\tfor <[^>]+>)?; \w{3}, \d{1,2} \w{3} \d{4} \d\d:\d\d:\d\d \+0000\r\n"
+)
+
+
+def split_received(content):
+    m = RECEIVED.match(content)
+    assert m, f"no Received header at the top of {content[:300]!r}"
+    return m, content[m.end():]
+
+
+def test_smtplib_byte_for_byte(sink, relay):
+    body = (
+        b"From: cam1@example.net\r\nTo: ops@example.com\r\nSubject: motion\r\n\r\n"
+        b".starts with a dot\r\n..two dots\r\n.\r\nlone dot above\r\n"
+        b"8-bit: caf\xc3\xa9 \xff\xfe\r\n" + b"x" * 998 + b"\r\n"
+    )
+    with smtplib.SMTP("127.0.0.1", relay.port) as s:
+        code, _ = s.ehlo("cam1.lan")
+        assert code == 250
+        assert s.has_extn("pipelining") and s.has_extn("8bitmime") and s.has_extn("enhancedstatuscodes")
+        assert s.has_extn("size") and s.esmtp_features["size"] == str(10 * 1024 * 1024)
+        s.sendmail("cam1@example.net", ["ops@example.com"], body, mail_options=["BODY=8BITMIME"])
+    [msg] = sink.wait_for(1)
+    assert msg["sender"] == "cam1@example.net" and msg["rcpts"] == ["ops@example.com"]
+    m, rest = split_received(msg["content"])
+    assert m.group(1) == b"cam1.lan" and m.group(2) == b"127.0.0.1" and m.group(3) == b"ESMTP"
+    assert m.group(5) == b"\r\n\tfor <ops@example.com>"
+    assert rest == body
+    # On the wire upstream: dot-stuffed, CRLF only.
+    assert b"\r\n..starts with a dot\r\n...two dots\r\n..\r\n" in msg["wire"]
+    assert re.search(rb"[^\r]\n|\r[^\n]", msg["wire"]) is None
+    relay.wait_log(r"status=sent \(250 2\.0\.0 Ok: queued\)")
+    relay.wait_log(r"removed \(delivered\)")
+    assert relay.files("queue") == [] and relay.files("tmp") == []
+    # MAIL went upstream with BODY=8BITMIME and SIZE.
+    mail = [c for c in sink.commands if c.startswith(b"MAIL")][0]
+    assert b"BODY=8BITMIME" in mail and b"SIZE=" in mail
+
+
+def test_curl_client(sink, relay, tmp_path):
+    path = tmp_path / "mail.txt"
+    path.write_bytes(b"Subject: from curl\r\n\r\nline one\r\n.dot line\r\n")
+    r = subprocess.run(
+        ["curl", "-sS", f"smtp://127.0.0.1:{relay.port}", "--mail-from", "a@example.net",
+         "--mail-rcpt", "b@example.com", "--mail-rcpt", "c@example.com", "-T", str(path)],
+        capture_output=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    [msg] = sink.wait_for(1)
+    assert msg["rcpts"] == ["b@example.com", "c@example.com"]
+    m, rest = split_received(msg["content"])
+    assert m.group(5) is None, "no 'for' clause with two recipients"
+    assert rest == b"Subject: from curl\r\n\r\nline one\r\n.dot line\r\n"
+
+
+def test_pipelining_in_one_write(sink, relay, client_for):
+    c = client_for(relay)
+    assert c.greeting.startswith("220 relay.test ESMTP")
+    c.send(b"EHLO pipe.test\r\nMAIL FROM:<a@example.net>\r\nRCPT TO:<b@example.com>\r\n"
+           b"RCPT TO:<bad address>\r\nRCPT TO:<c@example.com>\r\nDATA\r\n")
+    ehlo = c.reply()
+    assert ehlo.startswith("250-relay.test\r\n") and "250 ENHANCEDSTATUSCODES" in ehlo
+    assert c.codes(5) == ["250", "250", "501", "250", "354"]
+    c.send(b"Subject: p\r\n\r\nbody\r\n.\r\nMAIL FROM:<>\r\nRCPT TO:<d@example.com>\r\nDATA\r\n")
+    r = c.reply()
+    assert re.match(r"250 2\.0\.0 Ok: queued as [0-9A-F]{23}\r\n", r), r
+    assert c.codes(3) == ["250", "250", "354"]
+    assert c.cmd(b"second\r\n.\r\n").startswith("250 2.0.0")
+    assert c.cmd("QUIT").startswith("221 2.0.0")
+    msgs = sink.wait_for(2)
+    assert sorted(m["rcpts"] == ["b@example.com", "c@example.com"] for m in msgs) == [False, True]
+    assert any(m["sender"] == "" and m["rcpts"] == ["d@example.com"] for m in msgs)
+
+
+@pytest.mark.parametrize("commands,codes", [
+    (["MAIL FROM:<a@b.c>"], ["503"]),
+    (["EHLO x", "RCPT TO:<a@b.c>"], ["250", "503"]),
+    (["EHLO x", "DATA"], ["250", "503"]),
+    (["EHLO x", "MAIL FROM:<a@b.c>", "DATA"], ["250", "250", "503"]),
+    (["EHLO x", "MAIL FROM:<a@b.c>", "MAIL FROM:<a@b.c>"], ["250", "250", "503"]),
+    (["EHLO x", "MAIL FROM:<a@b.c> SIZE=999999999999"], ["250", "552"]),
+    (["EHLO x", "MAIL FROM:<a@b.c> XFOO=1"], ["250", "555"]),
+    (["EHLO x", "MAIL FROM:<a@b.c> BODY=8BITMIME", "RCPT TO:<Postmaster>"], ["250", "250", "250"]),
+    (["EHLO x", "MAIL FROM:<not an address>"], ["250", "501"]),
+    (["EHLO x", "MAIL FROM:<a@b.c>", "RCPT TO:<@x.org,@y.org:u@z.org>"], ["250", "250", "250"]),
+    (["HELO x", "RSET", "NOOP", "VRFY root", "EXPN staff", "HELP"], ["250", "250", "250", "252", "502", "214"]),
+    (["FROB", "STARTTLS", "DATA x"], ["500", "502", "501"]),
+    (["EHLO", "HELO"], ["501", "501"]),
+    (["NOOP " + "A" * 600, "NOOP"], ["500", "250"]),
+])
+def test_reply_codes(relay, client_for, commands, codes):
+    c = client_for(relay)
+    got = [c.cmd(cmd)[:3] for cmd in commands]
+    assert got == codes
+    # Every reply but the greeting and EHLO/HELO carries an enhanced code (RFC 2034).
+    c.send(b"NOOP\r\n")
+    assert re.match(r"250 2\.0\.0 ", c.reply())
+
+
+def test_hundred_recipients_then_452(sink, relay, client_for):
+    c = client_for(relay)
+    c.cmd("EHLO x")
+    c.cmd("MAIL FROM:<a@b.c>")
+    c.send(b"".join(b"RCPT TO:<r%d@example.com>\r\n" % i for i in range(101)))
+    codes = c.codes(101)
+    assert codes[:100] == ["250"] * 100 and codes[100] == "452"
+    assert c.cmd("DATA")[:3] == "354"
+    assert c.cmd(b"x\r\n.\r\n")[:3] == "250"
+    [msg] = sink.wait_for(1)
+    assert len(msg["rcpts"]) == 100
+
+
+def test_replies_never_echo_client_bytes(relay, client_for):
+    c = client_for(relay)
+    for junk in [b"\x1b[31mEVIL\x00\xff\r\n", b"<script>alert(1)</script>\r\n", b"MAIL FROM:<\x07@x>\r\n"]:
+        r = c.cmd(junk)
+        assert "EVIL" not in r and "script" not in r and "\x07" not in r
+        assert r[:1] == "5"
+
+
+def test_ten_mib_message(sink, make_relay):
+    relay = make_relay(sink.port, max_message_size="20M").start()
+    line = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.." * 12 + b"\r\n"
+    body = b"Subject: big\r\n\r\n" + line * (10 * 1024 * 1024 // len(line) + 1)
+    assert len(body) > 10 * 1024 * 1024
+    with smtplib.SMTP("127.0.0.1", relay.port, timeout=60) as s:
+        s.sendmail("a@b.c", ["big@example.com"], body)
+    [msg] = sink.wait_for(1, timeout=60)
+    _, rest = split_received(msg["content"])
+    assert hashlib.sha256(rest).hexdigest() == hashlib.sha256(body).hexdigest()
+
+
+def test_message_too_big_is_refused_after_data(sink, make_relay, client_for):
+    relay = make_relay(sink.port, max_message_size="10K").start()
+    c = client_for(relay)
+    assert "250-SIZE 10240" in c.cmd("EHLO x")
+    c.cmd("MAIL FROM:<a@b.c>")
+    c.cmd("RCPT TO:<d@e.f>")
+    assert c.cmd("DATA")[:3] == "354"
+    c.send(b"y" * 900 + b"\r\n")
+    for _ in range(20):
+        c.send(b"z" * 900 + b"\r\n")
+    r = c.cmd(b".\r\n")
+    assert r.startswith("552 5.3.4"), r
+    # The session goes on, and nothing was stored or relayed.
+    assert c.cmd("NOOP")[:3] == "250"
+    assert relay.files("queue") == [] and relay.files("tmp") == []
+    relay.wait_log(r"reject: DATA from \[127\.0\.0\.1\]:\d+: 552 5\.3\.4")
+    time.sleep(0.5)
+    assert sink.messages == []
+
+
+def test_upstream_down_then_back(make_relay, client_for):
+    port = free_port()
+    relay = make_relay(port).start()
+    with smtplib.SMTP("127.0.0.1", relay.port) as s:
+        s.sendmail("a@b.c", ["d@e.f"], b"Subject: retry me\r\n\r\nx\r\n")
+    relay.wait_log(r"status=deferred \(451 4\.4\.1 cannot connect to smarthost")
+    assert len(relay.files("queue")) == 1
+    sink = Sink(port=port).start()
+    try:
+        [msg] = sink.wait_for(1, timeout=30)
+        assert b"Subject: retry me" in msg["content"]
+        relay.wait_log(r"status=sent")
+        relay.wait_log(r"removed \(delivered\)")
+        assert relay.files("queue") == []
+    finally:
+        sink.stop()
+
+
+def test_451_then_250(make_relay):
+    sink = Sink(plan=Plan(data_end=["451 4.3.0 try again later", "250 2.0.0 ok"])).start()
+    try:
+        relay = make_relay(sink.port).start()
+        with smtplib.SMTP("127.0.0.1", relay.port) as s:
+            s.sendmail("a@b.c", ["d@e.f"], b"Subject: x\r\n\r\ny\r\n")
+        [msg] = sink.wait_for(1, timeout=30)
+        log = relay.wait_log(r"status=sent")
+        assert re.search(r"status=deferred \(451 4\.3\.0 try again later\), next try in 1s", log)
+        relay.wait_log(r"removed \(delivered\)")
+        assert relay.files("queue") == [] and relay.files("failed") == []
+    finally:
+        sink.stop()
+
+
+def test_550_goes_to_failed_area(make_relay):
+    sink = Sink(plan=Plan(rcpt_default=["550 5.1.1 no such user"])).start()
+    try:
+        relay = make_relay(sink.port).start()
+        with smtplib.SMTP("127.0.0.1", relay.port) as s:
+            s.sendmail("a@b.c", ["nobody@e.f"], b"Subject: x\r\n\r\ny\r\n")
+        relay.wait_log(r"status=failed \(550 5\.1\.1 no such user\)")
+        relay.wait_log(r"failed: 1 recipient\(s\) failed; moved to .*/failed/")
+        [failed] = relay.files("failed")
+        text = open(os.path.join(relay.spool, "failed", failed), "rb").read()
+        assert b"\nF 0 " in text and b"550 5.1.1 no such user" in text and b"\nX " in text
+        assert relay.files("queue") == []
+        assert sink.messages == []
+    finally:
+        sink.stop()
+
+
+def test_mixed_recipients_each_get_their_fate(make_relay):
+    plan = Plan(rcpt={"later@x.org": ["450 4.2.1 mailbox busy", "250 2.1.5 ok"],
+                      "never@x.org": ["550 5.1.1 unknown"]})
+    sink = Sink(plan=plan).start()
+    try:
+        relay = make_relay(sink.port).start()
+        with smtplib.SMTP("127.0.0.1", relay.port) as s:
+            s.sendmail("a@b.c", ["now@x.org", "later@x.org", "never@x.org"], b"Subject: m\r\n\r\nz\r\n")
+        msgs = sink.wait_for(2, timeout=30)
+        assert msgs[0]["rcpts"] == ["now@x.org"]
+        assert msgs[1]["rcpts"] == ["later@x.org"], "the 4xx recipient is retried alone"
+        relay.wait_log(r"moved to .*/failed/")
+        assert len(relay.files("failed")) == 1 and relay.files("queue") == []
+    finally:
+        sink.stop()
+
+
+def test_upstream_without_pipelining_or_ehlo(make_relay):
+    sink = Sink(plan=Plan(helo_only=True)).start()
+    try:
+        relay = make_relay(sink.port).start()
+        with smtplib.SMTP("127.0.0.1", relay.port) as s:
+            s.sendmail("a@b.c", ["r1@x.org", "r2@x.org"], b"Subject: old\r\n\r\n.dot\r\n")
+        [msg] = sink.wait_for(1)
+        assert msg["rcpts"] == ["r1@x.org", "r2@x.org"]
+        assert msg["content"].endswith(b"Subject: old\r\n\r\n.dot\r\n")
+        assert any(c.startswith(b"HELO relay.test") for c in sink.commands)
+    finally:
+        sink.stop()
+
+
+def test_upstream_size_limit_fails_message(make_relay):
+    sink = Sink(plan=Plan(ehlo=["250-sink", "250 SIZE 100"])).start()
+    try:
+        relay = make_relay(sink.port).start()
+        with smtplib.SMTP("127.0.0.1", relay.port) as s:
+            s.sendmail("a@b.c", ["d@e.f"], b"Subject: big\r\n\r\n" + b"x" * 500 + b"\r\n")
+        relay.wait_log(r"status=failed \(552 5\.3\.4 message size \d+ exceeds smarthost limit 100\)")
+        assert len(relay.files("failed")) == 1
+        assert not any(c.startswith(b"MAIL") for c in sink.commands)
+    finally:
+        sink.stop()
+
+
+def test_connection_reuse_for_a_burst(sink, relay):
+    with smtplib.SMTP("127.0.0.1", relay.port) as s:
+        for i in range(5):
+            s.sendmail("a@b.c", ["d@e.f"], b"Subject: %d\r\n\r\nx\r\n" % i)
+    sink.wait_for(5)
+    assert sink.sessions <= 2, f"{sink.sessions} upstream sessions for 5 messages"
+    # The idle connection is closed with QUIT.
+    deadline = time.time() + 10
+    while time.time() < deadline and not any(c.startswith(b"QUIT") for c in sink.commands):
+        time.sleep(0.1)
+    assert any(c.startswith(b"QUIT") for c in sink.commands)
+
+
+def test_aiosmtpd_as_smarthost(make_relay):
+    aiosmtpd = pytest.importorskip("aiosmtpd.controller")
+    received = []
+
+    class Handler:
+        async def handle_DATA(self, server, session, envelope):
+            received.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content,
+                             list(envelope.mail_options)))
+            return "250 2.0.0 OK aiosmtpd"
+
+    port = free_port()
+    ctl = aiosmtpd.Controller(Handler(), hostname="127.0.0.1", port=port, decode_data=False)
+    ctl.start()
+    try:
+        relay = make_relay(port).start()
+        body = b"Subject: to aiosmtpd\r\n\r\n.dotted\r\n8bit \xe9\r\n"
+        with smtplib.SMTP("127.0.0.1", relay.port) as s:
+            s.sendmail("a@b.c", ["x@y.z", "w@y.z"], body, mail_options=["BODY=8BITMIME"])
+        relay.wait_log(r"status=sent \(250 2\.0\.0 OK aiosmtpd\)", count=2)
+        [(frm, tos, content, opts)] = received
+        assert frm == "a@b.c" and tos == ["x@y.z", "w@y.z"]
+        assert content.endswith(body)
+        assert "BODY=8BITMIME" in opts
+    finally:
+        ctl.stop()
+
+
+def test_smtputf8_carried_through(sink, relay):
+    with smtplib.SMTP("127.0.0.1", relay.port) as s:
+        s.ehlo()
+        assert s.has_extn("smtputf8")
+        s.sendmail("jos\u00e9@example.net", ["m\u00fcller@example.de"], "Subject: \u00fc\r\n\r\nx\r\n".encode(),
+                   mail_options=["SMTPUTF8", "BODY=8BITMIME"])
+    [msg] = sink.wait_for(1)
+    assert msg["sender"] == "jos\u00e9@example.net" and msg["rcpts"] == ["m\u00fcller@example.de"]
+    assert any(c.startswith(b"MAIL") and b"SMTPUTF8" in c for c in sink.commands)
+    assert b"with UTF8SMTP id" in msg["content"]
+
+
+def test_relay_denied_outside_allow(sink, make_relay, client_for):
+    relay = make_relay(sink.port, allow="192.0.2.0/24").start()
+    c = client_for(relay)
+    c.cmd("EHLO x")
+    assert c.cmd("MAIL FROM:<a@b.c>")[:3] == "250"
+    assert c.cmd("RCPT TO:<victim@example.com>").startswith("554 5.7.1")
+    assert c.cmd("DATA")[:3] == "503"
+    relay.wait_log(r"reject: RCPT from \[127\.0\.0\.1\]: 554 5\.7\.1 Relay access denied; to=<victim@example\.com>")
+
+
+def test_allow_none_allows_nobody(sink, make_relay, client_for):
+    relay = make_relay(sink.port, allow="none").start()
+    c = client_for(relay)
+    c.cmd("EHLO x")
+    c.cmd("MAIL FROM:<a@b.c>")
+    assert c.cmd("RCPT TO:<d@e.f>").startswith("554 5.7.1")
+
+
+SMUGGLING = [b"\n.\n", b"\r.\r", b"\n.\r\n", b"\r\n.\n", b"\r.\r\n", b"\r\n.\r", b"\n.\r", b"\r.\n"]
+
+
+@pytest.mark.parametrize("seq", SMUGGLING, ids=[s.decode().replace("\r", "CR").replace("\n", "LF") for s in SMUGGLING])
+@pytest.mark.parametrize("pipelined", [False, True])
+def test_smuggling_yields_one_message(sink, relay, client_for, seq, pipelined):
+    c = client_for(relay)
+    smuggled = (b"MAIL FROM:<evil@attacker.test>\r\nRCPT TO:<victim@example.com>\r\nDATA\r\n"
+                b"Subject: smuggled\r\n\r\nowned\r\n.\r\n")
+    head = b"EHLO x\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\nDATA\r\n"
+    body = b"Subject: real\r\n\r\nhello" + seq + smuggled
+    if pipelined:
+        c.send(head)
+        c.reply()
+        assert c.codes(3) == ["250", "250", "354"]
+        c.send(body + b"QUIT\r\n")
+    else:
+        for line in [b"EHLO x", b"MAIL FROM:<a@b.c>", b"RCPT TO:<d@e.f>", b"DATA"]:
+            c.cmd(line + b"\r\n")
+        c.send(body)
+    # The smuggled end is the real end: exactly one message, holding all of it.
+    r = c.reply()
+    assert r.startswith("250 2.0.0 Ok: queued"), r
+    [msg] = sink.wait_for(1)
+    time.sleep(0.3)
+    assert len(sink.messages) == 1
+    assert msg["rcpts"] == ["d@e.f"]
+    assert b"MAIL FROM:<evil@attacker.test>" in msg["content"]
+    assert re.search(rb"[^\r]\n|\r[^\n]", msg["wire"]) is None, "a bare CR or LF reached the upstream"
+
+
+def test_bare_newline_reject(sink, make_relay, client_for):
+    relay = make_relay(sink.port, bare_newline="reject").start()
+    c = client_for(relay)
+    for line in ["EHLO x", "MAIL FROM:<a@b.c>", "RCPT TO:<d@e.f>", "DATA"]:
+        c.cmd(line)
+    assert c.cmd(b"a\nb\r\n.\r\n").startswith("550 5.6.0")
+    for line in ["MAIL FROM:<a@b.c>", "RCPT TO:<d@e.f>", "DATA"]:
+        c.cmd(line)
+    assert c.cmd(b"clean\r\n.\r\n").startswith("250 2.0.0")
+    [msg] = sink.wait_for(1)
+    assert msg["content"].endswith(b"\r\nclean\r\n")
+
+
+def test_bare_newline_normalized(sink, relay, client_for):
+    c = client_for(relay)
+    for line in ["EHLO x", "MAIL FROM:<a@b.c>", "RCPT TO:<d@e.f>", "DATA"]:
+        c.cmd(line)
+    assert c.cmd(b"Subject: lf\n\nline1\nline2\rline3\r\n.\r\n").startswith("250")
+    [msg] = sink.wait_for(1)
+    _, rest = split_received(msg["content"])
+    assert rest == b"Subject: lf\r\n\r\nline1\r\nline2\r\nline3\r\n"
+
+
+def test_mail_loop_refused(sink, relay, client_for):
+    c = client_for(relay)
+    for line in ["EHLO x", "MAIL FROM:<a@b.c>", "RCPT TO:<d@e.f>", "DATA"]:
+        c.cmd(line)
+    hops = b"".join(b"Received: from hop%d by x; Mon, 1 Jan 2024 00:00:00 +0000\r\n" % i for i in range(31))
+    assert c.cmd(hops + b"Subject: loop\r\n\r\nx\r\n.\r\n").startswith("554 5.4.6")
+    for line in ["MAIL FROM:<a@b.c>", "RCPT TO:<d@e.f>", "DATA"]:
+        c.cmd(line)
+    assert c.cmd(hops[: hops.index(b"Received: from hop30")] + b"\r\nx\r\n.\r\n").startswith("250")
+
+
+def test_text_line_too_long(relay, client_for):
+    c = client_for(relay)
+    for line in ["EHLO x", "MAIL FROM:<a@b.c>", "RCPT TO:<d@e.f>", "DATA"]:
+        c.cmd(line)
+    assert c.cmd(b"y" * 1200 + b"\r\n.\r\n").startswith("500 5.5.2")
+    assert relay.files("queue") == []
+
+
+def test_idle_client_times_out(sink, make_relay, client_for):
+    relay = make_relay(sink.port, command_timeout="1s").start()
+    c = client_for(relay)
+    c.cmd("EHLO x")
+    c.sock.settimeout(10)
+    assert c.reply().startswith("421 4.4.2")
+    assert c.closed()
+    relay.wait_log(r"timeout after command from \[127\.0\.0\.1\]")
+
+
+def test_client_vanishing_mid_data_stores_nothing(sink, relay, client_for):
+    c = client_for(relay)
+    for line in ["EHLO x", "MAIL FROM:<a@b.c>", "RCPT TO:<d@e.f>", "DATA"]:
+        c.cmd(line)
+    c.send(b"Subject: half\r\n\r\npartial")
+    c.close()
+    relay.wait_log(r"lost connection after DATA from \[127\.0\.0\.1\]")
+    assert relay.files("queue") == [] and relay.files("tmp") == []
+
+
+def test_pool_full_gets_421(sink, make_relay, client_for):
+    relay = make_relay(sink.port, workers=1, max_connections=1).start()
+    first = client_for(relay)
+    assert first.greeting.startswith("220")
+    second = Client(relay.port)
+    try:
+        assert second.greeting.startswith("421 4.3.2"), second.greeting
+        assert second.closed()
+    finally:
+        second.close()
+    relay.wait_log(r"refused \[127\.0\.0\.1\]:\d+ with 421 4\.3\.2")
+    # The first session is unaffected.
+    assert first.cmd("NOOP")[:3] == "250"
+
+
+def test_disk_full_gives_452_and_keeps_queued_mail(make_relay, tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    spool = tmp_path / "small"
+    spool.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160k", "tmpfs", str(spool)]).returncode != 0:
+        pytest.skip("cannot mount tmpfs here")
+    port = free_port()  # upstream down: accepted mail stays queued
+    try:
+        relay = make_relay(port, spool=str(spool)).start()
+        accepted, refused = [], []
+        for i in range(40):
+            c = Client(relay.port)
+            try:
+                for line in ["EHLO x", "MAIL FROM:<a@b.c>", "RCPT TO:<d@e.f>"]:
+                    c.cmd(line)
+                r = c.cmd("DATA")
+                if r.startswith("354"):
+                    r = c.cmd(b"Subject: %d\r\n\r\n" % i + b"z" * 78 + b"\r\n" + (b"z" * 78 + b"\r\n") * 250 + b".\r\n")
+                (accepted if r.startswith("250") else refused).append(r)
+            finally:
+                c.close()
+            if refused:
+                break
+        assert accepted, f"nothing was accepted: {refused}\n{relay.log()}"
+        assert refused and refused[0].startswith("452 4.3.1"), refused
+        # Everything that got a 250 is still in the queue, whole.
+        relay.stop()
+        assert len(os.listdir(spool / "queue")) == len(accepted)
+        sink = Sink(port=port).start()
+        try:
+            relay.start()
+            msgs = sink.wait_for(len(accepted), timeout=60)
+            assert all(m["content"].endswith((b"z" * 78 + b"\r\n") * 251) for m in msgs)
+        finally:
+            relay.stop()
+            sink.stop()
+    finally:
+        subprocess.run(["umount", "-l", str(spool)])
+
+
+def test_corrupt_spool_file_moved_aside(sink, make_relay):
+    relay = make_relay(sink.port)
+    os.makedirs(os.path.join(relay.spool, "queue"))
+    bad_id = "0000000000001000000FFFF"
+    with open(os.path.join(relay.spool, "queue", bad_id), "wb") as f:
+        f.write(b"\x00garbage\xff")
+    relay.start()
+    relay.wait_log(rf"{bad_id}: spool file is damaged .*moved to .*/corrupt/")
+    assert relay.files("corrupt") == [bad_id] and relay.files("queue") == []
+    # The daemon keeps serving.
+    with smtplib.SMTP("127.0.0.1", relay.port) as s:
+        s.sendmail("a@b.c", ["d@e.f"], b"Subject: after\r\n\r\nx\r\n")
+    sink.wait_for(1)
+
+
+def test_sigterm_keeps_queue_and_exits_zero(make_relay):
+    port = free_port()
+    relay = make_relay(port).start()
+    with smtplib.SMTP("127.0.0.1", relay.port) as s:
+        s.sendmail("a@b.c", ["d@e.f"], b"Subject: survive\r\n\r\nx\r\n")
+    relay.wait_log(r"status=deferred")
+    idle = Client(relay.port)
+    idle.cmd("EHLO x")
+    assert relay.stop(signal.SIGTERM) == 0
+    # The idle session was told, not dropped.
+    assert idle.reply().startswith("421 4.3.2")
+    idle.close()
+    log = relay.log()
+    assert "shutting down" in log and re.search(r"relay: stopped; 1 message\(s\) stay queued", log)
+    assert len(relay.files("queue")) == 1
+    sink = Sink(port=port).start()
+    try:
+        relay.start()
+        [msg] = sink.wait_for(1, timeout=30)
+        assert b"Subject: survive" in msg["content"]
+    finally:
+        relay.stop()
+        sink.stop()
+
+
+def test_sigterm_lets_a_transaction_finish(sink, make_relay):
+    relay = make_relay(sink.port, shutdown_grace="10s").start()
+    c = Client(relay.port)
+    for line in ["EHLO x", "MAIL FROM:<a@b.c>", "RCPT TO:<d@e.f>", "DATA"]:
+        c.cmd(line)
+    c.send(b"Subject: in flight\r\n\r\n")
+    relay.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    assert relay.proc.poll() is None, "exited while a transaction was in progress"
+    assert c.cmd(b"rest\r\n.\r\n").startswith("250 2.0.0")
+    c.close()
+    assert relay.proc.wait(15) == 0
+    assert len(relay.files("queue")) + len(sink.messages) == 1
+
+
+def test_sighup_does_not_kill(relay):
+    relay.proc.send_signal(signal.SIGHUP)
+    relay.wait_log(r"SIGHUP received")
+    assert relay.proc.poll() is None
+    with smtplib.SMTP("127.0.0.1", relay.port) as s:
+        assert s.noop()[0] == 250
+
+
+def test_kill9_while_clients_send_loses_nothing_acknowledged(make_relay):
+    """Durability: every message that got a 250 reaches the upstream after a crash."""
+    port = free_port()
+    relay = make_relay(port, workers=4).start()
+    acked, lock, stop = [], threading.Lock(), threading.Event()
+
+    def sender(n):
+        i = 0
+        while not stop.is_set():
+            marker = f"client{n}-msg{i}"
+            try:
+                with smtplib.SMTP("127.0.0.1", relay.port, timeout=10) as s:
+                    s.sendmail("a@b.c", ["d@e.f"], f"Subject: {marker}\r\n\r\n{('x' * 78 + chr(13) + chr(10)) * 25}".encode())
+                with lock:
+                    acked.append(marker)
+            except (smtplib.SMTPException, OSError):
+                pass
+            i += 1
+
+    threads = [threading.Thread(target=sender, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    deadline = time.time() + 20
+    while len(acked) < 30 and time.time() < deadline:
+        time.sleep(0.05)
+    relay.kill9()
+    stop.set()
+    for t in threads:
+        t.join()
+    assert len(acked) >= 30
+    sink = Sink(port=port).start()
+    try:
+        relay.start()
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            got = {m["content"].split(b"Subject: ")[1].split(b"\r\n")[0].decode() for m in sink.messages}
+            if set(acked) <= got:
+                break
+            time.sleep(0.2)
+        missing = set(acked) - got
+        assert not missing, f"{len(missing)} acknowledged messages lost: {sorted(missing)[:5]}"
+    finally:
+        relay.stop()
+        sink.stop()
+
+
+def test_check_prints_settings_and_bad_config_exits_78(tmp_path):
+    conf = tmp_path / "ok.conf"
+    conf.write_text("smarthost mail.example.com:587\nlisten [::1]:2525\nallow 192.168.0.0/16\n")
+    r = subprocess.run([BINARY, "-c", str(conf), "--check"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "smarthost mail.example.com:587" in r.stdout and "listen [::1]:2525" in r.stdout
+    assert "allow 192.168.0.0/16" in r.stdout and "max_queue_lifetime 432000s" in r.stdout
+    bad = tmp_path / "bad.conf"
+    bad.write_text("smarthost mail.example.com:587\n# fine\nmax_message_size lots\n")
+    for extra in [["--check"], []]:
+        r = subprocess.run([BINARY, "-c", str(bad)] + extra, capture_output=True, text=True)
+        assert r.returncode == 78
+        assert r.stderr.startswith(f"{bad}:3: 'lots' is not a size"), r.stderr
+    r = subprocess.run([BINARY, "-c", str(tmp_path / "missing.conf")], capture_output=True, text=True)
+    assert r.returncode == 78 and "cannot read" in r.stderr
+    r = subprocess.run([BINARY, "--version"], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.startswith("smtp-relayd ")
+    r = subprocess.run([BINARY, "--bogus"], capture_output=True, text=True)
+    assert r.returncode == 64
+
+
+def test_listen_in_use_exits_1(sink, relay, make_relay):
+    other = make_relay(sink.port, port=relay.port)
+    other.start(wait=False)
+    assert other.proc.wait(10) == 1
+    assert re.search(r"fatal: cannot listen on 127\.0\.0\.1:\d+", other.log())
