@@ -88,7 +88,10 @@ fn init_logging() {
         .format(move |buf, record| {
             // Postfix's shape: info lines bare, the rest with their level.
             let level = match record.level() {
-                log::Level::Error | log::Level::Warn | log::Level::Info => "",
+                _ if record.target() == "fatal" => "fatal: ",
+                log::Level::Error => "error: ",
+                log::Level::Warn => "warning: ",
+                log::Level::Info => "",
                 log::Level::Debug => "debug: ",
                 log::Level::Trace => "trace: ",
             };
@@ -127,7 +130,7 @@ fn main() -> ExitCode {
     match serve(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            log::error!("fatal: {e}");
+            log::error!(target: "fatal", "{e}");
             ExitCode::from(1)
         }
     }
@@ -157,16 +160,35 @@ fn serve(config: Config) -> Result<(), String> {
     let (pool_tx, pool_rx) = crossbeam_channel::bounded(config.max_connections - config.workers);
 
     let relay = {
-        let r = Relay::new(
+        let (config, spool, stop, rescan) = (
             Arc::clone(&config),
             Arc::clone(&spool),
-            relay_rx,
             Arc::clone(&stop_relay),
             Arc::clone(&rescan),
         );
         std::thread::Builder::new()
             .name("relay".into())
-            .spawn(move || r.run())
+            .spawn(move || {
+                // A bug in delivery must not stop delivery for good (unwinding builds;
+                // with panic=abort the supervisor restarts the whole daemon). The
+                // schedule is rebuilt from the spool, so nothing is lost.
+                loop {
+                    let r = Relay::new(
+                        Arc::clone(&config),
+                        Arc::clone(&spool),
+                        relay_rx.clone(),
+                        Arc::clone(&stop),
+                        Arc::clone(&rescan),
+                    );
+                    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| r.run())) {
+                        Ok(()) => break,
+                        Err(_) => {
+                            log::error!("relay thread panicked; restarting it in 5s");
+                            std::thread::sleep(Duration::from_secs(5));
+                        }
+                    }
+                }
+            })
             .map_err(|e| e.to_string())?
     };
     let mut workers = Vec::new();
@@ -238,7 +260,7 @@ fn serve(config: Config) -> Result<(), String> {
             let n = shared.close_sessions(false);
             if n > 0 {
                 log::warn!(
-                    "warning: grace period over; closing {n} session(s) in progress (no 250 was given for their messages)"
+                    "grace period over; closing {n} session(s) in progress (no 250 was given for their messages)"
                 );
             }
             break;

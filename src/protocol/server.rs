@@ -777,3 +777,109 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod random_input {
+    use super::tests_support::*;
+
+    /// Arbitrary bytes, cut into arbitrary chunks, never panic the session, never
+    /// overflow its buffers, and the replies do not depend on how input is chunked.
+    #[test]
+    fn arbitrary_bytes_any_chunking() {
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let atoms: &[&[u8]] = &[
+            b"EHLO x\r\n",
+            b"HELO y\r\n",
+            b"MAIL FROM:<a@b.c>\r\n",
+            b"MAIL FROM:<>\r\n",
+            b"RCPT TO:<d@e.f>\r\n",
+            b"DATA\r\n",
+            b"RSET\r\n",
+            b"NOOP\r\n",
+            b".\r\n",
+            b"\r\n",
+            b"\n",
+            b"\r",
+            b".",
+            b"..",
+            b"QUIT\r\n",
+            b"\x00",
+            b"\xff\xfe",
+            b"Received: x\r\n",
+            b"AUTH PLAIN\r\n",
+            b"MAIL FROM:<a@b.c> SIZE=99999\r\n",
+        ];
+        for _ in 0..300 {
+            let mut input = Vec::new();
+            for _ in 0..(next() % 60) {
+                match next() % 4 {
+                    0 => input.extend((0..next() % 40).map(|_| next() as u8)),
+                    1 => input.extend(std::iter::repeat_n(b'A', (next() % 700) as usize)),
+                    _ => input.extend_from_slice(atoms[(next() % atoms.len() as u64) as usize]),
+                }
+            }
+            let whole = run_all(&input, input.len().max(1));
+            let chunked = run_all(&input, 1 + (next() % 13) as usize);
+            assert_eq!(whole, chunked, "input {input:?}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests_support {
+    use super::*;
+
+    /// Runs a session over `input` in chunks; returns every reply and stored message.
+    pub fn run_all(input: &[u8], chunk: usize) -> (String, Vec<Vec<u8>>) {
+        let mut s = ServerSession::new(Settings {
+            hostname: heapless::String::try_from("relay.test").unwrap(),
+            max_message_size: 200,
+            reject_bare_newline: false,
+            max_hops: 1,
+        });
+        s.start(Peer {
+            ip: IpAddr::from([127, 0, 0, 1]),
+            relay_allowed: true,
+        });
+        let mut replies = String::new();
+        let (mut stored, mut body) = (Vec::new(), Vec::new());
+        'outer: for part in input.chunks(chunk) {
+            let mut pos = 0;
+            loop {
+                let (n, step) = s.feed(&part[pos..]);
+                assert!(n <= part.len() - pos);
+                pos += n;
+                assert!(s.output().len() <= OUT_CAP && s.body().len() <= BODY_CAP);
+                match step {
+                    Step::OpenMessage => s.spool_opened(Ok(())),
+                    Step::WriteBody => {
+                        body.extend_from_slice(s.body());
+                        s.clear_body();
+                    }
+                    Step::StoreMessage => {
+                        body.extend_from_slice(s.body());
+                        stored.push(std::mem::take(&mut body));
+                        s.stored(Ok("ID"));
+                    }
+                    Step::DiscardMessage => body.clear(),
+                    Step::NeedInput | Step::Flush | Step::Close => {}
+                }
+                replies.push_str(std::str::from_utf8(s.output()).expect("replies are ASCII"));
+                s.clear_output();
+                if step == Step::Close {
+                    break 'outer;
+                }
+                if step == Step::NeedInput {
+                    break;
+                }
+            }
+        }
+        (replies, stored)
+    }
+}

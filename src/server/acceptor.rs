@@ -69,7 +69,7 @@ impl Acceptor {
                 Err(e) => {
                     // Out of file descriptors or similar: the listener stays readable,
                     // so pause instead of spinning.
-                    log::warn!("warning: accept failed: {e}");
+                    log::warn!("accept failed: {e}");
                     std::thread::sleep(Duration::from_millis(100));
                     return;
                 }
@@ -82,7 +82,7 @@ impl Acceptor {
         let refuse = |mut stream: TcpStream, why: &str| {
             self.shared.active.fetch_sub(1, Ordering::AcqRel);
             log::warn!(
-                "warning: {why}: refused [{}]:{} with 421 4.3.2",
+                "{why}: refused [{}]:{} with 421 4.3.2",
                 addr.ip(),
                 addr.port()
             );

@@ -58,7 +58,7 @@ impl Worker {
             }));
             if served.is_err() {
                 log::error!(
-                    "error: worker {}: session panicked; connection dropped",
+                    "worker {}: session panicked; connection dropped",
                     self.index
                 );
                 *session = ServerSession::new(settings(&self.config));
@@ -187,7 +187,7 @@ impl Worker {
                                     session.stored(Ok(&id));
                                 }
                                 Err(e) => {
-                                    log::error!("error: {id}: cannot commit to spool: {e}");
+                                    log::error!("{id}: cannot commit to spool: {e}");
                                     session.stored(Err(store_error(&e)));
                                 }
                             },
@@ -248,7 +248,7 @@ impl Worker {
                 .collect(),
         };
         let mut w = self.spool.create(&id, &record).map_err(|e| {
-            log::error!("error: cannot create spool file: {e}");
+            log::error!("cannot create spool file: {e}");
             store_error(&e)
         })?;
         let mut trace = String::with_capacity(256);
@@ -304,7 +304,7 @@ fn write_body(
     if let Some((id, w)) = message.as_mut()
         && let Err(e) = w.write(session.body())
     {
-        log::error!("error: {id}: cannot write spool file: {e}");
+        log::error!("{id}: cannot write spool file: {e}");
         *error = Some(store_error(&e));
     }
 }

@@ -213,6 +213,7 @@ impl Spool {
             tmp,
             size_offset,
             written: 0,
+            committed: false,
         };
         if let Err(e) = w.file.write_all(head.as_bytes()) {
             w.abort();
@@ -223,23 +224,21 @@ impl Spool {
 
     /// Makes a written message durable and visible to the relay. Only after this
     /// returns may the client be told 250.
-    pub fn commit(&self, id: &str, w: Writer) -> io::Result<()> {
-        let tmp = w.tmp.clone();
-        let result = (|| {
-            let size = w.written;
-            let file = w.file.into_inner().map_err(|e| e.into_error())?;
-            file.write_all_at(
-                format!("{size:0w$}", w = SIZE_WIDTH).as_bytes(),
-                w.size_offset,
-            )?;
-            file.sync_data()?;
-            fs::rename(&tmp, self.queue_path(id))?;
-            self.queue_sync.sync()
-        })();
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
+    /// On an error nothing stays queued (the client is told 4xx and sends again).
+    pub fn commit(&self, id: &str, mut w: Writer) -> io::Result<()> {
+        w.file.flush()?;
+        let file = w.file.get_ref();
+        let size = format!("{:0w$}", w.written, w = SIZE_WIDTH);
+        file.write_all_at(size.as_bytes(), w.size_offset)?;
+        file.sync_data()?;
+        let queued = self.queue_path(id);
+        fs::rename(&w.tmp, &queued)?;
+        w.committed = true;
+        if let Err(e) = self.queue_sync.sync() {
+            let _ = fs::remove_file(&queued);
+            return Err(e);
         }
-        result
+        Ok(())
     }
 
     /// The ids in `queue/`, oldest first.
@@ -457,6 +456,15 @@ pub struct Writer {
     tmp: PathBuf,
     size_offset: u64,
     written: u64,
+    committed: bool,
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
 }
 
 impl Writer {
@@ -465,9 +473,8 @@ impl Writer {
         self.file.write_all(bytes)
     }
 
-    pub fn abort(self) {
-        let _ = fs::remove_file(&self.tmp);
-    }
+    /// Drops the message (the file is removed by `Drop`).
+    pub fn abort(self) {}
 }
 
 #[cfg(test)]
