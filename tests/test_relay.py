@@ -613,3 +613,86 @@ def test_listen_in_use_exits_1(sink, relay, make_relay):
     other.start(wait=False)
     assert other.proc.wait(10) == 1
     assert re.search(r"fatal: cannot listen on 127\.0\.0\.1:\d+", other.log())
+
+
+@pytest.mark.parametrize("plan,reason", [
+    (Plan(greeting=["hang"]), r"451 4\.4\.2 timeout waiting for 127\.0\.0\.1:\d+"),
+    (Plan(greeting=["this is not smtp"]), r"451 4\.5\.0 bad reply from 127\.0\.0\.1:\d+: not an SMTP reply"),
+    (Plan(greeting=["close"]), r"451 4\.4\.2 connection closed by 127\.0\.0\.1:\d+"),
+    (Plan(greeting=["554 5.7.1 go away"]), r"554 5\.7\.1 go away"),
+    (Plan(mail=["421 4.3.2 shutting down"]), r"421 4\.3\.2 shutting down"),
+    (Plan(data_end=["hang"]), r"451 4\.4\.2 timeout waiting for"),
+    (Plan(ehlo=["250-sink"] + ["250-X%d" % i for i in range(200)] + ["250 OK"]), r"451 4\.5\.0 bad reply from 127\.0\.0\.1:\d+: reply has too many lines"),
+])
+def test_hostile_upstream_defers_and_keeps_mail(make_relay, plan, reason):
+    """A smarthost that hangs, talks garbage, hangs up or refuses to talk: the message
+    is deferred (never failed, never lost) with a clear reason."""
+    sink = Sink(plan=plan).start()
+    try:
+        relay = make_relay(sink.port, smarthost_timeout="2s").start()
+        with smtplib.SMTP("127.0.0.1", relay.port) as s:
+            s.sendmail("a@b.c", ["d@e.f"], b"Subject: hostile\r\n\r\nx\r\n")
+        relay.wait_log(r"status=deferred \(" + reason, timeout=30)
+        assert relay.files("failed") == []
+        assert len(relay.files("queue")) == 1
+        # The daemon still serves clients meanwhile.
+        with smtplib.SMTP("127.0.0.1", relay.port) as s:
+            assert s.noop()[0] == 250
+    finally:
+        sink.stop()
+
+
+def write_spool_file(spool, msg_id, created, sender, rcpts, content):
+    """A queue file in the documented format, as an earlier run would have left it."""
+    os.makedirs(os.path.join(spool, "queue"), exist_ok=True)
+    head = (f"smtp-relayd-spool 1\ncreated {created}\nclient 127.0.0.1\nhelo old\nbody 7bit\n"
+            f"smtputf8 no\nsender <{sender}>\n" + "".join(f"rcpt <{r}>\n" for r in rcpts)
+            + f"size {len(content):020d}\n\n").encode()
+    with open(os.path.join(spool, "queue", msg_id), "wb") as f:
+        f.write(head + content)
+
+
+def test_old_message_is_still_tried_before_it_expires(sink, make_relay):
+    relay = make_relay(sink.port, max_queue_lifetime="1d")
+    ten_days_ago = int(time.time()) - 10 * 86400
+    write_spool_file(relay.spool, "0000000000001000000ABCD", ten_days_ago, "a@b.c", ["d@e.f"],
+                     b"Subject: from long ago\r\n\r\nx\r\n")
+    relay.start()
+    [msg] = sink.wait_for(1)
+    assert msg["content"] == b"Subject: from long ago\r\n\r\nx\r\n"
+    relay.wait_log(r"0000000000001000000ABCD: removed \(delivered\)")
+    assert relay.files("failed") == []
+
+
+def test_message_expires_after_max_queue_lifetime(make_relay):
+    sink = Sink(plan=Plan(data_end=["451 4.3.0 not now"])).start()
+    try:
+        relay = make_relay(sink.port, max_queue_lifetime="2s").start()
+        with smtplib.SMTP("127.0.0.1", relay.port) as s:
+            s.sendmail("a@b.c", ["d@e.f"], b"Subject: doomed\r\n\r\nx\r\n")
+        relay.wait_log(r"failed: message expired; last error: 451 4\.3\.0 not now; moved to .*/failed/", timeout=30)
+        [failed] = relay.files("failed")
+        text = open(os.path.join(relay.spool, "failed", failed), "rb").read()
+        assert b"\nT " in text and b"\nX " in text
+        assert relay.files("queue") == []
+    finally:
+        sink.stop()
+
+
+def test_partial_delivery_survives_restart(make_relay):
+    """A recipient delivered before a restart is not sent again after it."""
+    plan = Plan(rcpt={"later@x.org": ["450 4.2.1 busy"]})
+    sink = Sink(plan=plan).start()
+    try:
+        relay = make_relay(sink.port, retry_min="30s", retry_max="30s").start()
+        with smtplib.SMTP("127.0.0.1", relay.port) as s:
+            s.sendmail("a@b.c", ["now@x.org", "later@x.org"], b"Subject: part\r\n\r\nx\r\n")
+        relay.wait_log(r"to=<later@x\.org>.*status=deferred")
+        assert relay.stop() == 0
+        plan.rcpt["later@x.org"] = ["250 2.1.5 ok"]
+        relay.start()
+        msgs = sink.wait_for(2)
+        assert [m["rcpts"] for m in msgs] == [["now@x.org"], ["later@x.org"]]
+        relay.wait_log(r"removed \(delivered\)")
+    finally:
+        sink.stop()

@@ -217,14 +217,8 @@ impl Relay {
             self.finish(&msg, now);
             return;
         }
-        if self.expired(&msg, now) {
-            let why = format!(
-                "message expired after {}s in the queue",
-                now.saturating_sub(msg.envelope.created)
-            );
-            self.fail_message(&msg, now, &why);
-            return;
-        }
+        // An old message is still tried: it expires only when an attempt defers
+        // (as Postfix does), so a smarthost back after a long outage gets it.
         let rcpts: Vec<&str> = pending
             .iter()
             .map(|&i| msg.envelope.recipients[i].as_str())
@@ -330,6 +324,12 @@ impl Relay {
     fn apply(&mut self, mut msg: Message, pending: &[usize], results: &[RcptResult], now: u64) {
         let mut deferred: Option<Reply> = None;
         let delay = now.saturating_sub(msg.envelope.created);
+        // Delivered to everyone at once: the file goes, and the per-recipient records
+        // (a sync each) would be written for nothing.
+        let whole = results.len() == pending.len()
+            && results
+                .iter()
+                .all(|r| matches!(r, RcptResult::Delivered(_)));
         for (&i, r) in pending.iter().zip(results) {
             let rcpt = &msg.envelope.recipients[i];
             let relay = &self.config.smarthost;
@@ -339,9 +339,11 @@ impl Relay {
                         "{}: to=<{rcpt}>, relay={relay}, delay={delay}s, status=sent ({reply})",
                         msg.id
                     );
-                    if let Err(e) = self
-                        .spool
-                        .record_delivered(&msg.id, i, now, &reply.to_string())
+                    // Delivered to everyone at once, the file is removed: no record.
+                    if !whole
+                        && let Err(e) =
+                            self.spool
+                                .record_delivered(&msg.id, i, now, &reply.to_string())
                     {
                         log::error!(
                             "{}: cannot record delivery (it may be sent again): {e}",
