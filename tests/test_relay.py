@@ -424,6 +424,8 @@ def test_client_vanishing_mid_data_stores_nothing(sink, relay, client_for):
 
 def test_pool_full_gets_421(sink, make_relay, client_for):
     relay = make_relay(sink.port, workers=1, max_connections=1).start()
+    # The start-up probe's session must be over before the one allowed connection.
+    relay.wait_log(r"disconnect from")
     first = client_for(relay)
     assert first.greeting.startswith("220")
     second = Client(relay.port)

@@ -62,16 +62,24 @@ impl Worker {
                     self.index
                 );
                 *session = ServerSession::new(settings(&self.config));
+                self.release();
             }
-            let slot = &self.shared.slots[self.index];
-            *slot.stream.lock().unwrap_or_else(|e| e.into_inner()) = None;
-            slot.in_transaction.store(false, Ordering::Relaxed);
-            self.shared.active.fetch_sub(1, Ordering::AcqRel);
         }
     }
 
+    /// The connection is closed: its slot and its place under `max_connections` are free.
+    fn release(&self) {
+        let slot = &self.shared.slots[self.index];
+        *slot.stream.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        slot.in_transaction.store(false, Ordering::Relaxed);
+        self.shared.active.fetch_sub(1, Ordering::AcqRel);
+    }
+
     fn serve(&self, session: &mut ServerSession, buf: &mut [u8], mut stream: TcpStream) {
-        let Ok(addr) = stream.peer_addr() else { return };
+        let Ok(addr) = stream.peer_addr() else {
+            self.release();
+            return;
+        };
         let ip = addr.ip().to_canonical();
         log::info!("connect from [{ip}]:{}", addr.port());
         let _ = stream.set_nonblocking(false);
@@ -98,6 +106,8 @@ impl Worker {
             }
             End::Timeout(when) => log::info!("timeout after {when} from [{ip}]:{}", addr.port()),
         }
+        drop(stream);
+        self.release();
         log::info!("disconnect from [{ip}]:{} messages={messages}", addr.port());
     }
 
