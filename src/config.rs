@@ -395,24 +395,38 @@ fn parse_count(v: &str, min: usize, max: usize) -> Result<usize, String> {
         .ok_or_else(|| format!("'{v}' must be a whole number from {min} to {max}"))
 }
 
-/// `BYTES`, or with a `K`, `M` or `G` suffix (powers of 1024).
-pub fn parse_size(v: &str) -> Result<u64, String> {
-    let bad = || format!("'{v}' is not a size (e.g. 10M, 512K or 1048576)");
-    let (num, mult) = match v.as_bytes().last() {
-        Some(b'k' | b'K') => (&v[..v.len() - 1], 1u64 << 10),
-        Some(b'm' | b'M') => (&v[..v.len() - 1], 1 << 20),
-        Some(b'g' | b'G') => (&v[..v.len() - 1], 1 << 30),
-        _ => (v, 1),
+/// A positive whole number with an optional unit suffix from `units`.
+fn parse_with_unit(v: &str, units: &[(u8, u64)], example: &str) -> Result<u64, String> {
+    let (num, mult) = match v
+        .as_bytes()
+        .last()
+        .and_then(|c| units.iter().find(|(u, _)| u == c))
+    {
+        Some(&(_, mult)) => (&v[..v.len() - 1], mult),
+        None => (v, 1),
     };
     let n = num
         .parse::<u64>()
-        .map_err(|_| bad())?
-        .checked_mul(mult)
-        .ok_or_else(bad)?;
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("'{v}' is not {example}"))?;
     if n == 0 {
         return Err(format!("'{v}' must be more than 0"));
     }
     Ok(n)
+}
+
+/// `BYTES`, or with a `K`, `M` or `G` suffix (powers of 1024).
+pub fn parse_size(v: &str) -> Result<u64, String> {
+    const UNITS: &[(u8, u64)] = &[
+        (b'k', 1 << 10),
+        (b'K', 1 << 10),
+        (b'm', 1 << 20),
+        (b'M', 1 << 20),
+        (b'g', 1 << 30),
+        (b'G', 1 << 30),
+    ];
+    parse_with_unit(v, UNITS, "a size (e.g. 10M, 512K or 1048576)")
 }
 
 fn parse_duration_or_zero(v: &str) -> Result<Duration, String> {
@@ -425,23 +439,8 @@ fn parse_duration_or_zero(v: &str) -> Result<Duration, String> {
 
 /// `N` seconds, or `N` with `s`, `m`, `h` or `d`.
 pub fn parse_duration(v: &str) -> Result<Duration, String> {
-    let bad = || format!("'{v}' is not a duration (e.g. 30s, 5m, 2h, 5d)");
-    let (num, mult) = match v.as_bytes().last() {
-        Some(b's') => (&v[..v.len() - 1], 1),
-        Some(b'm') => (&v[..v.len() - 1], 60),
-        Some(b'h') => (&v[..v.len() - 1], 3600),
-        Some(b'd') => (&v[..v.len() - 1], 86400),
-        _ => (v, 1),
-    };
-    let n = num
-        .parse::<u64>()
-        .map_err(|_| bad())?
-        .checked_mul(mult)
-        .ok_or_else(bad)?;
-    if n == 0 {
-        return Err(format!("'{v}' must be more than 0"));
-    }
-    Ok(Duration::from_secs(n))
+    const UNITS: &[(u8, u64)] = &[(b's', 1), (b'm', 60), (b'h', 3600), (b'd', 86400)];
+    parse_with_unit(v, UNITS, "a duration (e.g. 30s, 5m, 2h, 5d)").map(Duration::from_secs)
 }
 
 fn edit_distance(a: &str, b: &str) -> usize {

@@ -7,3 +7,12 @@ pub mod relay;
 pub mod server;
 pub mod spool;
 pub mod time;
+
+/// A blocking socket read or write that ran into its timeout (Linux reports
+/// `WouldBlock` for `SO_RCVTIMEO`, other systems `TimedOut`).
+pub fn is_timeout(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    )
+}

@@ -159,12 +159,7 @@ impl Upstream {
             self.end = match self.stream.read(&mut self.buf[..]) {
                 Ok(0) => return Err(local(&format!("4.4.2 connection closed by {}", self.name))),
                 Ok(n) => n,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) =>
-                {
+                Err(e) if crate::is_timeout(&e) => {
                     return Err(local(&format!("4.4.2 timeout waiting for {}", self.name)));
                 }
                 Err(e) => {

@@ -150,12 +150,7 @@ impl Worker {
                     return End::Lost(phase(session));
                 }
                 Ok(n) => n,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) =>
-                {
+                Err(e) if crate::is_timeout(&e) => {
                     let _ = stream.write_all(reply::TIMEOUT.as_bytes());
                     abort(&mut message);
                     return End::Timeout(phase(session));
