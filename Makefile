@@ -26,6 +26,7 @@ integration: build
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --no-default-features --all-targets -- -D warnings
 
 # The relay and a local sink on loopback, one message through, the delivered message printed.
 demo: release

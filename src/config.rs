@@ -17,6 +17,27 @@ pub enum BareNewline {
     Reject,
 }
 
+/// How the relay secures its connection to the smarthost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmarthostTls {
+    /// STARTTLS is required (RFC 3207); without it nothing is sent.
+    Starttls,
+    /// TLS from the first byte (port 465, RFC 8314).
+    Implicit,
+    /// Plain TCP.
+    None,
+}
+
+impl SmarthostTls {
+    fn name(self) -> &'static str {
+        match self {
+            SmarthostTls::Starttls => "starttls",
+            SmarthostTls::Implicit => "implicit",
+            SmarthostTls::None => "none",
+        }
+    }
+}
+
 /// An IP network, `ADDR/BITS`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cidr {
@@ -110,6 +131,16 @@ pub struct Config {
     pub smarthost_timeout: Option<Duration>,
     pub smarthost_idle: Duration,
     pub shutdown_grace: Duration,
+    pub smarthost_tls: SmarthostTls,
+    pub smarthost_ca_file: Option<PathBuf>,
+    /// SHA-256 of the smarthost's certificate; when set, it alone decides trust.
+    pub smarthost_fingerprint: Option<[u8; 32]>,
+    pub smarthost_tls_verify: bool,
+    pub smarthost_user: Option<String>,
+    /// Only the path: the relay thread reads the secret itself, so no other thread
+    /// ever holds it. Its permissions are checked when the file is loaded.
+    pub smarthost_password_file: Option<PathBuf>,
+    pub smarthost_auth_plaintext: bool,
 }
 
 /// Every key, for `--check`, the README and "did you mean".
@@ -133,6 +164,13 @@ pub const KEYS: &[&str] = &[
     "smarthost_timeout",
     "smarthost_idle",
     "shutdown_grace",
+    "smarthost_tls",
+    "smarthost_ca_file",
+    "smarthost_fingerprint",
+    "smarthost_tls_verify",
+    "smarthost_user",
+    "smarthost_password_file",
+    "smarthost_auth_plaintext",
 ];
 
 impl Config {
@@ -170,6 +208,13 @@ impl Config {
             smarthost_timeout: None,
             smarthost_idle: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(10),
+            smarthost_tls: SmarthostTls::Starttls,
+            smarthost_ca_file: None,
+            smarthost_fingerprint: None,
+            smarthost_tls_verify: true,
+            smarthost_user: None,
+            smarthost_password_file: None,
+            smarthost_auth_plaintext: false,
         };
         let mut seen: Vec<(&str, usize)> = Vec::new();
         let mut allow_given = false;
@@ -262,6 +307,36 @@ impl Config {
                 "shutdown_grace" => {
                     c.shutdown_grace = parse_duration_or_zero(value).map_err(err)?
                 }
+                "smarthost_tls" => {
+                    c.smarthost_tls = match value {
+                        "starttls" => SmarthostTls::Starttls,
+                        "implicit" => SmarthostTls::Implicit,
+                        "none" => SmarthostTls::None,
+                        _ => {
+                            return Err(err(format!(
+                                "smarthost_tls must be 'starttls', 'implicit' or 'none', not '{value}'"
+                            )));
+                        }
+                    }
+                }
+                "smarthost_ca_file" => c.smarthost_ca_file = Some(absolute(value).map_err(err)?),
+                "smarthost_fingerprint" => {
+                    c.smarthost_fingerprint = Some(parse_fingerprint(value).map_err(err)?)
+                }
+                "smarthost_tls_verify" => {
+                    c.smarthost_tls_verify = parse_yes_no(key, value).map_err(err)?
+                }
+                "smarthost_user" => c.smarthost_user = Some(value.to_string()),
+                "smarthost_password_file" => {
+                    let path = absolute(value).map_err(err)?;
+                    check_secret_file(&path).map_err(|e| {
+                        format!("{e} (smarthost_password_file on {file}:{line_no})")
+                    })?;
+                    c.smarthost_password_file = Some(path);
+                }
+                "smarthost_auth_plaintext" => {
+                    c.smarthost_auth_plaintext = parse_yes_no(key, value).map_err(err)?
+                }
                 _ => unreachable!("every key in KEYS is handled"),
             }
         }
@@ -277,6 +352,38 @@ impl Config {
         if c.smarthost.host.is_empty() {
             return Err(format!(
                 "{file}: 'smarthost HOST:PORT' is required (the upstream server mail is relayed to)"
+            ));
+        }
+        let line_of = |key: &str| seen.iter().find(|(k, _)| *k == key).map_or(0, |(_, l)| *l);
+        match (&c.smarthost_user, &c.smarthost_password_file) {
+            (Some(_), None) => {
+                return Err(format!(
+                    "{file}:{}: smarthost_user needs smarthost_password_file",
+                    line_of("smarthost_user")
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(format!(
+                    "{file}:{}: smarthost_password_file needs smarthost_user",
+                    line_of("smarthost_password_file")
+                ));
+            }
+            _ => {}
+        }
+        if c.smarthost_user.is_some()
+            && c.smarthost_tls == SmarthostTls::None
+            && !c.smarthost_auth_plaintext
+        {
+            return Err(format!(
+                "{file}:{}: with smarthost_tls none the password would cross the network in clear; \
+                 use smarthost_tls starttls or implicit (or, on a trusted link, smarthost_auth_plaintext yes)",
+                line_of("smarthost_user")
+            ));
+        }
+        if cfg!(not(feature = "tls")) && c.smarthost_tls != SmarthostTls::None {
+            return Err(format!(
+                "{file}:{}: this smtp-relayd was built without TLS; set 'smarthost_tls none'",
+                line_of("smarthost_tls")
             ));
         }
         if c.retry_max < c.retry_min {
@@ -346,6 +453,35 @@ impl Config {
             }
             None => s.push_str("# smarthost_timeout unset: RFC 5321 4.5.3.2 (5m per command, 10m after the data)\n"),
         }
+        let _ = writeln!(s, "smarthost_tls {}", self.smarthost_tls.name());
+        if let Some(p) = &self.smarthost_ca_file {
+            let _ = writeln!(s, "smarthost_ca_file {}", p.display());
+        }
+        if let Some(fp) = &self.smarthost_fingerprint {
+            let hex: String = fp.iter().map(|b| format!("{b:02x}")).collect();
+            let _ = writeln!(s, "smarthost_fingerprint sha256:{hex}");
+        }
+        let yes_no = |b: bool| if b { "yes" } else { "no" };
+        let _ = writeln!(
+            s,
+            "smarthost_tls_verify {}",
+            yes_no(self.smarthost_tls_verify)
+        );
+        if let Some(u) = &self.smarthost_user {
+            let _ = writeln!(s, "smarthost_user {u}");
+        }
+        if let Some(p) = &self.smarthost_password_file {
+            let _ = writeln!(
+                s,
+                "smarthost_password_file {}  # contents not shown",
+                p.display()
+            );
+        }
+        let _ = writeln!(
+            s,
+            "smarthost_auth_plaintext {}",
+            yes_no(self.smarthost_auth_plaintext)
+        );
         let _ = writeln!(s, "smarthost_idle {}", d(&self.smarthost_idle));
         let _ = writeln!(s, "shutdown_grace {}", d(&self.shutdown_grace));
         s
@@ -386,6 +522,62 @@ fn parse_smarthost(v: &str) -> Result<Smarthost, String> {
         host: host.to_string(),
         port,
     })
+}
+
+fn absolute(v: &str) -> Result<PathBuf, String> {
+    if v.starts_with('/') {
+        Ok(PathBuf::from(v))
+    } else {
+        Err(format!("'{v}' must be an absolute path"))
+    }
+}
+
+fn parse_yes_no(key: &str, v: &str) -> Result<bool, String> {
+    match v {
+        "yes" => Ok(true),
+        "no" => Ok(false),
+        _ => Err(format!("{key} must be 'yes' or 'no', not '{v}'")),
+    }
+}
+
+/// `sha256:HEX`, the hex with or without colons between bytes (as openssl prints it).
+fn parse_fingerprint(v: &str) -> Result<[u8; 32], String> {
+    let bad = || {
+        format!(
+            "'{v}' is not sha256:HEX (64 hex digits, e.g. from 'openssl x509 -noout -fingerprint -sha256')"
+        )
+    };
+    let hex: Vec<u8> = v
+        .strip_prefix("sha256:")
+        .or_else(|| v.strip_prefix("SHA256:"))
+        .ok_or_else(bad)?
+        .bytes()
+        .filter(|&b| b != b':')
+        .collect();
+    if hex.len() != 64 {
+        return Err(bad());
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in hex.chunks(2).enumerate() {
+        let s = std::str::from_utf8(pair).map_err(|_| bad())?;
+        out[i] = u8::from_str_radix(s, 16).map_err(|_| bad())?;
+    }
+    Ok(out)
+}
+
+/// A file holding a secret must be readable and not readable by group or others.
+pub fn check_secret_file(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "{}: permissions {mode:04o} must be 0600 or stricter",
+            path.display()
+        ));
+    }
+    std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(())
 }
 
 fn parse_count(v: &str, min: usize, max: usize) -> Result<usize, String> {

@@ -7,6 +7,8 @@ pub mod relay;
 pub mod server;
 pub mod spool;
 pub mod time;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 /// A blocking socket read or write that ran into its timeout (Linux reports
 /// `WouldBlock` for `SO_RCVTIMEO`, other systems `TimedOut`).

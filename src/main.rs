@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use smtp_relayd::config::Config;
-use smtp_relayd::relay::{Control, Relay};
+use smtp_relayd::config::{Config, SmarthostTls};
+use smtp_relayd::relay::{Control, Relay, TlsClient};
 use smtp_relayd::server::Shared;
 use smtp_relayd::server::acceptor::{self, Acceptor};
 use smtp_relayd::server::worker::Worker;
@@ -122,12 +122,22 @@ fn main() -> ExitCode {
             return ExitCode::from(EX_CONFIG);
         }
     };
+    let tls = match smarthost_tls(&config) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EX_CONFIG);
+        }
+    };
     if args.check {
         print!("# {}: OK\n{}", args.config.display(), config.effective());
+        if let Some(t) = describe_tls(&tls) {
+            println!("# smarthost TLS: trusting {t}");
+        }
         return ExitCode::SUCCESS;
     }
     init_logging();
-    match serve(config) {
+    match serve(config, tls) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!(target: "fatal", "{e}");
@@ -136,7 +146,30 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(config: Config) -> Result<(), String> {
+/// The relay's TLS client, built (and so checked: CA file, names) before anything starts.
+fn smarthost_tls(config: &Config) -> Result<Option<TlsClient>, String> {
+    #[cfg(feature = "tls")]
+    if config.smarthost_tls != SmarthostTls::None {
+        return TlsClient::new(config)
+            .map(Some)
+            .map_err(|e| format!("{}: {e}", config.path.display()));
+    }
+    let _ = (config, SmarthostTls::None);
+    Ok(None)
+}
+
+fn describe_tls(tls: &Option<TlsClient>) -> Option<String> {
+    #[cfg(feature = "tls")]
+    return tls.as_ref().map(|t| t.trust.clone());
+    #[cfg(not(feature = "tls"))]
+    {
+        let _ = tls;
+        None
+    }
+}
+
+fn serve(config: Config, tls: Option<TlsClient>) -> Result<(), String> {
+    let trust = describe_tls(&tls);
     let config = Arc::new(config);
     let spool = Arc::new(
         Spool::open(&config.spool)
@@ -179,6 +212,7 @@ fn serve(config: Config) -> Result<(), String> {
                         relay_rx.clone(),
                         Arc::clone(&stop),
                         Arc::clone(&rescan),
+                        tls.clone(),
                     );
                     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| r.run())) {
                         Ok(()) => break,
@@ -224,6 +258,19 @@ fn serve(config: Config) -> Result<(), String> {
         .spawn(move || acceptor.run())
         .map_err(|e| e.to_string())?;
 
+    if let Some(t) = trust {
+        log::info!(
+            "relay: smarthost TLS {:?}, trusting {t}",
+            config.smarthost_tls
+        );
+    } else {
+        log::info!("relay: smarthost connection is plain TCP (smarthost_tls none)");
+    }
+    if config.smarthost_tls != SmarthostTls::None && !config.smarthost_tls_verify {
+        log::warn!(
+            "smarthost_tls_verify no: the smarthost's certificate is NOT verified; anyone on the path can read and change mail"
+        );
+    }
     let listen: Vec<String> = config.listen.iter().map(|a| a.to_string()).collect();
     log::info!(
         "started: listening on {}, relaying to {}, spool {}, {} workers",

@@ -39,6 +39,7 @@ class Relay:
             "hostname": "relay.test",
             "spool": self.spool,
             "smarthost": f"127.0.0.1:{smarthost_port}",
+            "smarthost_tls": "none",
             "retry_min": "1s",
             "retry_max": "2s",
             "smarthost_timeout": "10s",

@@ -25,6 +25,7 @@ listen 127.0.0.1:$relay_port
 hostname relay.demo
 spool $work/spool
 smarthost 127.0.0.1:$sink_port
+smarthost_tls none
 CONF
 echo "== config ($work/relay.conf):"
 cat "$work/relay.conf"

@@ -8,7 +8,7 @@
 
 use core::fmt::Write as _;
 
-use super::limits;
+use super::{base64, limits};
 
 /// A reply from the server, or made up locally for a failure that has no reply.
 /// The text is the reply's lines joined by spaces, cut to a bounded length, with
@@ -148,6 +148,11 @@ impl ReplyReader {
         (i, None)
     }
 
+    /// Part of a reply line has been received and not yet handled.
+    pub fn partial(&self) -> bool {
+        !self.line.is_empty() || self.lines > 0
+    }
+
     fn fail(&mut self, e: ReplyError) -> ReplyError {
         *self = Self::new();
         e
@@ -280,6 +285,16 @@ enum State {
     Banner,
     Ehlo,
     Helo,
+    /// STARTTLS was sent (RFC 3207 §4).
+    StartTls,
+    /// AUTH PLAIN with its initial response was sent (RFC 4954, RFC 4616).
+    AuthPlain,
+    /// AUTH LOGIN was sent; the server asks for the user name next.
+    AuthLogin,
+    /// The user name was sent; the server asks for the password next.
+    AuthLoginUser,
+    /// The password was sent; the server answers 235 or refuses.
+    AuthLoginPassword,
     /// Idle between transactions.
     Ready,
     Mail,
@@ -300,6 +315,10 @@ pub enum Event {
     Continue,
     /// The session is open and idle: a transaction may start.
     Ready,
+    /// The server agreed to STARTTLS: check that nothing else was received (anything
+    /// buffered now would be trusted as if it came over TLS), do the handshake, then
+    /// call `tls_started`.
+    StartTls,
     /// Send the body, dot-stuffed and ended, then call `body_sent`.
     SendBody,
     /// The transaction is over; every recipient has its result. If `busy()`, an
@@ -310,8 +329,41 @@ pub enum Event {
     Closed(Reply),
 }
 
+/// The relay's credentials at the smarthost. `Debug` never shows the password.
+#[derive(Clone)]
+pub struct Credentials {
+    pub user: String,
+    pub password: String,
+}
+
+impl core::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "Credentials {{ user: {:?}, password: <redacted> }}",
+            self.user
+        )
+    }
+}
+
+/// What the session must do before it is ready for mail.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// STARTTLS is required: without it nothing is sent (no fallback to plaintext).
+    pub starttls: bool,
+    /// The connection is already TLS (implicit TLS, port 465).
+    pub implicit_tls: bool,
+    pub credentials: Option<Credentials>,
+    /// AUTH may be sent without TLS (only with `smarthost_tls none`).
+    pub auth_plaintext: bool,
+}
+
 pub struct Client {
     state: State,
+    options: Options,
+    tls: bool,
+    /// The step at which the session last failed, for the log.
+    stage: &'static str,
     name: heapless::String<{ limits::DOMAIN }>,
     capabilities: Capabilities,
     out: Vec<u8>,
@@ -325,11 +377,14 @@ pub struct Client {
 
 impl Client {
     /// `name` is what the relay calls itself in EHLO.
-    pub fn new(name: &str) -> Self {
+    pub fn new(name: &str, options: Options) -> Self {
         let mut n = heapless::String::new();
         let _ = n.push_str(&name[..name.len().min(limits::DOMAIN)]);
         Self {
             state: State::Banner,
+            tls: options.implicit_tls,
+            options,
+            stage: "greeting",
             name: n,
             capabilities: Capabilities::default(),
             out: Vec::with_capacity(1024),
@@ -461,8 +516,7 @@ impl Client {
         match self.state {
             State::Banner => {
                 if reply.code != 220 {
-                    self.state = State::Closed;
-                    return Event::Closed(reply);
+                    return self.fail("greeting", reply);
                 }
                 let _ = write!(Out(&mut self.out), "EHLO {}\r\n", self.name);
                 self.state = State::Ehlo;
@@ -471,8 +525,7 @@ impl Client {
             State::Ehlo => {
                 if reply.code == 250 {
                     self.capabilities = caps;
-                    self.state = State::Ready;
-                    return Event::Ready;
+                    return self.after_hello();
                 }
                 // §4.1.4: a server that does not know EHLO gets HELO.
                 let _ = write!(Out(&mut self.out), "HELO {}\r\n", self.name);
@@ -481,12 +534,43 @@ impl Client {
             }
             State::Helo => {
                 if reply.code != 250 {
-                    self.state = State::Closed;
-                    return Event::Closed(reply);
+                    return self.fail("EHLO/HELO", reply);
                 }
                 self.capabilities = Capabilities::default();
+                self.after_hello()
+            }
+            State::StartTls => {
+                if reply.code != 220 {
+                    return self.fail("STARTTLS", reply);
+                }
+                Event::StartTls
+            }
+            State::AuthPlain | State::AuthLoginPassword => {
+                if reply.code != 235 {
+                    return self.fail("AUTH", reply);
+                }
+                self.options.credentials = None;
                 self.state = State::Ready;
                 Event::Ready
+            }
+            State::AuthLogin | State::AuthLoginUser => {
+                if reply.code != 334 {
+                    return self.fail("AUTH", reply);
+                }
+                let Some(c) = self.options.credentials.as_ref() else {
+                    return self.fail("AUTH", reply);
+                };
+                let mut line = String::new();
+                if self.state == State::AuthLogin {
+                    base64::encode(c.user.as_bytes(), &mut line);
+                    self.state = State::AuthLoginUser;
+                } else {
+                    base64::encode(c.password.as_bytes(), &mut line);
+                    self.state = State::AuthLoginPassword;
+                }
+                line.push_str("\r\n");
+                self.out.extend_from_slice(line.as_bytes());
+                Event::Continue
             }
             State::Mail => {
                 let ok = reply.is_positive();
@@ -556,6 +640,93 @@ impl Client {
                 Event::Closed(Reply::new(reply.code, "unexpected reply from smarthost"))
             }
         }
+    }
+
+    /// After a successful EHLO or HELO: STARTTLS if required, then AUTH if configured,
+    /// then ready. A server that cannot do what is required gets QUIT and nothing else.
+    fn after_hello(&mut self) -> Event {
+        if self.options.starttls && !self.tls {
+            if !self.capabilities.starttls {
+                return self.give_up(
+                    "STARTTLS",
+                    "4.7.0 smarthost does not offer STARTTLS; nothing was sent",
+                );
+            }
+            self.out.extend_from_slice(b"STARTTLS\r\n");
+            self.state = State::StartTls;
+            return Event::Continue;
+        }
+        if let Some(c) = &self.options.credentials {
+            if !self.tls && !self.options.auth_plaintext {
+                return self.give_up("AUTH", "4.7.0 refusing to send credentials without TLS");
+            }
+            let mut line = String::from("AUTH ");
+            if self.capabilities.auth_plain {
+                // RFC 4616: authzid NUL authcid NUL passwd, as the initial response.
+                let mut raw = Vec::with_capacity(c.user.len() + c.password.len() + 2);
+                raw.push(0);
+                raw.extend_from_slice(c.user.as_bytes());
+                raw.push(0);
+                raw.extend_from_slice(c.password.as_bytes());
+                line.push_str("PLAIN ");
+                base64::encode(&raw, &mut line);
+                self.state = State::AuthPlain;
+            } else if self.capabilities.auth_login {
+                line.push_str("LOGIN");
+                self.state = State::AuthLogin;
+            } else {
+                return self.give_up(
+                    "AUTH",
+                    "4.7.0 smarthost offers neither AUTH PLAIN nor AUTH LOGIN",
+                );
+            }
+            line.push_str("\r\n");
+            self.out.extend_from_slice(line.as_bytes());
+            return Event::Continue;
+        }
+        self.state = State::Ready;
+        Event::Ready
+    }
+
+    /// The handshake after STARTTLS succeeded: forget what was said in plaintext and
+    /// say EHLO again (RFC 3207 §4.2).
+    pub fn tls_started(&mut self) {
+        debug_assert_eq!(self.state, State::StartTls);
+        self.tls = true;
+        self.capabilities = Capabilities::default();
+        let _ = write!(Out(&mut self.out), "EHLO {}\r\n", self.name);
+        self.state = State::Ehlo;
+    }
+
+    /// The step at which the session last failed (`greeting`, `EHLO/HELO`, `STARTTLS`, `AUTH`...).
+    pub fn stage(&self) -> &'static str {
+        self.stage
+    }
+
+    /// The step the session is at now, named as `stage` names them.
+    pub fn stage_now(&self) -> &'static str {
+        match self.state {
+            State::Banner => "greeting",
+            State::Ehlo | State::Helo => "EHLO/HELO",
+            State::StartTls => "STARTTLS",
+            State::AuthPlain
+            | State::AuthLogin
+            | State::AuthLoginUser
+            | State::AuthLoginPassword => "AUTH",
+            _ => "transaction",
+        }
+    }
+
+    fn fail(&mut self, stage: &'static str, reply: Reply) -> Event {
+        self.stage = stage;
+        self.state = State::Closed;
+        Event::Closed(reply)
+    }
+
+    /// Ends a session the server cannot serve as required: QUIT, and a local reason.
+    fn give_up(&mut self, stage: &'static str, why: &str) -> Event {
+        self.out.extend_from_slice(b"QUIT\r\n");
+        self.fail(stage, Reply::new(454, why))
     }
 
     fn settle_accepted(&mut self, reply: &Reply) {
@@ -733,7 +904,7 @@ mod tests {
     }
 
     fn ready(ehlo: &str) -> Client {
-        let mut c = Client::new("relay.test");
+        let mut c = Client::new("relay.test", Options::default());
         let (sent, ev) = drive(&mut c, &["220 mx|", ehlo]);
         assert_eq!(sent, "EHLO relay.test\r\n");
         assert_eq!(ev.last(), Some(&Event::Ready));
@@ -827,11 +998,11 @@ mod tests {
 
     #[test]
     fn session_level_failures() {
-        let mut c = Client::new("relay.test");
+        let mut c = Client::new("relay.test", Options::default());
         let (_, ev) = drive(&mut c, &["554 go away|"]);
         assert!(matches!(&ev[0], Event::Closed(r) if r.code == 554));
 
-        let mut c = Client::new("relay.test");
+        let mut c = Client::new("relay.test", Options::default());
         let (sent, ev) = drive(&mut c, &["220 old|", "500 what|", "250 old|"]);
         assert_eq!(sent, "EHLO relay.test\r\nHELO relay.test\r\n");
         assert_eq!(ev.last(), Some(&Event::Ready));
@@ -867,5 +1038,150 @@ mod tests {
             ..tx(&["r@x"])
         };
         assert_eq!(c.check(&t).unwrap_err().code, 553);
+    }
+
+    fn creds() -> Credentials {
+        Credentials {
+            user: "user".into(),
+            password: "pass".into(),
+        }
+    }
+
+    #[test]
+    fn starttls_then_ehlo_again_then_auth_plain() {
+        let opts = Options {
+            starttls: true,
+            credentials: Some(creds()),
+            ..Default::default()
+        };
+        let mut c = Client::new("relay.test", opts);
+        // Before TLS the server offers AUTH too; nothing of it is used.
+        let (sent, ev) = drive(
+            &mut c,
+            &["220 mx|", "250-mx|250-STARTTLS|250 AUTH PLAIN LOGIN|"],
+        );
+        assert_eq!(sent, "EHLO relay.test\r\nSTARTTLS\r\n");
+        assert_eq!(ev.last(), Some(&Event::Continue));
+        let (_, ev) = drive(&mut c, &["220 2.0.0 ready for TLS|"]);
+        assert_eq!(ev, [Event::StartTls]);
+        c.tls_started();
+        assert_eq!(
+            std::str::from_utf8(c.output()).unwrap(),
+            "EHLO relay.test\r\n"
+        );
+        c.clear_output();
+        let (sent, _) = drive(&mut c, &["250-mx|250-AUTH LOGIN PLAIN|250 PIPELINING|"]);
+        assert_eq!(sent, "AUTH PLAIN AHVzZXIAcGFzcw==\r\n");
+        let (_, ev) = drive(&mut c, &["235 2.7.0 ok|"]);
+        assert_eq!(ev, [Event::Ready]);
+        assert!(
+            c.capabilities().pipelining,
+            "the capabilities after TLS are used"
+        );
+    }
+
+    #[test]
+    fn auth_login_over_implicit_tls() {
+        let opts = Options {
+            implicit_tls: true,
+            credentials: Some(creds()),
+            ..Default::default()
+        };
+        let mut c = Client::new("relay.test", opts);
+        let (sent, ev) = drive(
+            &mut c,
+            &[
+                "220 mx|",
+                "250-mx|250 AUTH LOGIN|",
+                "334 VXNlcm5hbWU6|",
+                "334 UGFzc3dvcmQ6|",
+                "235 ok|",
+            ],
+        );
+        assert_eq!(
+            sent,
+            "EHLO relay.test\r\nAUTH LOGIN\r\ndXNlcg==\r\ncGFzcw==\r\n"
+        );
+        assert_eq!(ev.last(), Some(&Event::Ready));
+    }
+
+    #[test]
+    fn what_is_required_is_never_skipped() {
+        // STARTTLS required, not offered: QUIT, nothing else.
+        let mut c = Client::new(
+            "relay.test",
+            Options {
+                starttls: true,
+                ..Default::default()
+            },
+        );
+        let (sent, ev) = drive(&mut c, &["220 mx|", "250-mx|250 PIPELINING|"]);
+        assert_eq!(sent, "EHLO relay.test\r\nQUIT\r\n");
+        assert!(matches!(ev.last(), Some(Event::Closed(r)) if r.code == 454));
+        assert_eq!(c.stage(), "STARTTLS");
+        // STARTTLS refused.
+        let mut c = Client::new(
+            "relay.test",
+            Options {
+                starttls: true,
+                ..Default::default()
+            },
+        );
+        let (_, ev) = drive(
+            &mut c,
+            &[
+                "220 mx|",
+                "250-mx|250 STARTTLS|",
+                "454 4.7.0 TLS not available|",
+            ],
+        );
+        assert!(matches!(ev.last(), Some(Event::Closed(r)) if r.code == 454));
+        // Credentials without TLS are not sent.
+        let mut c = Client::new(
+            "relay.test",
+            Options {
+                credentials: Some(creds()),
+                ..Default::default()
+            },
+        );
+        let (sent, ev) = drive(&mut c, &["220 mx|", "250-mx|250 AUTH PLAIN|"]);
+        assert!(!sent.contains("AUTH"), "{sent}");
+        assert!(matches!(ev.last(), Some(Event::Closed(_))));
+        // ...unless plaintext AUTH was allowed explicitly.
+        let opts = Options {
+            credentials: Some(creds()),
+            auth_plaintext: true,
+            ..Default::default()
+        };
+        let mut c = Client::new("relay.test", opts);
+        let (sent, _) = drive(&mut c, &["220 mx|", "250-mx|250 AUTH PLAIN|"]);
+        assert!(sent.contains("AUTH PLAIN"));
+        // AUTH refused: a session failure at AUTH (the relay keeps the mail queued).
+        let (_, ev) = drive(&mut c, &["535 5.7.8 Authentication credentials invalid|"]);
+        assert!(matches!(ev.last(), Some(Event::Closed(r)) if r.code == 535));
+        assert_eq!(c.stage(), "AUTH");
+        // A server offering no usable mechanism.
+        let opts = Options {
+            implicit_tls: true,
+            credentials: Some(creds()),
+            ..Default::default()
+        };
+        let mut c = Client::new("relay.test", opts);
+        let (sent, ev) = drive(&mut c, &["220 mx|", "250-mx|250 AUTH CRAM-MD5|"]);
+        assert_eq!(sent, "EHLO relay.test\r\nQUIT\r\n");
+        assert!(matches!(ev.last(), Some(Event::Closed(_))));
+    }
+
+    #[test]
+    fn debug_never_shows_the_password() {
+        let text = format!(
+            "{:?}",
+            Options {
+                credentials: Some(creds()),
+                ..Default::default()
+            }
+        );
+        assert!(text.contains("user") && !text.contains("pass\""), "{text}");
+        assert!(!text.contains("\"pass\""));
     }
 }

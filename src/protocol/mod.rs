@@ -1,6 +1,7 @@
 //! The sans-IO SMTP core: no sockets, no files, no clocks.
 
 pub mod address;
+pub mod base64;
 pub mod client;
 pub mod command;
 pub mod data;

@@ -19,7 +19,7 @@ use crate::config::Config;
 use crate::protocol::client::{RcptResult, Reply, Transaction};
 use crate::spool::{Message, QueueId, RcptState, ReadError, Spool};
 use crate::time::now_unix;
-pub use upstream::Upstream;
+pub use upstream::{TlsClient, Upstream};
 
 /// What the relay thread is told.
 #[derive(Debug)]
@@ -56,6 +56,7 @@ pub struct Relay {
     waiting: BinaryHeap<Reverse<(Instant, QueueId)>>,
     known: HashSet<QueueId>,
     conn: Option<Upstream>,
+    tls: Option<TlsClient>,
     idle_since: Instant,
     last_scan: Instant,
 }
@@ -67,6 +68,7 @@ impl Relay {
         rx: Receiver<Control>,
         stop: Arc<AtomicBool>,
         rescan: Arc<AtomicBool>,
+        tls: Option<TlsClient>,
     ) -> Relay {
         Relay {
             config,
@@ -78,6 +80,7 @@ impl Relay {
             waiting: BinaryHeap::new(),
             known: HashSet::new(),
             conn: None,
+            tls,
             idle_since: Instant::now(),
             last_scan: Instant::now(),
         }
@@ -271,7 +274,17 @@ impl Relay {
 
     fn connection(&mut self) -> Result<&mut Upstream, Reply> {
         if self.conn.is_none() {
-            let c = Upstream::connect(&self.config)?;
+            let c = Upstream::connect(&self.config, self.tls.as_ref()).map_err(|e| {
+                if e.stage == "AUTH" {
+                    log::error!(
+                        "relay: {} refused our credentials ({}): check smarthost_user and \
+                         smarthost_password_file; mail stays queued",
+                        self.config.smarthost,
+                        e.reply
+                    );
+                }
+                e.reply
+            })?;
             log::debug!("relay: connected to {}", c.name);
             self.conn = Some(c);
         }

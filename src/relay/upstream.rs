@@ -8,10 +8,16 @@ use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
-use crate::config::Config;
-use crate::protocol::client::{Client, Event, RcptResult, Reply, ReplyReader, Transaction};
+use crate::config::{Config, SmarthostTls};
+use crate::protocol::client::{
+    Client, Event, Options, RcptResult, Reply, ReplyReader, Transaction,
+};
 use crate::protocol::stuff::DotStuffer;
 use crate::spool::{Message, Spool};
+#[cfg(feature = "tls")]
+pub use crate::tls::client::TlsClient;
+#[cfg(feature = "tls")]
+use crate::tls::client::TlsStream;
 
 /// RFC 5321 §4.5.3.2 client timeouts.
 const GREETING: Duration = Duration::from_secs(300);
@@ -19,15 +25,34 @@ const COMMAND: Duration = Duration::from_secs(300);
 const DATA_BLOCK: Duration = Duration::from_secs(180);
 const DATA_END: Duration = Duration::from_secs(600);
 
+/// Without the `tls` feature there is nothing to build.
+#[cfg(not(feature = "tls"))]
+#[derive(Debug, Clone)]
+pub struct TlsClient;
+
 pub enum Stream {
     Plain(TcpStream),
+    #[cfg(feature = "tls")]
+    Tls(Box<TlsStream>),
+    /// Only while the stream is being swapped for its TLS form.
+    #[cfg(feature = "tls")]
+    Gone,
 }
 
 impl Stream {
-    fn tcp(&self) -> &TcpStream {
+    fn tcp(&self) -> Option<&TcpStream> {
         match self {
-            Stream::Plain(s) => s,
+            Stream::Plain(s) => Some(s),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => Some(&s.sock),
+            #[cfg(feature = "tls")]
+            Stream::Gone => None,
         }
+    }
+
+    #[cfg(feature = "tls")]
+    fn gone() -> io::Error {
+        io::Error::new(io::ErrorKind::NotConnected, "connection closed")
     }
 }
 
@@ -35,6 +60,10 @@ impl Read for Stream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Stream::Plain(s) => s.read(buf),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => s.read(buf),
+            #[cfg(feature = "tls")]
+            Stream::Gone => Err(Self::gone()),
         }
     }
 }
@@ -43,14 +72,48 @@ impl Write for Stream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Stream::Plain(s) => s.write(buf),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => s.write(buf),
+            #[cfg(feature = "tls")]
+            Stream::Gone => Err(Self::gone()),
         }
     }
 
     fn flush(&mut self) -> io::Result<()> {
         match self {
             Stream::Plain(s) => s.flush(),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => s.flush(),
+            #[cfg(feature = "tls")]
+            Stream::Gone => Err(Self::gone()),
         }
     }
+}
+
+/// Reads the smarthost password: only the relay thread does, at each connection,
+/// so a changed password needs no restart and no other thread ever holds it.
+fn client_options(config: &Config) -> Result<Options, Reply> {
+    let credentials = match (&config.smarthost_user, &config.smarthost_password_file) {
+        (Some(user), Some(path)) => {
+            let text = crate::config::check_secret_file(path)
+                .and_then(|()| {
+                    std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))
+                })
+                .map_err(|e| local(&format!("4.7.0 cannot use smarthost_password_file: {e}")))?;
+            let password = text.lines().next().unwrap_or("").to_string();
+            Some(crate::protocol::client::Credentials {
+                user: user.clone(),
+                password,
+            })
+        }
+        _ => None,
+    };
+    Ok(Options {
+        starttls: config.smarthost_tls == SmarthostTls::Starttls,
+        implicit_tls: config.smarthost_tls == SmarthostTls::Implicit,
+        credentials,
+        auth_plaintext: config.smarthost_auth_plaintext,
+    })
 }
 
 pub struct Upstream {
@@ -65,6 +128,14 @@ pub struct Upstream {
     pub name: String,
 }
 
+/// Why a connection to the smarthost could not be made ready for mail.
+#[derive(Debug)]
+pub struct ConnectError {
+    pub reply: Reply,
+    /// Where it failed: `connect`, `greeting`, `EHLO/HELO`, `STARTTLS`, `AUTH`.
+    pub stage: &'static str,
+}
+
 /// A failure that has no server reply: made into a 4xx so the message is retried.
 fn local(text: &str) -> Reply {
     Reply::new(451, text)
@@ -73,7 +144,17 @@ fn local(text: &str) -> Reply {
 impl Upstream {
     /// Connects, reads the greeting and says EHLO (or HELO). An `Err` is the reason
     /// to record for every message that was due.
-    pub fn connect(config: &Config) -> Result<Upstream, Reply> {
+    pub fn connect(config: &Config, tls: Option<&TlsClient>) -> Result<Upstream, ConnectError> {
+        let mut stage = "connect";
+        Self::open(config, tls, &mut stage).map_err(|reply| ConnectError { reply, stage })
+    }
+
+    fn open(
+        config: &Config,
+        tls: Option<&TlsClient>,
+        stage: &mut &'static str,
+    ) -> Result<Upstream, Reply> {
+        let options = client_options(config)?;
         let sh = &config.smarthost;
         let name = sh.to_string();
         let addrs = (sh.host.as_str(), sh.port)
@@ -95,9 +176,20 @@ impl Upstream {
             local(&format!("4.4.1 cannot connect to smarthost {name}: {why}"))
         })?;
         let _ = tcp.set_nodelay(true);
+        let timeout = config.smarthost_timeout.unwrap_or(GREETING);
+        let _ = tcp.set_read_timeout(Some(timeout));
+        let _ = tcp.set_write_timeout(Some(timeout));
+        let stream = match (config.smarthost_tls, tls) {
+            #[cfg(feature = "tls")]
+            (SmarthostTls::Implicit, Some(tls)) => Stream::Tls(Box::new(
+                tls.handshake(tcp)
+                    .map_err(|e| local(&format!("4.7.0 {name}: {e}")))?,
+            )),
+            _ => Stream::Plain(tcp),
+        };
         let mut up = Upstream {
-            stream: Stream::Plain(tcp),
-            client: Client::new(&config.hostname),
+            stream,
+            client: Client::new(&config.hostname, options),
             reader: ReplyReader::new(),
             buf: Box::new([0; 4096]),
             start: 0,
@@ -105,15 +197,55 @@ impl Upstream {
             timeout: config.smarthost_timeout,
             name,
         };
+        if config.smarthost_tls != SmarthostTls::None && !config.smarthost_tls_verify {
+            log::warn!(
+                "relay: TLS certificate of {} NOT verified (smarthost_tls_verify no)",
+                up.name
+            );
+        }
         loop {
+            *stage = up.client.stage_now();
             let (reply, caps) = up.read_reply(GREETING)?;
             match up.client.on_reply(reply, caps) {
                 Event::Continue => up.flush(COMMAND)?,
                 Event::Ready => return Ok(up),
-                Event::Closed(reply) => return Err(reply),
+                Event::StartTls => up.start_tls(tls)?,
+                Event::Closed(reply) => {
+                    // Say QUIT where the client queued it, then report the reason.
+                    let _ = up.flush(COMMAND);
+                    *stage = up.client.stage();
+                    return Err(reply);
+                }
                 other => return Err(local(&format!("4.5.0 unexpected client event {other:?}"))),
             }
         }
+    }
+
+    /// RFC 3207 §4: after `220` to STARTTLS, nothing may have come before the
+    /// handshake; whatever did would be taken as if it came over TLS.
+    fn start_tls(&mut self, tls: Option<&TlsClient>) -> Result<(), Reply> {
+        if self.start < self.end || self.reader.partial() {
+            return Err(local(&format!(
+                "4.5.0 {} sent data after its STARTTLS reply (protocol error; dropped)",
+                self.name
+            )));
+        }
+        #[cfg(feature = "tls")]
+        if let Some(tls) = tls {
+            let Stream::Plain(tcp) = std::mem::replace(&mut self.stream, Stream::Gone) else {
+                return Err(local(
+                    "4.5.0 STARTTLS on a connection that is not plain TCP",
+                ));
+            };
+            let stream = tls
+                .handshake(tcp)
+                .map_err(|e| local(&format!("4.7.0 {}: {e}", self.name)))?;
+            self.stream = Stream::Tls(Box::new(stream));
+            self.client.tls_started();
+            return self.flush(COMMAND);
+        }
+        let _ = tls;
+        Err(local("4.7.0 STARTTLS required but this build has no TLS"))
     }
 
     fn wait(&self, rfc: Duration) -> Duration {
@@ -126,7 +258,9 @@ impl Upstream {
             return Ok(());
         }
         let t = self.wait(timeout);
-        let _ = self.stream.tcp().set_write_timeout(Some(t));
+        if let Some(tcp) = self.stream.tcp() {
+            let _ = tcp.set_write_timeout(Some(t));
+        }
         let result = self.stream.write_all(self.client.output());
         self.client.clear_output();
         result.map_err(|e| {
@@ -142,7 +276,9 @@ impl Upstream {
         timeout: Duration,
     ) -> Result<(Reply, crate::protocol::client::Capabilities), Reply> {
         let t = self.wait(timeout);
-        let _ = self.stream.tcp().set_read_timeout(Some(t));
+        if let Some(tcp) = self.stream.tcp() {
+            let _ = tcp.set_read_timeout(Some(t));
+        }
         loop {
             if self.start < self.end {
                 let (n, got) = self.reader.feed(&self.buf[self.start..self.end]);
@@ -205,7 +341,7 @@ impl Upstream {
                     timeout = DATA_END;
                 }
                 Event::Done(results) => break Ok(results),
-                Event::Ready | Event::Closed(_) => {
+                Event::Ready | Event::Closed(_) | Event::StartTls => {
                     break Err(self
                         .client
                         .connection_lost(&local("4.5.0 smarthost session ended unexpectedly")));
@@ -237,10 +373,9 @@ impl Upstream {
         let mut content = msg
             .open_content(spool)
             .map_err(|e| local(&format!("4.3.0 cannot read spool file: {e}")))?;
-        let _ = self
-            .stream
-            .tcp()
-            .set_write_timeout(Some(self.wait(DATA_BLOCK)));
+        if let Some(tcp) = self.stream.tcp() {
+            let _ = tcp.set_write_timeout(Some(self.wait(DATA_BLOCK)));
+        }
         let mut stuffer = DotStuffer::new();
         let mut chunk = vec![0u8; 64 * 1024];
         let mut wire = Vec::with_capacity(2 * chunk.len() + 8);

@@ -1,0 +1,252 @@
+//! The relay's TLS client: trust anchors, certificate pinning, and the handshake.
+
+use std::net::TcpStream;
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{
+    ClientConfig, ClientConnection, DigitallySignedStruct, RootCertStore, SignatureScheme,
+    StreamOwned,
+};
+
+use crate::config::Config;
+
+/// What the relay needs to open TLS to the smarthost; built once at start.
+#[derive(Debug, Clone)]
+pub struct TlsClient {
+    config: Arc<ClientConfig>,
+    /// SNI and the name checked in the certificate: the smarthost's host name or IP.
+    server_name: ServerName<'static>,
+    /// How the smarthost is trusted, for the start-up log line.
+    pub trust: String,
+}
+
+pub type TlsStream = StreamOwned<ClientConnection, TcpStream>;
+
+impl TlsClient {
+    pub fn new(config: &Config) -> Result<TlsClient, String> {
+        let provider = super::provider();
+        let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS: {e}"))?;
+        let (tls, trust) = if let Some(pin) = config.smarthost_fingerprint {
+            let v = Pinned { pin, provider };
+            let trust = format!(
+                "only the certificate with fingerprint sha256:{}",
+                super::hex(&pin)
+            );
+            (
+                builder
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(v)),
+                trust,
+            )
+        } else if !config.smarthost_tls_verify {
+            let v = Unverified { provider };
+            let trust =
+                "ANY certificate (smarthost_tls_verify no: not verified, open to interception)"
+                    .to_string();
+            (
+                builder
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(v)),
+                trust,
+            )
+        } else {
+            let (roots, trust) = root_store(config)?;
+            (builder.with_root_certificates(roots), trust)
+        };
+        let server_name = ServerName::try_from(config.smarthost.host.clone()).map_err(|e| {
+            format!(
+                "smarthost '{}' is not a valid TLS server name: {e}",
+                config.smarthost.host
+            )
+        })?;
+        Ok(TlsClient {
+            config: Arc::new(tls.with_no_client_auth()),
+            server_name,
+            trust,
+        })
+    }
+
+    /// Runs the handshake over `tcp` (whose timeouts bound it). The error says why in
+    /// words a mail admin can act on.
+    pub fn handshake(&self, mut tcp: TcpStream) -> Result<TlsStream, String> {
+        let mut conn = ClientConnection::new(Arc::clone(&self.config), self.server_name.clone())
+            .map_err(|e| format!("TLS setup failed: {e}"))?;
+        while conn.is_handshaking() {
+            if let Err(e) = conn.complete_io(&mut tcp) {
+                let mut why = format!("TLS handshake failed: {e}");
+                if why.contains("NotValidYet") {
+                    why.push_str(" (is the system clock set? the message stays queued)");
+                }
+                return Err(why);
+            }
+        }
+        Ok(StreamOwned::new(conn, tcp))
+    }
+}
+
+/// `smarthost_ca_file`, else the system bundle, else the compiled-in Mozilla roots.
+fn root_store(config: &Config) -> Result<(RootCertStore, String), String> {
+    let mut roots = RootCertStore::empty();
+    let mut from_file = |path: &std::path::Path| -> Result<String, String> {
+        let certs = super::load_certs(path)?;
+        let (added, _ignored) = roots.add_parsable_certificates(certs);
+        if added == 0 {
+            return Err(format!(
+                "{}: no usable CA certificate in it",
+                path.display()
+            ));
+        }
+        Ok(format!("{added} CA(s) from {}", path.display()))
+    };
+    if let Some(path) = &config.smarthost_ca_file {
+        let trust = from_file(path)?;
+        return Ok((roots, trust));
+    }
+    let system = std::env::var_os("SSL_CERT_FILE")
+        .map(std::path::PathBuf::from)
+        .into_iter()
+        .chain(
+            ["/etc/ssl/certs/ca-certificates.crt", "/etc/ssl/cert.pem"]
+                .map(std::path::PathBuf::from),
+        );
+    for path in system {
+        if path.is_file()
+            && let Ok(trust) = from_file(&path)
+        {
+            return Ok((roots, trust));
+        }
+    }
+    #[cfg(feature = "webpki-roots")]
+    {
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        let n = roots.len();
+        Ok((roots, format!("{n} compiled-in Mozilla roots")))
+    }
+    #[cfg(not(feature = "webpki-roots"))]
+    Err("no CA bundle found (/etc/ssl/certs/ca-certificates.crt, /etc/ssl/cert.pem, SSL_CERT_FILE); \
+         set smarthost_ca_file or smarthost_fingerprint"
+        .to_string())
+}
+
+/// Trusts exactly one certificate, by its SHA-256 (as dma's FINGERPRINT does): no CA,
+/// no name check, no dates, so it also serves a smarthost with a self-signed
+/// certificate. The handshake signatures are still verified.
+#[derive(Debug)]
+struct Pinned {
+    pin: [u8; 32],
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let got = super::fingerprint(end_entity);
+        if got == self.pin {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General(format!(
+                "certificate fingerprint sha256:{} does not match smarthost_fingerprint",
+                super::hex(&got)
+            )))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// `smarthost_tls_verify no`: any certificate. Logged loudly at start and on each
+/// connection; it exists for a LAN smarthost with a broken certificate.
+#[derive(Debug)]
+struct Unverified {
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for Unverified {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
