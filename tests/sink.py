@@ -31,6 +31,10 @@ class Plan:
         self.data = kw.get("data", ["354 go ahead"])
         self.data_end = kw.get("data_end", ["250 2.0.0 Ok: queued"])
         self.helo_only = kw.get("helo_only", False)
+        # An ssl.SSLContext: STARTTLS is answered with starttls_reply and the
+        # connection upgraded (advertise it in `ehlo`).
+        self.tls_context = kw.get("tls_context")
+        self.starttls_reply = kw.get("starttls_reply", "220 2.0.0 ready to start TLS")
 
     @staticmethod
     def take(lst):
@@ -42,6 +46,7 @@ class Sink:
         self.plan = plan or Plan()
         self.messages = []  # dicts: sender, rcpts, raw, content
         self.sessions = 0
+        self.tls_sessions = 0
         self.commands = []
         self.out_dir = out_dir
         self.verbose = verbose
@@ -90,9 +95,10 @@ class Sink:
                 raise ConnectionAbortedError
             if line == "hang":
                 time.sleep(3600)
-            wfile.write(line.encode() + b"\r\n")
-            wfile.flush()
+            out.write(line.encode() + b"\r\n")
+            out.flush()
 
+        out = wfile
         try:
             say(Plan.take(plan.greeting))
             sender, rcpts = None, []
@@ -142,6 +148,15 @@ class Sink:
                     if r.startswith("2"):
                         self.record(sender, rcpts, wire, content)
                     say(r)
+                    sender, rcpts = None, []
+                elif cmd.upper() == "STARTTLS":
+                    say(plan.starttls_reply)
+                    if plan.tls_context is None or not plan.starttls_reply.startswith("220"):
+                        continue
+                    sock = plan.tls_context.wrap_socket(sock, server_side=True)
+                    rfile, out = sock.makefile("rb"), sock.makefile("wb")
+                    with self.lock:
+                        self.tls_sessions += 1
                     sender, rcpts = None, []
                 elif verb == "RSET":
                     sender, rcpts = None, []

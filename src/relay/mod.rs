@@ -275,7 +275,7 @@ impl Relay {
     fn connection(&mut self) -> Result<&mut Upstream, Reply> {
         if self.conn.is_none() {
             let c = Upstream::connect(&self.config, self.tls.as_ref()).map_err(|e| {
-                if e.stage == "AUTH" {
+                if e.stage == "AUTH" && e.reply.is_permanent() {
                     log::error!(
                         "relay: {} refused our credentials ({}): check smarthost_user and \
                          smarthost_password_file; mail stays queued",

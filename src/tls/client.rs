@@ -79,7 +79,7 @@ impl TlsClient {
         while conn.is_handshaking() {
             if let Err(e) = conn.complete_io(&mut tcp) {
                 let mut why = format!("TLS handshake failed: {e}");
-                if why.contains("NotValidYet") {
+                if why.contains("not valid yet") || why.contains("NotValidYet") {
                     why.push_str(" (is the system clock set? the message stays queued)");
                 }
                 return Err(why);
