@@ -91,6 +91,19 @@ impl std::fmt::Display for Cidr {
     }
 }
 
+/// A `listen` line: where, and whether TLS starts with the first byte (port 465 style).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listen {
+    pub addr: SocketAddr,
+    pub tls: bool,
+}
+
+impl std::fmt::Display for Listen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}{}", self.addr, if self.tls { " tls" } else { "" })
+    }
+}
+
 /// The upstream smarthost, `HOST:PORT`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Smarthost {
@@ -111,7 +124,7 @@ impl std::fmt::Display for Smarthost {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub path: PathBuf,
-    pub listen: Vec<SocketAddr>,
+    pub listen: Vec<Listen>,
     pub hostname: String,
     pub allow: Vec<Cidr>,
     pub spool: PathBuf,
@@ -141,6 +154,9 @@ pub struct Config {
     /// ever holds it. Its permissions are checked when the file is loaded.
     pub smarthost_password_file: Option<PathBuf>,
     pub smarthost_auth_plaintext: bool,
+    /// The server certificate chain and key for STARTTLS and `tls` listeners.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Every key, for `--check`, the README and "did you mean".
@@ -171,6 +187,8 @@ pub const KEYS: &[&str] = &[
     "smarthost_user",
     "smarthost_password_file",
     "smarthost_auth_plaintext",
+    "tls_cert",
+    "tls_key",
 ];
 
 impl Config {
@@ -215,6 +233,8 @@ impl Config {
             smarthost_user: None,
             smarthost_password_file: None,
             smarthost_auth_plaintext: false,
+            tls_cert: None,
+            tls_key: None,
         };
         let mut seen: Vec<(&str, usize)> = Vec::new();
         let mut allow_given = false;
@@ -334,14 +354,40 @@ impl Config {
                     })?;
                     c.smarthost_password_file = Some(path);
                 }
+                "tls_cert" => c.tls_cert = Some(absolute(value).map_err(err)?),
+                "tls_key" => c.tls_key = Some(absolute(value).map_err(err)?),
                 "smarthost_auth_plaintext" => {
                     c.smarthost_auth_plaintext = parse_yes_no(key, value).map_err(err)?
                 }
                 _ => unreachable!("every key in KEYS is handled"),
             }
         }
+        let line_of = |key: &str| seen.iter().find(|(k, _)| *k == key).map_or(0, |(_, l)| *l);
         if c.listen.is_empty() {
-            c.listen.push(SocketAddr::from(([127, 0, 0, 1], 25)));
+            c.listen.push(Listen {
+                addr: SocketAddr::from(([127, 0, 0, 1], 25)),
+                tls: false,
+            });
+        }
+        if c.tls_cert.is_some() != c.tls_key.is_some() {
+            let (have, need) = if c.tls_cert.is_some() {
+                ("tls_cert", "tls_key")
+            } else {
+                ("tls_key", "tls_cert")
+            };
+            return Err(format!("{file}:{}: {have} needs {need}", line_of(have)));
+        }
+        if c.tls_cert.is_none() && c.listen.iter().any(|l| l.tls) {
+            return Err(format!(
+                "{file}:{}: a 'tls' listener needs tls_cert and tls_key",
+                line_of("listen")
+            ));
+        }
+        if cfg!(not(feature = "tls")) && c.tls_cert.is_some() {
+            return Err(format!(
+                "{file}:{}: this smtp-relayd was built without TLS",
+                line_of("tls_cert")
+            ));
         }
         if !allow_given {
             c.allow = vec![
@@ -354,7 +400,6 @@ impl Config {
                 "{file}: 'smarthost HOST:PORT' is required (the upstream server mail is relayed to)"
             ));
         }
-        let line_of = |key: &str| seen.iter().find(|(k, _)| *k == key).map_or(0, |(_, l)| *l);
         match (&c.smarthost_user, &c.smarthost_password_file) {
             (Some(_), None) => {
                 return Err(format!(
@@ -482,6 +527,10 @@ impl Config {
             "smarthost_auth_plaintext {}",
             yes_no(self.smarthost_auth_plaintext)
         );
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            let _ = writeln!(s, "tls_cert {}", cert.display());
+            let _ = writeln!(s, "tls_key {}", key.display());
+        }
         let _ = writeln!(s, "smarthost_idle {}", d(&self.smarthost_idle));
         let _ = writeln!(s, "shutdown_grace {}", d(&self.shutdown_grace));
         s
@@ -492,9 +541,22 @@ impl Config {
     }
 }
 
-fn parse_listen(v: &str) -> Result<SocketAddr, String> {
-    v.parse::<SocketAddr>()
-        .map_err(|_| format!("listen '{v}' is not ADDR:PORT (e.g. 0.0.0.0:25 or [::1]:25)"))
+/// `ADDR:PORT`, optionally followed by `tls` (implicit TLS).
+fn parse_listen(v: &str) -> Result<Listen, String> {
+    let (addr, tls) = match v.split_once(char::is_whitespace) {
+        Some((a, o)) if o.trim() == "tls" => (a, true),
+        Some((_, other)) => {
+            return Err(format!(
+                "listen: unknown option '{}' (only 'tls')",
+                other.trim()
+            ));
+        }
+        None => (v, false),
+    };
+    let addr = addr
+        .parse::<SocketAddr>()
+        .map_err(|_| format!("listen '{addr}' is not ADDR:PORT (e.g. 0.0.0.0:25 or [::1]:25)"))?;
+    Ok(Listen { addr, tls })
 }
 
 fn parse_smarthost(v: &str) -> Result<Smarthost, String> {
@@ -672,7 +734,13 @@ mod tests {
     #[test]
     fn defaults_and_values() {
         let c = parse("smarthost mx.example.com:587\n").unwrap();
-        assert_eq!(c.listen, vec!["127.0.0.1:25".parse().unwrap()]);
+        assert_eq!(
+            c.listen,
+            vec![Listen {
+                addr: "127.0.0.1:25".parse().unwrap(),
+                tls: false
+            }]
+        );
         assert!(c.relay_allowed("127.0.0.9".parse().unwrap()));
         assert!(c.relay_allowed("::1".parse().unwrap()));
         assert!(!c.relay_allowed("192.168.1.2".parse().unwrap()));
@@ -726,6 +794,18 @@ mod tests {
             (
                 "smarthost a.b:25\nlisten 1.2.3.4\n",
                 "t.conf:2: listen '1.2.3.4' is not ADDR:PORT",
+            ),
+            (
+                "smarthost a.b:25\nlisten 1.2.3.4:465 tsl\n",
+                "t.conf:2: listen: unknown option 'tsl'",
+            ),
+            (
+                "smarthost a.b:25\nlisten 1.2.3.4:465 tls\n",
+                "t.conf:2: a 'tls' listener needs tls_cert and tls_key",
+            ),
+            (
+                "smarthost a.b:25\ntls_cert /x.pem\n",
+                "t.conf:2: tls_cert needs tls_key",
             ),
             (
                 "smarthost a.b\n",

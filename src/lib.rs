@@ -6,6 +6,7 @@ pub mod protocol;
 pub mod relay;
 pub mod server;
 pub mod spool;
+pub mod stream;
 pub mod time;
 #[cfg(feature = "tls")]
 pub mod tls;

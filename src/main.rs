@@ -17,7 +17,7 @@ use smtp_relayd::config::{Config, SmarthostTls};
 use smtp_relayd::relay::{Control, Relay, TlsClient};
 use smtp_relayd::server::Shared;
 use smtp_relayd::server::acceptor::{self, Acceptor};
-use smtp_relayd::server::worker::Worker;
+use smtp_relayd::server::worker::{TlsServer, Worker};
 use smtp_relayd::spool::Spool;
 
 /// sysexits.h
@@ -129,6 +129,13 @@ fn main() -> ExitCode {
             return ExitCode::from(EX_CONFIG);
         }
     };
+    let tls_server = match server_tls(&config) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EX_CONFIG);
+        }
+    };
     if args.check {
         print!("# {}: OK\n{}", args.config.display(), config.effective());
         if let Some(t) = describe_tls(&tls) {
@@ -137,7 +144,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_logging();
-    match serve(config, tls) {
+    match serve(config, tls, tls_server) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!(target: "fatal", "{e}");
@@ -158,6 +165,18 @@ fn smarthost_tls(config: &Config) -> Result<Option<TlsClient>, String> {
     Ok(None)
 }
 
+/// The server certificate for STARTTLS and `tls` listeners, loaded (and so checked) first.
+fn server_tls(config: &Config) -> Result<Option<TlsServer>, String> {
+    #[cfg(feature = "tls")]
+    if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {
+        return TlsServer::new(cert, key)
+            .map(Some)
+            .map_err(|e| format!("{}: {e}", config.path.display()));
+    }
+    let _ = config;
+    Ok(None)
+}
+
 fn describe_tls(tls: &Option<TlsClient>) -> Option<String> {
     #[cfg(feature = "tls")]
     return tls.as_ref().map(|t| t.trust.clone());
@@ -168,7 +187,11 @@ fn describe_tls(tls: &Option<TlsClient>) -> Option<String> {
     }
 }
 
-fn serve(config: Config, tls: Option<TlsClient>) -> Result<(), String> {
+fn serve(
+    config: Config,
+    tls: Option<TlsClient>,
+    tls_server: Option<TlsServer>,
+) -> Result<(), String> {
     let trust = describe_tls(&tls);
     let config = Arc::new(config);
     let spool = Arc::new(
@@ -176,9 +199,10 @@ fn serve(config: Config, tls: Option<TlsClient>) -> Result<(), String> {
             .map_err(|e| format!("cannot open spool {}: {e}", config.spool.display()))?,
     );
     let mut listeners = Vec::new();
-    for addr in &config.listen {
-        listeners
-            .push(TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?);
+    for l in &config.listen {
+        let listener =
+            TcpListener::bind(l.addr).map_err(|e| format!("cannot listen on {}: {e}", l.addr))?;
+        listeners.push((listener, l.tls));
     }
     // Registered before any thread starts, so that no thread dies of these signals.
     let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])
@@ -234,6 +258,7 @@ fn serve(config: Config, tls: Option<TlsClient>) -> Result<(), String> {
             relay: relay_tx.clone(),
             rescan: Arc::clone(&rescan),
             shared: Arc::clone(&shared),
+            tls: tls_server.clone(),
         };
         let rx = pool_rx.clone();
         let handle = std::thread::Builder::new()

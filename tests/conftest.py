@@ -4,6 +4,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -197,4 +198,46 @@ def client_for():
         c.close()
 
 
-__all__ = ["Plan", "Sink", "Relay", "Client", "free_port", "BINARY"]
+def openssl(*args, cwd):
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory):
+    """A CA, a server certificate for 127.0.0.1 signed by it, and a rogue self-signed one."""
+    d = tmp_path_factory.mktemp("pki")
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "30",
+            "-subj", "/CN=smtp-relayd test CA", "-keyout", "ca.key", "-out", "ca.pem", cwd=d)
+    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+            "-subj", "/CN=127.0.0.1", "-keyout", "server.key", "-out", "server.csr", cwd=d)
+    (d / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-days", "30", "-extfile", "ext.cnf", "-out", "server.pem", cwd=d)
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "30",
+            "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+            "-keyout", "rogue.key", "-out", "rogue.pem", cwd=d)
+    # Signed by the CA but valid only from 2099: what a box without a clock sees.
+    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+            "-subj", "/CN=127.0.0.1", "-keyout", "future.key", "-out", "future.csr", cwd=d)
+    (d / "index.txt").write_text("")
+    (d / "serial").write_text("01\n")
+    (d / "ca.cnf").write_text("[ca]\ndefault_ca=test\n[test]\ndatabase=index.txt\nnew_certs_dir=.\n"
+                              "serial=serial\ndefault_md=sha256\npolicy=any\n[any]\ncommonName=supplied\n")
+    openssl("ca", "-batch", "-config", "ca.cnf", "-cert", "ca.pem", "-keyfile", "ca.key", "-in", "future.csr",
+            "-out", "future.pem", "-startdate", "20990101000000Z", "-enddate", "20991231000000Z",
+            "-extfile", "ext.cnf", "-notext", cwd=d)
+    fp = subprocess.run(["openssl", "x509", "-in", "server.pem", "-noout", "-fingerprint", "-sha256"],
+                        cwd=d, check=True, capture_output=True, text=True).stdout
+    return {"dir": d, "ca": str(d / "ca.pem"), "cert": str(d / "server.pem"), "key": str(d / "server.key"),
+            "rogue_cert": str(d / "rogue.pem"), "rogue_key": str(d / "rogue.key"),
+            "future_cert": str(d / "future.pem"), "future_key": str(d / "future.key"),
+            "fingerprint": "sha256:" + fp.strip().split("=", 1)[1]}
+
+
+def server_context(cert, key):
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+__all__ = ["Plan", "Sink", "Relay", "Client", "free_port", "BINARY", "server_context"]

@@ -37,6 +37,8 @@ pub enum Command<'a> {
     Vrfy,
     Expn,
     Help,
+    /// RFC 3207.
+    StartTls,
     /// A known SMTP verb this server does not offer (STARTTLS, AUTH, BDAT, ETRN, TURN...).
     NotImplemented,
 }
@@ -126,9 +128,10 @@ pub fn parse(line: &[u8], utf8: bool) -> Result<Command<'_>, CommandError> {
         }
     } else if is(b"EXPN") {
         Ok(Command::Expn)
+    } else if is(b"STARTTLS") {
+        no_arg(Command::StartTls)
     } else if [
-        &b"STARTTLS"[..],
-        b"AUTH",
+        &b"AUTH"[..],
         b"BDAT",
         b"ETRN",
         b"TURN",
@@ -355,7 +358,8 @@ mod tests {
             (b"VRFY root", Ok(Command::Vrfy)),
             (b"VRFY", Err(E::Syntax)),
             (b"EXPN staff", Ok(Command::Expn)),
-            (b"STARTTLS", Ok(Command::NotImplemented)),
+            (b"STARTTLS", Ok(Command::StartTls)),
+            (b"starttls x", Err(E::NoArguments)),
             (b"AUTH PLAIN AGFhAGI=", Ok(Command::NotImplemented)),
             (b"BDAT 100 LAST", Ok(Command::NotImplemented)),
             (b"FOO", Err(E::Unrecognized)),

@@ -11,6 +11,7 @@ pub const BYE: &str = "221 2.0.0 Bye\r\n";
 pub const HELP: &str = "214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP\r\n";
 pub const VRFY: &str =
     "252 2.0.0 Cannot VRFY user, but will accept message and attempt delivery\r\n";
+pub const TLS_READY: &str = "220 2.0.0 Ready to start TLS\r\n";
 pub const START_DATA: &str = "354 End data with <CR><LF>.<CR><LF>\r\n";
 
 pub const UNRECOGNIZED: &str = "500 5.5.2 Error: command not recognized\r\n";
@@ -28,6 +29,8 @@ pub const BAD_SENDER: &str = "501 5.1.7 Bad sender address syntax\r\n";
 pub const BAD_RECIPIENT: &str = "501 5.1.3 Bad recipient address syntax\r\n";
 pub const NOT_IMPLEMENTED: &str = "502 5.5.1 Error: command not implemented\r\n";
 pub const EXPN: &str = "502 5.5.1 EXPN not supported\r\n";
+pub const TLS_ACTIVE: &str = "554 5.5.1 Error: TLS already active\r\n";
+pub const IN_TRANSACTION: &str = "503 5.5.1 Error: MAIL transaction in progress\r\n";
 pub const NEED_HELO: &str = "503 5.5.1 Error: send HELO/EHLO first\r\n";
 pub const NESTED_MAIL: &str = "503 5.5.1 Error: nested MAIL command\r\n";
 pub const NEED_MAIL: &str = "503 5.5.1 Error: need MAIL command\r\n";
@@ -44,6 +47,8 @@ pub const NO_STORAGE: &str = "452 4.3.1 Insufficient system storage\r\n";
 pub const LOCAL_ERROR: &str = "451 4.3.0 Error: local error in processing\r\n";
 pub const TIMEOUT: &str = "421 4.4.2 Error: timeout exceeded, closing connection\r\n";
 pub const TOO_MANY_CONNECTIONS: &str = "421 4.3.2 Too many connections, try again later\r\n";
+pub const DATA_AFTER_STARTTLS: &str =
+    "421 4.7.0 Error: data after STARTTLS; closing connection\r\n";
 pub const SHUTTING_DOWN: &str = "421 4.3.2 Service shutting down, closing connection\r\n";
 
 #[cfg(test)]
@@ -91,6 +96,10 @@ mod tests {
             TIMEOUT,
             TOO_MANY_CONNECTIONS,
             SHUTTING_DOWN,
+            TLS_READY,
+            TLS_ACTIVE,
+            IN_TRANSACTION,
+            DATA_AFTER_STARTTLS,
         ];
         for r in all {
             let b = r.as_bytes();

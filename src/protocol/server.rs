@@ -27,6 +27,8 @@ pub struct Settings {
     pub max_message_size: u64,
     pub reject_bare_newline: bool,
     pub max_hops: u32,
+    /// A server certificate is configured: STARTTLS is offered.
+    pub tls_available: bool,
 }
 
 /// The client as the worker knows it.
@@ -35,6 +37,8 @@ pub struct Peer {
     pub ip: IpAddr,
     /// The client is inside an `allow` network and may relay.
     pub relay_allowed: bool,
+    /// The connection is TLS from its first byte (an implicit-TLS listener).
+    pub tls: bool,
 }
 
 /// The transaction being built.
@@ -58,6 +62,8 @@ enum State {
     Data,
     /// The end of data was seen; the worker is storing the message.
     SpoolCommit,
+    /// STARTTLS was accepted; the worker checks for pipelined data, then calls `start_tls`.
+    TlsCheck,
     Closed,
 }
 
@@ -76,6 +82,9 @@ pub enum Step {
     StoreMessage,
     /// The message ended and is refused (the reply is queued): drop the spool file.
     DiscardMessage,
+    /// STARTTLS: call `start_tls(nothing_else_buffered)`; if it returns true, send the
+    /// replies, run the TLS handshake, then call `tls_established`.
+    StartTls,
     /// Send the queued replies and close the connection.
     Close,
 }
@@ -102,6 +111,7 @@ pub struct ServerSession {
     settings: Settings,
     peer: Peer,
     state: State,
+    tls: bool,
     esmtp: bool,
     helo: heapless::String<{ limits::DOMAIN }>,
     envelope: Envelope,
@@ -122,8 +132,10 @@ impl ServerSession {
             peer: Peer {
                 ip: IpAddr::from([0, 0, 0, 0]),
                 relay_allowed: false,
+                tls: false,
             },
             state: State::Closed,
+            tls: false,
             esmtp: false,
             helo: heapless::String::new(),
             envelope: Envelope::default(),
@@ -139,6 +151,7 @@ impl ServerSession {
     /// Starts a new connection: everything is reset and the greeting queued.
     pub fn start(&mut self, peer: Peer) {
         self.peer = peer;
+        self.tls = peer.tls;
         self.state = State::Hello;
         self.esmtp = false;
         self.helo.clear();
@@ -186,12 +199,20 @@ impl ServerSession {
 
     /// `ESMTP` after EHLO, `SMTP` after HELO (RFC 5321 §4.4, RFC 3848), `UTF8SMTP` for
     /// an SMTPUTF8 transaction (RFC 6531 §3.7.3).
+    /// With TLS, an `S` follows (RFC 3848 `ESMTPS`, RFC 6531 `UTF8SMTPS`).
     pub fn protocol(&self) -> &'static str {
-        match (self.esmtp, self.envelope.smtputf8) {
-            (true, true) => "UTF8SMTP",
-            (true, false) => "ESMTP",
-            (false, _) => "SMTP",
+        match (self.esmtp, self.envelope.smtputf8, self.tls) {
+            (true, true, false) => "UTF8SMTP",
+            (true, true, true) => "UTF8SMTPS",
+            (true, false, false) => "ESMTP",
+            (true, false, true) => "ESMTPS",
+            (false, _, _) => "SMTP",
         }
+    }
+
+    /// The session runs over TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls
     }
 
     /// Content octets of the message being received.
@@ -234,6 +255,7 @@ impl ServerSession {
                 State::Closed => return (i, Step::Close),
                 State::SpoolOpen => return (i, Step::OpenMessage),
                 State::SpoolCommit => return (i, Step::StoreMessage),
+                State::TlsCheck => return (i, Step::StartTls),
                 State::Data => {
                     let (n, progress) = self.decoder.decode(&input[i..], &mut self.body);
                     i += n;
@@ -324,9 +346,13 @@ impl ServerSession {
                 if self.esmtp {
                     let _ = write!(
                         self.out,
-                        "250-{}\r\n250-PIPELINING\r\n250-SIZE {}\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 ENHANCEDSTATUSCODES\r\n",
+                        "250-{}\r\n250-PIPELINING\r\n250-SIZE {}\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n",
                         self.settings.hostname, self.settings.max_message_size
                     );
+                    if self.settings.tls_available && !self.tls {
+                        let _ = self.out.push_str("250-STARTTLS\r\n");
+                    }
+                    let _ = self.out.push_str("250 ENHANCEDSTATUSCODES\r\n");
                 } else {
                     let _ = write!(self.out, "250 {}\r\n", self.settings.hostname);
                 }
@@ -388,8 +414,42 @@ impl ServerSession {
             Command::Vrfy => self.reply(reply::VRFY),
             Command::Expn => self.reply(reply::EXPN),
             Command::Help => self.reply(reply::HELP),
+            Command::StartTls => match self.state {
+                _ if !self.settings.tls_available => self.reply(reply::NOT_IMPLEMENTED),
+                _ if self.tls => self.reply(reply::TLS_ACTIVE),
+                State::Rcpt | State::RcptOrData => self.reply(reply::IN_TRANSACTION),
+                _ => self.state = State::TlsCheck,
+            },
             Command::NotImplemented => self.reply(reply::NOT_IMPLEMENTED),
         }
+    }
+
+    /// The worker's answer to `Step::StartTls`. `clean`: nothing followed STARTTLS in
+    /// what the client sent. Pipelined data after STARTTLS would, once TLS is up, be
+    /// taken as if it came over TLS (CVE-2011-0411); it is never executed: the session
+    /// ends. Returns whether to go on with the handshake.
+    pub fn start_tls(&mut self, clean: bool) -> bool {
+        debug_assert_eq!(self.state, State::TlsCheck);
+        if clean {
+            self.reply(reply::TLS_READY);
+            true
+        } else {
+            self.reply(reply::DATA_AFTER_STARTTLS);
+            self.state = State::Closed;
+            false
+        }
+    }
+
+    /// The TLS handshake is done: everything known before is forgotten, and the
+    /// client must say EHLO again (RFC 3207 §4.2).
+    pub fn tls_established(&mut self) {
+        self.tls = true;
+        self.state = State::Hello;
+        self.esmtp = false;
+        self.helo.clear();
+        self.line.clear();
+        self.discarding = false;
+        self.reset_transaction();
     }
 
     /// The worker's answer to `Step::OpenMessage`.
@@ -463,6 +523,7 @@ mod tests {
             max_message_size: 1000,
             reject_bare_newline: false,
             max_hops: 30,
+            tls_available: false,
         }
     }
 
@@ -484,6 +545,7 @@ mod tests {
             s.start(Peer {
                 ip: IpAddr::from([192, 0, 2, 7]),
                 relay_allowed,
+                tls: false,
             });
             let replies = String::from_utf8(s.output().to_vec()).unwrap();
             s.clear_output();
@@ -523,6 +585,11 @@ mod tests {
                             self.s.stored(self.store_result);
                         }
                         Step::DiscardMessage => self.body.clear(),
+                        Step::StartTls => {
+                            if self.s.start_tls(pos == part.len()) {
+                                self.s.tls_established();
+                            }
+                        }
                         Step::Close => {
                             self.closed = true;
                         }
@@ -763,6 +830,49 @@ mod tests {
     }
 
     #[test]
+    fn starttls_resets_everything_and_refuses_injection() {
+        let tls = Settings {
+            tls_available: true,
+            ..settings()
+        };
+        let mut h = Harness::new(tls.clone(), true);
+        let r = h.run(b"EHLO x\r\n", 100);
+        assert!(r.contains("250-STARTTLS\r\n"), "{r}");
+        // In a transaction: refused.
+        assert_eq!(
+            codes(&h.run(b"MAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\nSTARTTLS\r\n", 100)),
+            ["250", "250", "503"]
+        );
+        h.run(b"RSET\r\n", 100);
+        // Clean: 220, then the session starts over (EHLO needed, nothing remembered).
+        assert_eq!(
+            h.run(b"STARTTLS\r\n", 100),
+            "220 2.0.0 Ready to start TLS\r\n"
+        );
+        assert!(h.s.is_tls());
+        assert_eq!(codes(&h.run(b"MAIL FROM:<a@b.c>\r\n", 100)), ["503"]);
+        let r = h.run(b"EHLO x\r\n", 100);
+        assert!(!r.contains("STARTTLS"), "not offered twice: {r}");
+        assert_eq!(codes(&h.run(b"STARTTLS\r\n", 100)), ["554"]);
+        assert_eq!(h.s.protocol(), "ESMTPS");
+
+        // Pipelined after STARTTLS in the same read: never executed, session ends.
+        let mut h = Harness::new(tls, true);
+        let r = h.run(b"EHLO x\r\nSTARTTLS\r\nMAIL FROM:<evil@x.y>\r\n", 1000);
+        assert!(
+            r.ends_with("421 4.7.0 Error: data after STARTTLS; closing connection\r\n"),
+            "{r}"
+        );
+        assert!(h.closed && !h.s.is_tls());
+        assert!(!r.contains("250 2.1.0"));
+
+        // Without a certificate, STARTTLS is not offered and not implemented.
+        let mut h = Harness::new(settings(), true);
+        assert!(!h.run(b"EHLO x\r\n", 100).contains("STARTTLS"));
+        assert_eq!(codes(&h.run(b"STARTTLS\r\n", 100)), ["502"]);
+    }
+
+    #[test]
     fn received_header_format() {
         let mut h = Harness::new(settings(), true);
         h.run(
@@ -842,10 +952,12 @@ mod tests_support {
             max_message_size: 200,
             reject_bare_newline: false,
             max_hops: 1,
+            tls_available: true,
         });
         s.start(Peer {
             ip: IpAddr::from([127, 0, 0, 1]),
             relay_allowed: true,
+            tls: false,
         });
         let mut replies = String::new();
         let (mut stored, mut body) = (Vec::new(), Vec::new());
@@ -868,6 +980,11 @@ mod tests_support {
                         s.stored(Ok("ID"));
                     }
                     Step::DiscardMessage => body.clear(),
+                    Step::StartTls => {
+                        if s.start_tls(pos == part.len()) {
+                            s.tls_established();
+                        }
+                    }
                     Step::NeedInput | Step::Flush | Step::Close => {}
                 }
                 replies.push_str(std::str::from_utf8(s.output()).expect("replies are ASCII"));

@@ -30,65 +30,12 @@ const DATA_END: Duration = Duration::from_secs(600);
 #[derive(Debug, Clone)]
 pub struct TlsClient;
 
-pub enum Stream {
-    Plain(TcpStream),
-    #[cfg(feature = "tls")]
-    Tls(Box<TlsStream>),
-    /// Only while the stream is being swapped for its TLS form.
-    #[cfg(feature = "tls")]
-    Gone,
-}
+#[cfg(feature = "tls")]
+type Layer = TlsStream;
+#[cfg(not(feature = "tls"))]
+type Layer = crate::stream::NoTls;
 
-impl Stream {
-    fn tcp(&self) -> Option<&TcpStream> {
-        match self {
-            Stream::Plain(s) => Some(s),
-            #[cfg(feature = "tls")]
-            Stream::Tls(s) => Some(&s.sock),
-            #[cfg(feature = "tls")]
-            Stream::Gone => None,
-        }
-    }
-
-    #[cfg(feature = "tls")]
-    fn gone() -> io::Error {
-        io::Error::new(io::ErrorKind::NotConnected, "connection closed")
-    }
-}
-
-impl Read for Stream {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Stream::Plain(s) => s.read(buf),
-            #[cfg(feature = "tls")]
-            Stream::Tls(s) => s.read(buf),
-            #[cfg(feature = "tls")]
-            Stream::Gone => Err(Self::gone()),
-        }
-    }
-}
-
-impl Write for Stream {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Stream::Plain(s) => s.write(buf),
-            #[cfg(feature = "tls")]
-            Stream::Tls(s) => s.write(buf),
-            #[cfg(feature = "tls")]
-            Stream::Gone => Err(Self::gone()),
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        match self {
-            Stream::Plain(s) => s.flush(),
-            #[cfg(feature = "tls")]
-            Stream::Tls(s) => s.flush(),
-            #[cfg(feature = "tls")]
-            Stream::Gone => Err(Self::gone()),
-        }
-    }
-}
+type Stream = crate::stream::Stream<Layer>;
 
 /// Reads the smarthost password: only the relay thread does, at each connection,
 /// so a changed password needs no restart and no other thread ever holds it.
@@ -232,7 +179,7 @@ impl Upstream {
         }
         #[cfg(feature = "tls")]
         if let Some(tls) = tls {
-            let Stream::Plain(tcp) = std::mem::replace(&mut self.stream, Stream::Gone) else {
+            let Some(tcp) = self.stream.take_plain() else {
                 return Err(local(
                     "4.5.0 STARTTLS on a connection that is not plain TCP",
                 ));
@@ -261,7 +208,10 @@ impl Upstream {
         if let Some(tcp) = self.stream.tcp() {
             let _ = tcp.set_write_timeout(Some(t));
         }
-        let result = self.stream.write_all(self.client.output());
+        let result = self
+            .stream
+            .write_all(self.client.output())
+            .and_then(|()| self.stream.flush());
         self.client.clear_output();
         result.map_err(|e| {
             local(&format!(
@@ -393,7 +343,10 @@ impl Upstream {
         }
         wire.clear();
         stuffer.finish(&mut wire);
-        self.stream.write_all(&wire).map_err(lost)
+        self.stream
+            .write_all(&wire)
+            .and_then(|()| self.stream.flush())
+            .map_err(lost)
     }
 
     /// Says QUIT and waits briefly for the answer (RFC 5321 §4.1.1.10).

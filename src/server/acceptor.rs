@@ -20,15 +20,16 @@ pub const WAKE: Token = Token(usize::MAX);
 
 pub struct Acceptor {
     pub poll: Poll,
-    pub listeners: Vec<TcpListener>,
-    pub pool: Sender<TcpStream>,
+    /// Each listener, and whether it speaks TLS from the first byte.
+    pub listeners: Vec<(TcpListener, bool)>,
+    pub pool: Sender<super::worker::Incoming>,
     pub shared: Arc<Shared>,
     pub max_connections: usize,
 }
 
 impl Acceptor {
     pub fn run(mut self) -> io::Result<()> {
-        for (i, l) in self.listeners.iter().enumerate() {
+        for (i, (l, _)) in self.listeners.iter().enumerate() {
             l.set_nonblocking(true)?;
             self.poll.registry().register(
                 &mut SourceFd(&l.as_raw_fd()),
@@ -58,8 +59,10 @@ impl Acceptor {
 
     fn accept_all(&mut self, i: usize) {
         loop {
-            match self.listeners[i].accept() {
-                Ok((stream, addr)) => self.hand_off(stream, addr),
+            let (listener, tls) = &self.listeners[i];
+            let tls = *tls;
+            match listener.accept() {
+                Ok((stream, addr)) => self.hand_off(stream, addr, tls),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e)
                     if matches!(
@@ -77,7 +80,7 @@ impl Acceptor {
         }
     }
 
-    fn hand_off(&mut self, stream: TcpStream, addr: std::net::SocketAddr) {
+    fn hand_off(&mut self, stream: TcpStream, addr: std::net::SocketAddr, tls: bool) {
         let active = self.shared.active.fetch_add(1, Ordering::AcqRel);
         let refuse = |mut stream: TcpStream, why: &str| {
             self.shared.active.fetch_sub(1, Ordering::AcqRel);
@@ -94,9 +97,9 @@ impl Acceptor {
             refuse(stream, "too many connections");
             return;
         }
-        match self.pool.try_send(stream) {
+        match self.pool.try_send((stream, tls)) {
             Ok(()) => {}
-            Err(TrySendError::Full(s)) | Err(TrySendError::Disconnected(s)) => {
+            Err(TrySendError::Full((s, _))) | Err(TrySendError::Disconnected((s, _))) => {
                 refuse(s, "all workers busy")
             }
         }

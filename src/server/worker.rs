@@ -18,6 +18,23 @@ use crate::relay::Control;
 use crate::spool::{self, QueueId, Spool};
 use crate::time;
 
+#[cfg(feature = "tls")]
+pub use crate::tls::server::TlsServer;
+#[cfg(feature = "tls")]
+type Layer = crate::tls::server::TlsStream;
+
+/// Without the `tls` feature there is no server certificate to hold.
+#[cfg(not(feature = "tls"))]
+#[derive(Debug, Clone)]
+pub struct TlsServer;
+#[cfg(not(feature = "tls"))]
+type Layer = crate::stream::NoTls;
+
+type Stream = crate::stream::Stream<Layer>;
+
+/// A connection for the pool, and whether its listener speaks TLS from the first byte.
+pub type Incoming = (TcpStream, bool);
+
 /// The read buffer: one `read` takes at most this much.
 const READ_BUF: usize = 16 * 1024;
 
@@ -28,6 +45,7 @@ pub struct Worker {
     pub relay: Sender<Control>,
     pub rescan: Arc<AtomicBool>,
     pub shared: Arc<Shared>,
+    pub tls: Option<TlsServer>,
 }
 
 /// How a session ended, for the disconnect line.
@@ -44,17 +62,18 @@ pub fn settings(config: &Config) -> Settings {
         max_message_size: config.max_message_size,
         reject_bare_newline: config.bare_newline == BareNewline::Reject,
         max_hops: config.max_hops,
+        tls_available: config.tls_cert.is_some(),
     }
 }
 
 impl Worker {
-    pub fn run(self, pool: Receiver<TcpStream>) {
+    pub fn run(self, pool: Receiver<Incoming>) {
         // All per-session memory is taken here, once.
         let mut session = Box::new(ServerSession::new(settings(&self.config)));
         let mut buf = vec![0u8; READ_BUF].into_boxed_slice();
-        for stream in pool {
+        for (stream, implicit_tls) in pool {
             let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                self.serve(&mut session, &mut buf, stream);
+                self.serve(&mut session, &mut buf, stream, implicit_tls);
             }));
             if served.is_err() {
                 log::error!(
@@ -75,26 +94,41 @@ impl Worker {
         self.shared.active.fetch_sub(1, Ordering::AcqRel);
     }
 
-    fn serve(&self, session: &mut ServerSession, buf: &mut [u8], mut stream: TcpStream) {
-        let Ok(addr) = stream.peer_addr() else {
+    fn serve(
+        &self,
+        session: &mut ServerSession,
+        buf: &mut [u8],
+        tcp: TcpStream,
+        implicit_tls: bool,
+    ) {
+        let mut stream = Stream::Plain(tcp);
+        let Some(tcp) = stream.tcp() else { return };
+        let Ok(addr) = tcp.peer_addr() else {
             self.release();
             return;
         };
         let ip = addr.ip().to_canonical();
         log::info!("connect from [{ip}]:{}", addr.port());
-        let _ = stream.set_nonblocking(false);
-        let _ = stream.set_nodelay(true);
-        let _ = stream.set_read_timeout(Some(self.config.command_timeout));
-        let _ = stream.set_write_timeout(Some(self.config.command_timeout));
-        if let Ok(clone) = stream.try_clone() {
+        let _ = tcp.set_nonblocking(false);
+        let _ = tcp.set_nodelay(true);
+        let _ = tcp.set_read_timeout(Some(self.config.command_timeout));
+        let _ = tcp.set_write_timeout(Some(self.config.command_timeout));
+        if let Ok(clone) = tcp.try_clone() {
             *self.shared.slots[self.index]
                 .stream
                 .lock()
                 .unwrap_or_else(|e| e.into_inner()) = Some(clone);
         }
+        if implicit_tls && !self.handshake(&mut stream, ip, addr.port()) {
+            drop(stream);
+            self.release();
+            log::info!("disconnect from [{ip}]:{} messages=0", addr.port());
+            return;
+        }
         session.start(Peer {
             ip,
             relay_allowed: self.config.relay_allowed(ip),
+            tls: implicit_tls,
         });
         let mut messages = 0u32;
         let end = self.session_loop(session, buf, &mut stream, addr, &mut messages);
@@ -115,7 +149,7 @@ impl Worker {
         &self,
         session: &mut ServerSession,
         buf: &mut [u8],
-        stream: &mut TcpStream,
+        stream: &mut Stream,
         addr: SocketAddr,
         messages: &mut u32,
     ) -> End {
@@ -135,7 +169,9 @@ impl Worker {
                 } else {
                     self.config.command_timeout
                 };
-                let _ = stream.set_read_timeout(Some(t));
+                if let Some(tcp) = stream.tcp() {
+                    let _ = tcp.set_read_timeout(Some(t));
+                }
             }
             slot.in_transaction
                 .store(session.in_transaction(), Ordering::Relaxed);
@@ -223,6 +259,24 @@ impl Worker {
                             session.message_size()
                         );
                     }
+                    Step::StartTls => {
+                        // Anything after STARTTLS in this read was pipelined in
+                        // plaintext: the session refuses it and ends.
+                        if !session.start_tls(pos == n) {
+                            log::warn!(
+                                "data after STARTTLS from [{}]:{} (possible command injection); closing",
+                                addr.ip(),
+                                addr.port()
+                            );
+                            continue;
+                        }
+                        if send(stream, session).is_err()
+                            || !self.handshake(stream, addr.ip().to_canonical(), addr.port())
+                        {
+                            return End::Lost("STARTTLS");
+                        }
+                        session.tls_established();
+                    }
                     Step::Close => {
                         let _ = send(stream, session);
                         return End::Quit;
@@ -230,6 +284,30 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// Replaces the plain stream by TLS over it. Logs the outcome either way.
+    fn handshake(&self, stream: &mut Stream, ip: std::net::IpAddr, port: u16) -> bool {
+        #[cfg(feature = "tls")]
+        if let (Some(tls), Some(tcp)) = (&self.tls, stream.take_plain()) {
+            return match tls.handshake(tcp) {
+                Ok(s) => {
+                    log::info!(
+                        "[{ip}]:{port}: TLS established ({})",
+                        crate::tls::server::describe(&s)
+                    );
+                    *stream = Stream::Tls(Box::new(s));
+                    true
+                }
+                Err(e) => {
+                    log::info!("[{ip}]:{port}: {e}");
+                    false
+                }
+            };
+        }
+        let _ = (stream, &self.tls);
+        log::warn!("[{ip}]:{port}: TLS requested but not available");
+        false
     }
 
     fn open_message(
@@ -289,11 +367,13 @@ impl Worker {
     }
 }
 
-fn send(stream: &mut TcpStream, session: &mut ServerSession) -> io::Result<()> {
+fn send(stream: &mut Stream, session: &mut ServerSession) -> io::Result<()> {
     if session.output().is_empty() {
         return Ok(());
     }
-    let r = stream.write_all(session.output());
+    let r = stream
+        .write_all(session.output())
+        .and_then(|()| stream.flush());
     session.clear_output();
     r
 }

@@ -5,6 +5,7 @@
 //! in `server`.
 
 pub mod client;
+pub mod server;
 
 use std::path::Path;
 use std::sync::Arc;
