@@ -157,6 +157,12 @@ pub struct Config {
     /// The server certificate chain and key for STARTTLS and `tls` listeners.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// `user:$6$...` lines; AUTH is offered to devices when set.
+    pub auth_users: Option<PathBuf>,
+    /// Offer AUTH without TLS to clients connected to a loopback address.
+    pub auth_plaintext: bool,
+    /// Everybody must authenticate, also inside `allow` networks.
+    pub require_auth: bool,
 }
 
 /// Every key, for `--check`, the README and "did you mean".
@@ -189,6 +195,9 @@ pub const KEYS: &[&str] = &[
     "smarthost_auth_plaintext",
     "tls_cert",
     "tls_key",
+    "auth_users",
+    "auth_plaintext",
+    "require_auth",
 ];
 
 impl Config {
@@ -235,6 +244,9 @@ impl Config {
             smarthost_auth_plaintext: false,
             tls_cert: None,
             tls_key: None,
+            auth_users: None,
+            auth_plaintext: false,
+            require_auth: false,
         };
         let mut seen: Vec<(&str, usize)> = Vec::new();
         let mut allow_given = false;
@@ -354,6 +366,14 @@ impl Config {
                     })?;
                     c.smarthost_password_file = Some(path);
                 }
+                "auth_users" => {
+                    let path = absolute(value).map_err(err)?;
+                    check_secret_file(&path)
+                        .map_err(|e| format!("{e} (auth_users on {file}:{line_no})"))?;
+                    c.auth_users = Some(path);
+                }
+                "auth_plaintext" => c.auth_plaintext = parse_yes_no(key, value).map_err(err)?,
+                "require_auth" => c.require_auth = parse_yes_no(key, value).map_err(err)?,
                 "tls_cert" => c.tls_cert = Some(absolute(value).map_err(err)?),
                 "tls_key" => c.tls_key = Some(absolute(value).map_err(err)?),
                 "smarthost_auth_plaintext" => {
@@ -381,6 +401,25 @@ impl Config {
             return Err(format!(
                 "{file}:{}: a 'tls' listener needs tls_cert and tls_key",
                 line_of("listen")
+            ));
+        }
+        if c.require_auth && c.auth_users.is_none() {
+            return Err(format!(
+                "{file}:{}: require_auth needs auth_users",
+                line_of("require_auth")
+            ));
+        }
+        if c.auth_users.is_some() && c.tls_cert.is_none() && !c.auth_plaintext {
+            return Err(format!(
+                "{file}:{}: AUTH is only offered over TLS: set tls_cert and tls_key \
+                 (or auth_plaintext yes, for clients on loopback)",
+                line_of("auth_users")
+            ));
+        }
+        if cfg!(not(feature = "tls")) && c.auth_users.is_some() {
+            return Err(format!(
+                "{file}:{}: this smtp-relayd was built without TLS and AUTH",
+                line_of("auth_users")
             ));
         }
         if cfg!(not(feature = "tls")) && c.tls_cert.is_some() {
@@ -531,6 +570,11 @@ impl Config {
             let _ = writeln!(s, "tls_cert {}", cert.display());
             let _ = writeln!(s, "tls_key {}", key.display());
         }
+        if let Some(p) = &self.auth_users {
+            let _ = writeln!(s, "auth_users {}", p.display());
+        }
+        let _ = writeln!(s, "auth_plaintext {}", yes_no(self.auth_plaintext));
+        let _ = writeln!(s, "require_auth {}", yes_no(self.require_auth));
         let _ = writeln!(s, "smarthost_idle {}", d(&self.smarthost_idle));
         let _ = writeln!(s, "shutdown_grace {}", d(&self.shutdown_grace));
         s

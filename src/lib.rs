@@ -1,6 +1,8 @@
 //! smtp-relayd: a small, durable SMTP relay for embedded Linux.
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "tls")]
+pub mod auth;
 pub mod config;
 pub mod protocol;
 pub mod relay;

@@ -136,15 +136,34 @@ fn main() -> ExitCode {
             return ExitCode::from(EX_CONFIG);
         }
     };
+    #[cfg(feature = "tls")]
+    let users = match config
+        .auth_users
+        .as_deref()
+        .map(smtp_relayd::auth::Users::load)
+        .transpose()
+    {
+        Ok(u) => u.map(Arc::new),
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EX_CONFIG);
+        }
+    };
     if args.check {
         print!("# {}: OK\n{}", args.config.display(), config.effective());
+        #[cfg(feature = "tls")]
+        if let Some(u) = &users {
+            println!("# auth_users: {} user(s)", u.len());
+        }
         if let Some(t) = describe_tls(&tls) {
             println!("# smarthost TLS: trusting {t}");
         }
         return ExitCode::SUCCESS;
     }
     init_logging();
-    match serve(config, tls, tls_server) {
+    #[cfg(not(feature = "tls"))]
+    let users = None;
+    match serve(config, tls, tls_server, users) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!(target: "fatal", "{e}");
@@ -187,10 +206,16 @@ fn describe_tls(tls: &Option<TlsClient>) -> Option<String> {
     }
 }
 
+#[cfg(feature = "tls")]
+type Users = Option<Arc<smtp_relayd::auth::Users>>;
+#[cfg(not(feature = "tls"))]
+type Users = Option<()>;
+
 fn serve(
     config: Config,
     tls: Option<TlsClient>,
     tls_server: Option<TlsServer>,
+    users: Users,
 ) -> Result<(), String> {
     let trust = describe_tls(&tls);
     let config = Arc::new(config);
@@ -259,6 +284,8 @@ fn serve(
             rescan: Arc::clone(&rescan),
             shared: Arc::clone(&shared),
             tls: tls_server.clone(),
+            #[cfg(feature = "tls")]
+            users: users.clone(),
         };
         let rx = pool_rx.clone();
         let handle = std::thread::Builder::new()
@@ -269,6 +296,7 @@ fn serve(
         workers.push(handle);
     }
     drop(pool_rx);
+    let _ = &users;
     let poll = mio::Poll::new().map_err(|e| e.to_string())?;
     let waker = mio::Waker::new(poll.registry(), acceptor::WAKE).map_err(|e| e.to_string())?;
     let acceptor = Acceptor {

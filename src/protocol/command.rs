@@ -39,6 +39,11 @@ pub enum Command<'a> {
     Help,
     /// RFC 3207.
     StartTls,
+    /// RFC 4954: a mechanism name and, maybe, an initial response.
+    Auth {
+        mechanism: &'a [u8],
+        initial: Option<&'a [u8]>,
+    },
     /// A known SMTP verb this server does not offer (STARTTLS, AUTH, BDAT, ETRN, TURN...).
     NotImplemented,
 }
@@ -130,9 +135,16 @@ pub fn parse(line: &[u8], utf8: bool) -> Result<Command<'_>, CommandError> {
         Ok(Command::Expn)
     } else if is(b"STARTTLS") {
         no_arg(Command::StartTls)
+    } else if is(b"AUTH") {
+        let mut words = arg.split(|&b| b == b' ').filter(|w| !w.is_empty());
+        let mechanism = words.next().ok_or(CommandError::Syntax)?;
+        let initial = words.next();
+        if words.next().is_some() {
+            return Err(CommandError::Syntax);
+        }
+        Ok(Command::Auth { mechanism, initial })
     } else if [
-        &b"AUTH"[..],
-        b"BDAT",
+        &b"BDAT"[..],
         b"ETRN",
         b"TURN",
         b"ATRN",
@@ -218,6 +230,8 @@ fn parse_mail(arg: &[u8]) -> Result<Command<'_>, CommandError> {
             };
         } else if key.eq_ignore_ascii_case(b"SMTPUTF8") && value.is_none() && !mail.smtputf8 {
             mail.smtputf8 = true;
+        } else if key.eq_ignore_ascii_case(b"AUTH") && value.is_some_and(|v| !v.is_empty()) {
+            // RFC 4954 §5: the identity that submitted the message; not used.
         } else {
             return Err(CommandError::UnknownParameter);
         }
@@ -360,7 +374,26 @@ mod tests {
             (b"EXPN staff", Ok(Command::Expn)),
             (b"STARTTLS", Ok(Command::StartTls)),
             (b"starttls x", Err(E::NoArguments)),
-            (b"AUTH PLAIN AGFhAGI=", Ok(Command::NotImplemented)),
+            (
+                b"AUTH PLAIN AGFhAGI=",
+                Ok(Command::Auth {
+                    mechanism: b"PLAIN",
+                    initial: Some(b"AGFhAGI="),
+                }),
+            ),
+            (
+                b"auth login",
+                Ok(Command::Auth {
+                    mechanism: b"login",
+                    initial: None,
+                }),
+            ),
+            (b"AUTH", Err(E::Syntax)),
+            (b"AUTH PLAIN a b", Err(E::Syntax)),
+            (
+                b"MAIL FROM:<a@b.c> AUTH=<>",
+                Ok(mail(b"a@b.c", None, SevenBit, false)),
+            ),
             (b"BDAT 100 LAST", Ok(Command::NotImplemented)),
             (b"FOO", Err(E::Unrecognized)),
             (b"", Err(E::Unrecognized)),

@@ -12,6 +12,11 @@ pub const HELP: &str = "214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA RSET NOOP Q
 pub const VRFY: &str =
     "252 2.0.0 Cannot VRFY user, but will accept message and attempt delivery\r\n";
 pub const TLS_READY: &str = "220 2.0.0 Ready to start TLS\r\n";
+pub const AUTH_OK: &str = "235 2.7.0 Authentication successful\r\n";
+pub const AUTH_PLAIN_CHALLENGE: &str = "334 \r\n";
+/// base64("Username:") and base64("Password:"), as every LOGIN server says them.
+pub const AUTH_LOGIN_USER: &str = "334 VXNlcm5hbWU6\r\n";
+pub const AUTH_LOGIN_PASSWORD: &str = "334 UGFzc3dvcmQ6\r\n";
 pub const START_DATA: &str = "354 End data with <CR><LF>.<CR><LF>\r\n";
 
 pub const UNRECOGNIZED: &str = "500 5.5.2 Error: command not recognized\r\n";
@@ -31,6 +36,14 @@ pub const NOT_IMPLEMENTED: &str = "502 5.5.1 Error: command not implemented\r\n"
 pub const EXPN: &str = "502 5.5.1 EXPN not supported\r\n";
 pub const TLS_ACTIVE: &str = "554 5.5.1 Error: TLS already active\r\n";
 pub const IN_TRANSACTION: &str = "503 5.5.1 Error: MAIL transaction in progress\r\n";
+pub const AUTH_CANCELLED: &str = "501 5.7.0 Authentication cancelled\r\n";
+pub const AUTH_BAD_RESPONSE: &str = "501 5.5.2 Cannot decode response\r\n";
+pub const AUTH_MECHANISM: &str = "504 5.5.4 Unrecognized authentication mechanism\r\n";
+pub const ALREADY_AUTHENTICATED: &str = "503 5.5.1 Error: already authenticated\r\n";
+pub const AUTH_REQUIRED: &str = "530 5.7.0 Authentication required\r\n";
+pub const AUTH_FAILED: &str = "535 5.7.8 Authentication credentials invalid\r\n";
+pub const AUTH_NEEDS_TLS: &str =
+    "538 5.7.11 Encryption required for requested authentication mechanism\r\n";
 pub const NEED_HELO: &str = "503 5.5.1 Error: send HELO/EHLO first\r\n";
 pub const NESTED_MAIL: &str = "503 5.5.1 Error: nested MAIL command\r\n";
 pub const NEED_MAIL: &str = "503 5.5.1 Error: need MAIL command\r\n";
@@ -49,6 +62,7 @@ pub const TIMEOUT: &str = "421 4.4.2 Error: timeout exceeded, closing connection
 pub const TOO_MANY_CONNECTIONS: &str = "421 4.3.2 Too many connections, try again later\r\n";
 pub const DATA_AFTER_STARTTLS: &str =
     "421 4.7.0 Error: data after STARTTLS; closing connection\r\n";
+pub const AUTH_TOO_MANY: &str = "421 4.7.0 Error: too many failed authentication attempts\r\n";
 pub const SHUTTING_DOWN: &str = "421 4.3.2 Service shutting down, closing connection\r\n";
 
 #[cfg(test)]
@@ -100,6 +114,18 @@ mod tests {
             TLS_ACTIVE,
             IN_TRANSACTION,
             DATA_AFTER_STARTTLS,
+            AUTH_OK,
+            AUTH_PLAIN_CHALLENGE,
+            AUTH_LOGIN_USER,
+            AUTH_LOGIN_PASSWORD,
+            AUTH_CANCELLED,
+            AUTH_BAD_RESPONSE,
+            AUTH_MECHANISM,
+            ALREADY_AUTHENTICATED,
+            AUTH_REQUIRED,
+            AUTH_FAILED,
+            AUTH_NEEDS_TLS,
+            AUTH_TOO_MANY,
         ];
         for r in all {
             let b = r.as_bytes();
@@ -111,7 +137,7 @@ mod tests {
                 b[..3].iter().all(u8::is_ascii_digit) && b[3] == b' ',
                 "{r:?}"
             );
-            if b[0] != b'3' {
+            if b[0] != b'3' && b[4] != b'\r' {
                 // RFC 3463: the class digit of the enhanced code equals the reply's.
                 assert_eq!(b[4], b[0], "{r:?}");
                 assert_eq!(b[5], b'.', "{r:?}");

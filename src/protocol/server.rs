@@ -29,6 +29,10 @@ pub struct Settings {
     pub max_hops: u32,
     /// A server certificate is configured: STARTTLS is offered.
     pub tls_available: bool,
+    /// A users file is configured: AUTH is offered (over TLS, or see `Peer`).
+    pub auth_available: bool,
+    /// `require_auth yes`: nobody sends without authenticating.
+    pub require_auth: bool,
 }
 
 /// The client as the worker knows it.
@@ -39,6 +43,8 @@ pub struct Peer {
     pub relay_allowed: bool,
     /// The connection is TLS from its first byte (an implicit-TLS listener).
     pub tls: bool,
+    /// AUTH may be offered without TLS (`auth_plaintext yes` on a loopback address).
+    pub auth_plaintext: bool,
 }
 
 /// The transaction being built.
@@ -64,6 +70,14 @@ enum State {
     SpoolCommit,
     /// STARTTLS was accepted; the worker checks for pipelined data, then calls `start_tls`.
     TlsCheck,
+    /// AUTH PLAIN without an initial response: the response line comes next.
+    AuthPlain,
+    /// AUTH LOGIN: the user name line comes next.
+    AuthLoginUser,
+    /// AUTH LOGIN: the password line comes next.
+    AuthLoginPassword,
+    /// The worker is checking the credentials.
+    AuthCheck,
     Closed,
 }
 
@@ -82,6 +96,8 @@ pub enum Step {
     StoreMessage,
     /// The message ended and is refused (the reply is queued): drop the spool file.
     DiscardMessage,
+    /// AUTH: check `credentials()` and call `authenticated(ok)`.
+    Authenticate,
     /// STARTTLS: call `start_tls(nothing_else_buffered)`; if it returns true, send the
     /// replies, run the TLS handshake, then call `tls_established`.
     StartTls,
@@ -123,7 +139,30 @@ pub struct ServerSession {
     /// Allocated once at `BODY_CAP`; the decoder fills it up to that and no further.
     body: Vec<u8>,
     last_verdict: Verdict,
+    auth: Auth,
 }
+
+/// What AUTH has gathered. The password is wiped once it has been checked.
+#[derive(Default)]
+struct Auth {
+    authenticated: bool,
+    failures: u8,
+    mechanism: &'static str,
+    user: heapless::String<255>,
+    password: heapless::Vec<u8, 256>,
+    /// The response was well-formed base64 but not acceptable (e.g. a foreign authzid).
+    invalid: bool,
+}
+
+impl Auth {
+    fn wipe(&mut self) {
+        self.password.iter_mut().for_each(|b| *b = 0);
+        self.password.clear();
+    }
+}
+
+/// After this many failed AUTH attempts a session is closed.
+const AUTH_ATTEMPTS: u8 = 3;
 
 impl ServerSession {
     pub fn new(settings: Settings) -> Self {
@@ -133,6 +172,7 @@ impl ServerSession {
                 ip: IpAddr::from([0, 0, 0, 0]),
                 relay_allowed: false,
                 tls: false,
+                auth_plaintext: false,
             },
             state: State::Closed,
             tls: false,
@@ -145,6 +185,7 @@ impl ServerSession {
             out: heapless::String::new(),
             body: Vec::with_capacity(BODY_CAP),
             last_verdict: Verdict::Accept,
+            auth: Auth::default(),
         }
     }
 
@@ -152,6 +193,8 @@ impl ServerSession {
     pub fn start(&mut self, peer: Peer) {
         self.peer = peer;
         self.tls = peer.tls;
+        self.auth.wipe();
+        self.auth = Auth::default();
         self.state = State::Hello;
         self.esmtp = false;
         self.helo.clear();
@@ -200,14 +243,49 @@ impl ServerSession {
     /// `ESMTP` after EHLO, `SMTP` after HELO (RFC 5321 §4.4, RFC 3848), `UTF8SMTP` for
     /// an SMTPUTF8 transaction (RFC 6531 §3.7.3).
     /// With TLS, an `S` follows (RFC 3848 `ESMTPS`, RFC 6531 `UTF8SMTPS`).
+    /// With AUTH, an `A` (`ESMTPSA`).
     pub fn protocol(&self) -> &'static str {
-        match (self.esmtp, self.envelope.smtputf8, self.tls) {
-            (true, true, false) => "UTF8SMTP",
-            (true, true, true) => "UTF8SMTPS",
-            (true, false, false) => "ESMTP",
-            (true, false, true) => "ESMTPS",
-            (false, _, _) => "SMTP",
+        match (
+            self.esmtp,
+            self.envelope.smtputf8,
+            self.tls,
+            self.auth.authenticated,
+        ) {
+            (false, ..) => "SMTP",
+            (true, false, false, false) => "ESMTP",
+            (true, false, true, false) => "ESMTPS",
+            (true, false, false, true) => "ESMTPA",
+            (true, false, true, true) => "ESMTPSA",
+            (true, true, false, false) => "UTF8SMTP",
+            (true, true, true, false) => "UTF8SMTPS",
+            (true, true, false, true) => "UTF8SMTPA",
+            (true, true, true, true) => "UTF8SMTPSA",
         }
+    }
+
+    /// The user the client authenticated as, if it did.
+    pub fn authenticated_user(&self) -> Option<&str> {
+        self.auth.authenticated.then_some(self.auth.user.as_str())
+    }
+
+    /// During `Step::Authenticate`: the user name, the password and the mechanism;
+    /// `None` when the response was unacceptable (it counts as a failure).
+    pub fn credentials(&self) -> Option<(&str, &[u8])> {
+        (!self.auth.invalid).then_some((self.auth.user.as_str(), &self.auth.password[..]))
+    }
+
+    /// The mechanism of the AUTH in progress, for the log.
+    pub fn auth_mechanism(&self) -> &'static str {
+        self.auth.mechanism
+    }
+
+    /// The user name given in the AUTH in progress, for the log (may be anything).
+    pub fn auth_user(&self) -> &str {
+        &self.auth.user
+    }
+
+    fn auth_offered(&self) -> bool {
+        self.settings.auth_available && (self.tls || self.peer.auth_plaintext)
     }
 
     /// The session runs over TLS.
@@ -256,6 +334,7 @@ impl ServerSession {
                 State::SpoolOpen => return (i, Step::OpenMessage),
                 State::SpoolCommit => return (i, Step::StoreMessage),
                 State::TlsCheck => return (i, Step::StartTls),
+                State::AuthCheck => return (i, Step::Authenticate),
                 State::Data => {
                     let (n, progress) = self.decoder.decode(&input[i..], &mut self.body);
                     i += n;
@@ -283,7 +362,13 @@ impl ServerSession {
                         }
                     }
                 }
-                State::Hello | State::Mail | State::Rcpt | State::RcptOrData => {
+                State::Hello
+                | State::Mail
+                | State::Rcpt
+                | State::RcptOrData
+                | State::AuthPlain
+                | State::AuthLoginUser
+                | State::AuthLoginPassword => {
                     if i == input.len() {
                         return (i, Step::NeedInput);
                     }
@@ -317,7 +402,14 @@ impl ServerSession {
             let mut line = core::mem::take(&mut self.line);
             // CRLF ends a command; a bare LF is tolerated there, as most servers do.
             let text = line.strip_suffix(b"\r").unwrap_or(&line);
-            self.command(text);
+            if matches!(
+                self.state,
+                State::AuthPlain | State::AuthLoginUser | State::AuthLoginPassword
+            ) {
+                self.auth_response(text);
+            } else {
+                self.command(text);
+            }
             line.clear();
             self.line = line;
         }
@@ -352,6 +444,9 @@ impl ServerSession {
                     if self.settings.tls_available && !self.tls {
                         let _ = self.out.push_str("250-STARTTLS\r\n");
                     }
+                    if self.auth_offered() {
+                        let _ = self.out.push_str("250-AUTH PLAIN LOGIN\r\n");
+                    }
                     let _ = self.out.push_str("250 ENHANCEDSTATUSCODES\r\n");
                 } else {
                     let _ = write!(self.out, "250 {}\r\n", self.settings.hostname);
@@ -359,6 +454,9 @@ impl ServerSession {
             }
             Command::Mail(mail) => match self.state {
                 State::Hello => self.reply(reply::NEED_HELO),
+                _ if self.settings.require_auth && !self.auth.authenticated => {
+                    self.reply(reply::AUTH_REQUIRED)
+                }
                 State::Rcpt | State::RcptOrData => self.reply(reply::NESTED_MAIL),
                 _ if mail
                     .size
@@ -376,7 +474,7 @@ impl ServerSession {
             },
             Command::Rcpt(rcpt) => match self.state {
                 State::Hello | State::Mail => self.reply(reply::NEED_MAIL),
-                _ if !self.peer.relay_allowed => {
+                _ if !self.peer.relay_allowed && !self.auth.authenticated => {
                     log::info!(
                         "reject: RCPT from [{}]: 554 5.7.1 Relay access denied; to=<{}>",
                         self.peer.ip,
@@ -420,7 +518,119 @@ impl ServerSession {
                 State::Rcpt | State::RcptOrData => self.reply(reply::IN_TRANSACTION),
                 _ => self.state = State::TlsCheck,
             },
+            Command::Auth { mechanism, initial } => match self.state {
+                _ if !self.settings.auth_available => self.reply(reply::NOT_IMPLEMENTED),
+                State::Hello => self.reply(reply::NEED_HELO),
+                _ if self.auth.authenticated => self.reply(reply::ALREADY_AUTHENTICATED),
+                State::Rcpt | State::RcptOrData => self.reply(reply::IN_TRANSACTION),
+                _ if !self.auth_offered() => self.reply(reply::AUTH_NEEDS_TLS),
+                _ => self.auth_start(mechanism, initial),
+            },
             Command::NotImplemented => self.reply(reply::NOT_IMPLEMENTED),
+        }
+    }
+
+    fn auth_start(&mut self, mechanism: &[u8], initial: Option<&[u8]>) {
+        self.auth.user.clear();
+        self.auth.wipe();
+        self.auth.invalid = false;
+        if mechanism.eq_ignore_ascii_case(b"PLAIN") {
+            self.auth.mechanism = "PLAIN";
+            match initial {
+                // RFC 4954 §4: "=" is an empty initial response.
+                Some(r) => self.auth_response_in(State::AuthPlain, if r == b"=" { b"" } else { r }),
+                None => {
+                    self.state = State::AuthPlain;
+                    self.reply(reply::AUTH_PLAIN_CHALLENGE);
+                }
+            }
+        } else if mechanism.eq_ignore_ascii_case(b"LOGIN") {
+            self.auth.mechanism = "LOGIN";
+            match initial {
+                Some(r) => self.auth_response_in(State::AuthLoginUser, r),
+                None => {
+                    self.state = State::AuthLoginUser;
+                    self.reply(reply::AUTH_LOGIN_USER);
+                }
+            }
+        } else {
+            self.reply(reply::AUTH_MECHANISM);
+        }
+    }
+
+    fn auth_response_in(&mut self, state: State, response: &[u8]) {
+        self.state = state;
+        self.auth_response(response);
+    }
+
+    /// One base64 response line (RFC 4954 §4) in an AUTH exchange.
+    fn auth_response(&mut self, line: &[u8]) {
+        if line == b"*" {
+            self.auth.wipe();
+            self.state = State::Mail;
+            self.reply(reply::AUTH_CANCELLED);
+            return;
+        }
+        let mut decoded = heapless::Vec::<u8, 512>::new();
+        if super::base64::decode(line, &mut decoded).is_none() {
+            self.auth.wipe();
+            self.state = State::Mail;
+            self.reply(reply::AUTH_BAD_RESPONSE);
+            return;
+        }
+        match self.state {
+            State::AuthPlain => {
+                // RFC 4616: authzid NUL authcid NUL passwd; only one's own identity.
+                let mut parts = decoded.split(|&b| b == 0);
+                let (authzid, authcid, password) = (parts.next(), parts.next(), parts.next());
+                match (authzid, authcid, password, parts.next()) {
+                    (Some(z), Some(c), Some(p), None) => {
+                        self.auth.invalid = !(z.is_empty() || z == c);
+                        self.set_user(c);
+                        self.auth.invalid |= self.auth.password.extend_from_slice(p).is_err();
+                    }
+                    _ => self.auth.invalid = true,
+                }
+                self.state = State::AuthCheck;
+            }
+            State::AuthLoginUser => {
+                self.set_user(&decoded);
+                self.state = State::AuthLoginPassword;
+                self.reply(reply::AUTH_LOGIN_PASSWORD);
+            }
+            State::AuthLoginPassword => {
+                self.auth.invalid |= self.auth.password.extend_from_slice(&decoded).is_err();
+                self.state = State::AuthCheck;
+            }
+            _ => {}
+        }
+        decoded.iter_mut().for_each(|b| *b = 0);
+    }
+
+    fn set_user(&mut self, name: &[u8]) {
+        self.auth.user.clear();
+        match core::str::from_utf8(name) {
+            Ok(n) if self.auth.user.push_str(n).is_ok() && !n.is_empty() => {}
+            _ => self.auth.invalid = true,
+        }
+    }
+
+    /// The worker's answer to `Step::Authenticate`.
+    pub fn authenticated(&mut self, ok: bool) {
+        debug_assert_eq!(self.state, State::AuthCheck);
+        self.auth.wipe();
+        self.state = State::Mail;
+        if ok {
+            self.auth.authenticated = true;
+            self.reply(reply::AUTH_OK);
+            return;
+        }
+        self.auth.failures += 1;
+        if self.auth.failures >= AUTH_ATTEMPTS {
+            self.reply(reply::AUTH_TOO_MANY);
+            self.state = State::Closed;
+        } else {
+            self.reply(reply::AUTH_FAILED);
         }
     }
 
@@ -444,6 +654,7 @@ impl ServerSession {
     /// client must say EHLO again (RFC 3207 §4.2).
     pub fn tls_established(&mut self) {
         self.tls = true;
+        self.auth.authenticated = false;
         self.state = State::Hello;
         self.esmtp = false;
         self.helo.clear();
@@ -524,6 +735,8 @@ mod tests {
             reject_bare_newline: false,
             max_hops: 30,
             tls_available: false,
+            auth_available: false,
+            require_auth: false,
         }
     }
 
@@ -546,6 +759,7 @@ mod tests {
                 ip: IpAddr::from([192, 0, 2, 7]),
                 relay_allowed,
                 tls: false,
+                auth_plaintext: false,
             });
             let replies = String::from_utf8(s.output().to_vec()).unwrap();
             s.clear_output();
@@ -589,6 +803,10 @@ mod tests {
                             if self.s.start_tls(pos == part.len()) {
                                 self.s.tls_established();
                             }
+                        }
+                        Step::Authenticate => {
+                            let ok = self.s.credentials() == Some(("user", &b"pass"[..]));
+                            self.s.authenticated(ok);
                         }
                         Step::Close => {
                             self.closed = true;
@@ -873,6 +1091,85 @@ mod tests {
     }
 
     #[test]
+    fn auth_plain_and_login_exchanges() {
+        let auth = Settings {
+            tls_available: true,
+            auth_available: true,
+            ..settings()
+        };
+        // Before TLS (not loopback-plaintext): not offered, 538 if tried.
+        let mut h = Harness::new(auth.clone(), false);
+        assert!(!h.run(b"EHLO x\r\n", 100).contains("AUTH"));
+        assert_eq!(
+            codes(&h.run(b"AUTH PLAIN AHVzZXIAcGFzcw==\r\n", 100)),
+            ["538"]
+        );
+        h.run(b"STARTTLS\r\n", 100);
+        assert!(
+            h.run(b"EHLO x\r\n", 100)
+                .contains("250-AUTH PLAIN LOGIN\r\n")
+        );
+        // Not allowed to relay by address; AUTH PLAIN with an initial response.
+        assert_eq!(
+            codes(&h.run(b"MAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\nRSET\r\n", 100)),
+            ["250", "554", "250"]
+        );
+        assert_eq!(
+            h.run(b"AUTH PLAIN AHVzZXIAcGFzcw==\r\n", 100),
+            "235 2.7.0 Authentication successful\r\n"
+        );
+        assert_eq!(h.s.authenticated_user(), Some("user"));
+        assert_eq!(
+            codes(&h.run(b"MAIL FROM:<a@b.c> AUTH=<>\r\nRCPT TO:<d@e.f>\r\n", 100)),
+            ["250", "250"]
+        );
+        assert_eq!(h.s.protocol(), "ESMTPSA");
+        assert_eq!(
+            codes(&h.run(b"RSET\r\nAUTH LOGIN\r\n", 100)),
+            ["250", "503"]
+        );
+
+        // LOGIN step by step, a wrong password, a cancel, junk, then too many failures.
+        let mut h = Harness::new(
+            Settings {
+                tls_available: false,
+                ..auth.clone()
+            },
+            false,
+        );
+        h.s.peer.auth_plaintext = true;
+        h.run(b"EHLO x\r\n", 100);
+        assert_eq!(h.run(b"AUTH LOGIN\r\n", 100), "334 VXNlcm5hbWU6\r\n");
+        assert_eq!(h.run(b"dXNlcg==\r\n", 100), "334 UGFzc3dvcmQ6\r\n");
+        assert_eq!(codes(&h.run(b"d3Jvbmc=\r\n", 100)), ["535"]);
+        assert_eq!(codes(&h.run(b"AUTH PLAIN\r\n*\r\n", 100)), ["334", "501"]);
+        assert_eq!(codes(&h.run(b"AUTH PLAIN !!!!\r\n", 100)), ["501"]);
+        assert_eq!(codes(&h.run(b"AUTH CRAM-MD5\r\n", 100)), ["504"]);
+        // A foreign authzid is refused even with the right password.
+        assert_eq!(
+            codes(&h.run(b"AUTH PLAIN b3RoZXIAdXNlcgBwYXNz\r\n", 100)),
+            ["535"]
+        );
+        let r = h.run(b"AUTH PLAIN AHVzZXIAd3Jvbmc=\r\n", 100);
+        assert_eq!(
+            r,
+            "421 4.7.0 Error: too many failed authentication attempts\r\n"
+        );
+        assert!(h.closed);
+
+        // require_auth: even an allowed address must authenticate before MAIL.
+        let mut h = Harness::new(
+            Settings {
+                require_auth: true,
+                ..auth
+            },
+            true,
+        );
+        h.run(b"EHLO x\r\n", 100);
+        assert_eq!(codes(&h.run(b"MAIL FROM:<a@b.c>\r\n", 100)), ["530"]);
+    }
+
+    #[test]
     fn received_header_format() {
         let mut h = Harness::new(settings(), true);
         h.run(
@@ -953,11 +1250,14 @@ mod tests_support {
             reject_bare_newline: false,
             max_hops: 1,
             tls_available: true,
+            auth_available: true,
+            require_auth: false,
         });
         s.start(Peer {
             ip: IpAddr::from([127, 0, 0, 1]),
             relay_allowed: true,
             tls: false,
+            auth_plaintext: true,
         });
         let mut replies = String::new();
         let (mut stored, mut body) = (Vec::new(), Vec::new());
@@ -984,6 +1284,10 @@ mod tests_support {
                         if s.start_tls(pos == part.len()) {
                             s.tls_established();
                         }
+                    }
+                    Step::Authenticate => {
+                        let ok = s.credentials() == Some(("user", &b"pass"[..]));
+                        s.authenticated(ok);
                     }
                     Step::NeedInput | Step::Flush | Step::Close => {}
                 }

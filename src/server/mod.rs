@@ -15,6 +15,9 @@ pub struct Shared {
     pub active: AtomicUsize,
     /// One slot per worker: its current connection, for shutdown.
     pub slots: Vec<Slot>,
+    /// Failed AUTH attempts per client address.
+    #[cfg(feature = "tls")]
+    pub auth_throttle: crate::auth::Throttle,
 }
 
 #[derive(Default)]
@@ -30,6 +33,8 @@ impl Shared {
             shutting_down: AtomicBool::new(false),
             active: AtomicUsize::new(0),
             slots: (0..workers).map(|_| Slot::default()).collect(),
+            #[cfg(feature = "tls")]
+            auth_throttle: crate::auth::Throttle::new(),
         }
     }
 

@@ -46,6 +46,8 @@ pub struct Worker {
     pub rescan: Arc<AtomicBool>,
     pub shared: Arc<Shared>,
     pub tls: Option<TlsServer>,
+    #[cfg(feature = "tls")]
+    pub users: Option<Arc<crate::auth::Users>>,
 }
 
 /// How a session ended, for the disconnect line.
@@ -63,6 +65,8 @@ pub fn settings(config: &Config) -> Settings {
         reject_bare_newline: config.bare_newline == BareNewline::Reject,
         max_hops: config.max_hops,
         tls_available: config.tls_cert.is_some(),
+        auth_available: config.auth_users.is_some(),
+        require_auth: config.require_auth,
     }
 }
 
@@ -129,6 +133,7 @@ impl Worker {
             ip,
             relay_allowed: self.config.relay_allowed(ip),
             tls: implicit_tls,
+            auth_plaintext: self.config.auth_plaintext && tcp_local_is_loopback(stream.tcp()),
         });
         let mut messages = 0u32;
         let end = self.session_loop(session, buf, &mut stream, addr, &mut messages);
@@ -277,12 +282,51 @@ impl Worker {
                         }
                         session.tls_established();
                     }
+                    Step::Authenticate => {
+                        let ok = self.check_auth(session, addr);
+                        session.authenticated(ok);
+                    }
                     Step::Close => {
                         let _ = send(stream, session);
                         return End::Quit;
                     }
                 }
             }
+        }
+    }
+
+    /// Checks AUTH credentials against `auth_users`. A failure is logged in one line
+    /// (for fail2ban: `AUTH failed from [IP]`) and answered late when the address
+    /// keeps failing.
+    fn check_auth(&self, session: &ServerSession, addr: SocketAddr) -> bool {
+        let ip = addr.ip().to_canonical();
+        let (user, mechanism) = (
+            session.auth_user().escape_debug().to_string(),
+            session.auth_mechanism(),
+        );
+        #[cfg(feature = "tls")]
+        {
+            let ok = match (&self.users, session.credentials()) {
+                (Some(users), Some((name, password))) => users.check(name, password),
+                _ => false,
+            };
+            if ok {
+                self.shared.auth_throttle.succeeded(ip);
+                log::info!("[{ip}]:{}: AUTH {mechanism} as {user}", addr.port());
+            } else {
+                let delay = self.shared.auth_throttle.failed(ip);
+                log::warn!(
+                    "AUTH failed from [{ip}]:{}: user=<{user}>, mechanism={mechanism}",
+                    addr.port()
+                );
+                std::thread::sleep(delay);
+            }
+            ok
+        }
+        #[cfg(not(feature = "tls"))]
+        {
+            let _ = (ip, user, mechanism);
+            false
         }
     }
 
@@ -350,8 +394,12 @@ impl Worker {
             .iter()
             .map(|r| format!("<{}>", String::from_utf8_lossy(r)))
             .collect();
+        let sasl = session
+            .authenticated_user()
+            .map(|u| format!(", sasl_username={}", u.escape_debug()))
+            .unwrap_or_default();
         log::info!(
-            "{id}: from=<{}>, to={}, size={}, nrcpt={}, client=[{}], helo={}",
+            "{id}: from=<{}>, to={}, size={}, nrcpt={}, client=[{}], helo={}{sasl}",
             String::from_utf8_lossy(&env.sender),
             to.join(","),
             session.message_size(),
@@ -365,6 +413,11 @@ impl Worker {
             self.rescan.store(true, Ordering::Relaxed);
         }
     }
+}
+
+fn tcp_local_is_loopback(tcp: Option<&TcpStream>) -> bool {
+    tcp.and_then(|t| t.local_addr().ok())
+        .is_some_and(|a| a.ip().to_canonical().is_loopback())
 }
 
 fn send(stream: &mut Stream, session: &mut ServerSession) -> io::Result<()> {
