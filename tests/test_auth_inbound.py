@@ -5,6 +5,7 @@ import shutil
 import smtplib
 import ssl
 import subprocess
+import sys
 
 import pytest
 
@@ -140,3 +141,16 @@ def test_users_file_permissions_and_format(tmp_path, users_file, pki):
         f.write("bad line without hash\n")
     r = subprocess.run([BINARY, "-c", str(path), "--check"], capture_output=True, text=True)
     assert r.returncode == 78 and re.search(r"users:4: expected user:HASH", r.stderr), r.stderr
+
+
+def test_auth_not_offered_without_tls_on_a_non_loopback_listener(users_file):
+    """auth_plaintext applies to loopback only: checked in a private network namespace
+    where a non-loopback address exists (see netns_auth_check.py)."""
+    import os
+    if os.geteuid() != 0 or shutil.which("unshare") is None or shutil.which("ip") is None:
+        pytest.skip("needs root, unshare and ip to make a network namespace")
+    helper = os.path.join(os.path.dirname(__file__), "netns_auth_check.py")
+    r = subprocess.run(["unshare", "-n", sys.executable, helper, BINARY, users_file],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "127.0.0.1: AUTH offered=True" in r.stdout and "192.0.2.1: AUTH offered=False, AUTH answered 538" in r.stdout
