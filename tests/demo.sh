@@ -20,6 +20,10 @@ relay_port=$(free_port)
 
 python3 tests/sink.py --port "$sink_port" --count 1 > "$work/sink.out" 2>&1 &
 sink_pid=$!
+for _ in $(seq 100); do
+    grep -q "sink listening" "$work/sink.out" 2>/dev/null && break
+    sleep 0.1
+done
 cat > "$work/relay.conf" <<CONF
 listen 127.0.0.1:$relay_port
 hostname relay.demo
