@@ -2,7 +2,7 @@
 CARGO  ?= cargo
 PYTHON ?= python3
 
-.PHONY: all build release test unit integration lint demo clean
+.PHONY: all build release test unit integration lint demo clean cross cross-test
 
 all: build
 
@@ -31,6 +31,15 @@ lint:
 # The relay and a local sink on loopback, one message through, the delivered message printed.
 demo: release
 	SMTP_RELAYD_BIN=target/release/smtp-relayd bash tests/demo.sh
+
+# Cross builds, run under qemu-user: make cross TARGET=<triple>, make cross-test TARGET=<triple>.
+TARGET ?= aarch64-unknown-linux-musl
+
+cross:
+	sh cross/build.sh $(TARGET)
+
+cross-test: cross
+	sh cross/test.sh $(TARGET)
 
 clean:
 	$(CARGO) clean

@@ -18,6 +18,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BINARY = os.environ.get("SMTP_RELAYD_BIN", os.path.join(ROOT, "target", "debug", "smtp-relayd"))
 # A wrapper such as "qemu-aarch64-static" to run a cross-built binary.
 RUNNER = os.environ.get("SMTP_RELAYD_RUNNER", "").split()
+# The command that runs smtp-relayd: the binary, behind the runner if there is one.
+RELAYD = RUNNER + [BINARY]
 
 
 def free_port():
@@ -56,7 +58,7 @@ class Relay:
 
     def start(self, wait=True):
         self.logf = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(RUNNER + [BINARY, "-c", self.conf_path], stderr=self.logf, stdin=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(RELAYD + ["-c", self.conf_path], stderr=self.logf, stdin=subprocess.DEVNULL)
         if wait:
             deadline = time.time() + 15
             while time.time() < deadline:
@@ -240,4 +242,4 @@ def server_context(cert, key):
     return ctx
 
 
-__all__ = ["Plan", "Sink", "Relay", "Client", "free_port", "BINARY", "server_context"]
+__all__ = ["Plan", "Sink", "Relay", "Client", "free_port", "BINARY", "RELAYD", "server_context"]

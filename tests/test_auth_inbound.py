@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import BINARY
+from conftest import BINARY, RELAYD
 
 
 @pytest.fixture
@@ -122,7 +122,7 @@ def test_auth_plaintext_on_loopback(sink, make_relay, users_file):
 def test_bad_auth_config(tmp_path, users_file, conf, error):
     path = tmp_path / "c.conf"
     path.write_text("smarthost 127.0.0.1:25\nsmarthost_tls none\n" + conf.replace("USERS", users_file))
-    r = subprocess.run([BINARY, "-c", str(path), "--check"], capture_output=True, text=True)
+    r = subprocess.run(RELAYD + ["-c", str(path), "--check"], capture_output=True, text=True)
     assert r.returncode == 78 and re.search(error, r.stderr), r.stderr
 
 
@@ -130,16 +130,16 @@ def test_users_file_permissions_and_format(tmp_path, users_file, pki):
     path = tmp_path / "c.conf"
     path.write_text(f"smarthost 127.0.0.1:25\nsmarthost_tls none\ntls_cert {pki['cert']}\ntls_key {pki['key']}\n"
                     f"auth_users {users_file}\n")
-    r = subprocess.run([BINARY, "-c", str(path), "--check"], capture_output=True, text=True)
+    r = subprocess.run(RELAYD + ["-c", str(path), "--check"], capture_output=True, text=True)
     assert r.returncode == 0 and "# auth_users: 2 user(s)" in r.stdout and "$6$" not in r.stdout
     import os
     os.chmod(users_file, 0o644)
-    r = subprocess.run([BINARY, "-c", str(path), "--check"], capture_output=True, text=True)
+    r = subprocess.run(RELAYD + ["-c", str(path), "--check"], capture_output=True, text=True)
     assert r.returncode == 78 and "permissions 0644 must be 0600 or stricter" in r.stderr
     os.chmod(users_file, 0o600)
     with open(users_file, "a") as f:
         f.write("bad line without hash\n")
-    r = subprocess.run([BINARY, "-c", str(path), "--check"], capture_output=True, text=True)
+    r = subprocess.run(RELAYD + ["-c", str(path), "--check"], capture_output=True, text=True)
     assert r.returncode == 78 and re.search(r"users:4: expected user:HASH", r.stderr), r.stderr
 
 

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import BINARY, Client, Plan, Sink, free_port
+from conftest import RELAYD, Client, Plan, Sink, free_port
 
 RECEIVED = re.compile(
     rb"^Received: from (\S+) \(\[([^\]]+)\]\)\r\n\tby relay\.test \(smtp-relayd\) with (E?SMTP|UTF8SMTP) id ([0-9A-F]{23})"
@@ -592,21 +592,21 @@ def test_kill9_while_clients_send_loses_nothing_acknowledged(make_relay):
 def test_check_prints_settings_and_bad_config_exits_78(tmp_path):
     conf = tmp_path / "ok.conf"
     conf.write_text("smarthost mail.example.com:587\nlisten [::1]:2525\nallow 192.168.0.0/16\n")
-    r = subprocess.run([BINARY, "-c", str(conf), "--check"], capture_output=True, text=True)
+    r = subprocess.run(RELAYD + ["-c", str(conf), "--check"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "smarthost mail.example.com:587" in r.stdout and "listen [::1]:2525" in r.stdout
     assert "allow 192.168.0.0/16" in r.stdout and "max_queue_lifetime 432000s" in r.stdout
     bad = tmp_path / "bad.conf"
     bad.write_text("smarthost mail.example.com:587\n# fine\nmax_message_size lots\n")
     for extra in [["--check"], []]:
-        r = subprocess.run([BINARY, "-c", str(bad)] + extra, capture_output=True, text=True)
+        r = subprocess.run(RELAYD + ["-c", str(bad)] + extra, capture_output=True, text=True)
         assert r.returncode == 78
         assert r.stderr.startswith(f"{bad}:3: 'lots' is not a size"), r.stderr
-    r = subprocess.run([BINARY, "-c", str(tmp_path / "missing.conf")], capture_output=True, text=True)
+    r = subprocess.run(RELAYD + ["-c", str(tmp_path / "missing.conf")], capture_output=True, text=True)
     assert r.returncode == 78 and "cannot read" in r.stderr
-    r = subprocess.run([BINARY, "--version"], capture_output=True, text=True)
+    r = subprocess.run(RELAYD + ["--version"], capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.startswith("smtp-relayd ")
-    r = subprocess.run([BINARY, "--bogus"], capture_output=True, text=True)
+    r = subprocess.run(RELAYD + ["--bogus"], capture_output=True, text=True)
     assert r.returncode == 64
 
 

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from conftest import BINARY, Plan, Sink, free_port, server_context
+from conftest import RELAYD, Plan, Sink, free_port, server_context
 
 aiosmtpd_controller = pytest.importorskip("aiosmtpd.controller")
 from aiosmtpd.smtp import AuthResult  # noqa: E402
@@ -200,7 +200,7 @@ def test_bad_tls_config_exits_78(tmp_path, password_file, conf, error):
     lines = ["smarthost 127.0.0.1:2525"] + [f"{k} {v.replace('PASS', password_file)}" for k, v in conf.items()]
     path = tmp_path / "c.conf"
     path.write_text("\n".join(lines) + "\n")
-    r = subprocess.run([BINARY, "-c", str(path), "--check"], capture_output=True, text=True)
+    r = subprocess.run(RELAYD + ["-c", str(path), "--check"], capture_output=True, text=True)
     assert r.returncode == 78, r
     assert re.search(error, r.stderr), r.stderr
 
@@ -210,10 +210,10 @@ def test_password_file_permissions_are_checked(tmp_path, password_file):
     path = tmp_path / "c.conf"
     path.write_text(f"smarthost 127.0.0.1:2525\nsmarthost_user u\nsmarthost_password_file {password_file}\n")
     for extra in [["--check"], []]:
-        r = subprocess.run([BINARY, "-c", str(path)] + extra, capture_output=True, text=True, timeout=10)
+        r = subprocess.run(RELAYD + ["-c", str(path)] + extra, capture_output=True, text=True, timeout=10)
         assert r.returncode == 78
         assert f"{password_file}: permissions 0644 must be 0600 or stricter" in r.stderr, r.stderr
     os.chmod(password_file, 0o600)
-    r = subprocess.run([BINARY, "-c", str(path), "--check"], capture_output=True, text=True)
+    r = subprocess.run(RELAYD + ["-c", str(path), "--check"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "s3cret" not in r.stdout and "contents not shown" in r.stdout

@@ -116,8 +116,8 @@ def test_starttls_refused_in_transaction_and_when_active(tls_relay, client_for, 
 
 
 def test_bad_certificate_config_exits_78(tmp_path, pki):
-    from conftest import BINARY
+    from conftest import RELAYD
     conf = tmp_path / "c.conf"
     conf.write_text(f"smarthost a.b:25\nsmarthost_tls none\ntls_cert {pki['ca']}\ntls_key {pki['cert']}\n")
-    r = subprocess.run([BINARY, "-c", str(conf), "--check"], capture_output=True, text=True)
+    r = subprocess.run(RELAYD + ["-c", str(conf), "--check"], capture_output=True, text=True)
     assert r.returncode == 78 and "no usable private key" in r.stderr, r.stderr
