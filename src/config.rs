@@ -163,6 +163,10 @@ pub struct Config {
     pub auth_plaintext: bool,
     /// Everybody must authenticate, also inside `allow` networks.
     pub require_auth: bool,
+    pub log: crate::logger::Target,
+    pub syslog_socket: PathBuf,
+    /// Started as root: become this user after binding the listeners.
+    pub user: Option<String>,
 }
 
 /// Every key, for `--check`, the README and "did you mean".
@@ -198,6 +202,9 @@ pub const KEYS: &[&str] = &[
     "auth_users",
     "auth_plaintext",
     "require_auth",
+    "log",
+    "syslog_socket",
+    "user",
 ];
 
 impl Config {
@@ -247,6 +254,9 @@ impl Config {
             auth_users: None,
             auth_plaintext: false,
             require_auth: false,
+            log: crate::logger::Target::Stderr,
+            syslog_socket: PathBuf::from("/dev/log"),
+            user: None,
         };
         let mut seen: Vec<(&str, usize)> = Vec::new();
         let mut allow_given = false;
@@ -374,6 +384,20 @@ impl Config {
                 }
                 "auth_plaintext" => c.auth_plaintext = parse_yes_no(key, value).map_err(err)?,
                 "require_auth" => c.require_auth = parse_yes_no(key, value).map_err(err)?,
+                "log" => {
+                    c.log = match value {
+                        "stderr" => crate::logger::Target::Stderr,
+                        "syslog" => crate::logger::Target::Syslog,
+                        "both" => crate::logger::Target::Both,
+                        _ => {
+                            return Err(err(format!(
+                                "log must be 'stderr', 'syslog' or 'both', not '{value}'"
+                            )));
+                        }
+                    }
+                }
+                "syslog_socket" => c.syslog_socket = absolute(value).map_err(err)?,
+                "user" => c.user = Some(value.to_string()),
                 "tls_cert" => c.tls_cert = Some(absolute(value).map_err(err)?),
                 "tls_key" => c.tls_key = Some(absolute(value).map_err(err)?),
                 "smarthost_auth_plaintext" => {
@@ -575,6 +599,16 @@ impl Config {
         }
         let _ = writeln!(s, "auth_plaintext {}", yes_no(self.auth_plaintext));
         let _ = writeln!(s, "require_auth {}", yes_no(self.require_auth));
+        let log = match self.log {
+            crate::logger::Target::Stderr => "stderr",
+            crate::logger::Target::Syslog => "syslog",
+            crate::logger::Target::Both => "both",
+        };
+        if let Some(u) = &self.user {
+            let _ = writeln!(s, "user {u}");
+        }
+        let _ = writeln!(s, "log {log}");
+        let _ = writeln!(s, "syslog_socket {}", self.syslog_socket.display());
         let _ = writeln!(s, "smarthost_idle {}", d(&self.smarthost_idle));
         let _ = writeln!(s, "shutdown_grace {}", d(&self.shutdown_grace));
         s

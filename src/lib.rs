@@ -1,9 +1,13 @@
 //! smtp-relayd: a small, durable SMTP relay for embedded Linux.
-#![forbid(unsafe_code)]
+// Unsafe code only where std has no wrapper (privileges.rs), nowhere else.
+#![deny(unsafe_code)]
 
 #[cfg(feature = "tls")]
 pub mod auth;
 pub mod config;
+pub mod logger;
+pub mod notify;
+pub mod privileges;
 pub mod protocol;
 pub mod relay;
 pub mod server;

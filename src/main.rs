@@ -2,7 +2,6 @@
 //! configuration, binds the listeners, starts the threads, and runs the shutdown
 //! sequence on SIGTERM/SIGINT.
 
-use std::io::Write as _;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -80,32 +79,6 @@ fn parse_args() -> Result<Option<Args>, String> {
     Ok(Some(args))
 }
 
-fn init_logging() {
-    let pid = std::process::id();
-    env_logger::Builder::new()
-        .filter_level(log::LevelFilter::Info)
-        .parse_env("RUST_LOG")
-        .format(move |buf, record| {
-            // Postfix's shape: info lines bare, the rest with their level.
-            let level = match record.level() {
-                _ if record.target() == "fatal" => "fatal: ",
-                log::Level::Error => "error: ",
-                log::Level::Warn => "warning: ",
-                log::Level::Info => "",
-                log::Level::Debug => "debug: ",
-                log::Level::Trace => "trace: ",
-            };
-            writeln!(
-                buf,
-                "{} smtp-relayd[{pid}]: {level}{}",
-                smtp_relayd::time::iso8601(smtp_relayd::time::now_unix()),
-                record.args()
-            )
-        })
-        .target(env_logger::Target::Stderr)
-        .init();
-}
-
 fn main() -> ExitCode {
     let args = match parse_args() {
         Ok(Some(a)) => a,
@@ -160,7 +133,7 @@ fn main() -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
-    init_logging();
+    smtp_relayd::logger::init(config.log, config.syslog_socket.clone());
     #[cfg(not(feature = "tls"))]
     let users = None;
     match serve(config, tls, tls_server, users) {
@@ -170,6 +143,23 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// `user NAME`: give the spool to NAME, then become NAME (listeners are bound).
+fn become_user(user: &str, config: &Config) -> Result<(), String> {
+    use smtp_relayd::privileges;
+    if !privileges::is_root() {
+        log::info!("user {user}: not started as root; running as the current user");
+        return Ok(());
+    }
+    let passwd = std::fs::read_to_string("/etc/passwd").map_err(|e| format!("/etc/passwd: {e}"))?;
+    let ids = privileges::lookup(&passwd, user)
+        .ok_or_else(|| format!("user '{user}' is not in /etc/passwd"))?;
+    privileges::chown_spool(&config.spool, ids)?;
+    privileges::drop_to(ids)
+        .map_err(|e| format!("cannot drop privileges to {user}: {e}; refusing to run as root"))?;
+    log::info!("running as {user} (uid {}, gid {})", ids.uid, ids.gid);
+    Ok(())
 }
 
 /// The relay's TLS client, built (and so checked: CA file, names) before anything starts.
@@ -228,6 +218,9 @@ fn serve(
         let listener =
             TcpListener::bind(l.addr).map_err(|e| format!("cannot listen on {}: {e}", l.addr))?;
         listeners.push((listener, l.tls));
+    }
+    if let Some(user) = &config.user {
+        become_user(user, &config)?;
     }
     // Registered before any thread starts, so that no thread dies of these signals.
     let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])
@@ -333,6 +326,11 @@ fn serve(
         config.workers
     );
 
+    // Every listener is bound and the spool is open: ready (systemd Type=notify).
+    smtp_relayd::notify::notify(&format!(
+        "READY=1\nSTATUS=listening on {}",
+        listen.join(" ")
+    ));
     for sig in signals.forever() {
         match sig {
             SIGHUP => {
@@ -345,6 +343,7 @@ fn serve(
         }
     }
 
+    smtp_relayd::notify::notify("STOPPING=1");
     // Stop accepting; end idle sessions; let transactions finish within the grace.
     shared.shutting_down.store(true, Ordering::SeqCst);
     let _ = waker.wake();

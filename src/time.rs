@@ -66,6 +66,22 @@ pub fn rfc5322(unix: u64) -> String {
     )
 }
 
+/// `Nov 30 22:26:04` (RFC 3164 §4.1.2, day space-padded), for syslog.
+pub fn rfc3164(unix: u64) -> String {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let p = parts(unix);
+    format!(
+        "{} {:>2} {:02}:{:02}:{:02}",
+        MONTHS[p.month as usize - 1],
+        p.day,
+        p.h,
+        p.m,
+        p.s
+    )
+}
+
 /// `2026-11-30T22:26:04Z`, for log lines.
 pub fn iso8601(unix: u64) -> String {
     let p = parts(unix);
@@ -84,6 +100,8 @@ mod tests {
         assert_eq!(rfc5322(0), "Thu, 1 Jan 1970 00:00:00 +0000");
         assert_eq!(rfc5322(1_796_077_564), "Mon, 30 Nov 2026 22:26:04 +0000");
         assert_eq!(iso8601(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3164(1_796_077_564), "Nov 30 22:26:04");
+        assert_eq!(rfc3164(0), "Jan  1 00:00:00");
         assert_eq!(iso8601(4_107_542_399), "2100-02-28T23:59:59Z");
     }
 }

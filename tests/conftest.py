@@ -56,9 +56,10 @@ class Relay:
                     f.write(f"{k} {item}\n")
         self.proc = None
 
-    def start(self, wait=True):
+    def start(self, wait=True, env=None):
         self.logf = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(RELAYD + ["-c", self.conf_path], stderr=self.logf, stdin=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(RELAYD + ["-c", self.conf_path], stderr=self.logf, stdin=subprocess.DEVNULL,
+                                     env=dict(os.environ, **(env or {})))
         if wait:
             deadline = time.time() + 15
             while time.time() < deadline:

@@ -1,0 +1,103 @@
+//! Dropping root after the listeners are bound (`user NAME`), for a minimal init
+//! that starts daemons as root. The user is looked up in /etc/passwd (what small
+//! devices have); the drop is checked, and running on as root is refused.
+
+// The only unsafe code of the crate: three libc calls that std does not wrap.
+#![allow(unsafe_code)]
+
+use std::path::Path;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ids {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// `name` in `passwd` (the contents of /etc/passwd).
+pub fn lookup(passwd: &str, name: &str) -> Option<Ids> {
+    passwd.lines().find_map(|line| {
+        let mut f = line.split(':');
+        if f.next()? != name {
+            return None;
+        }
+        let _password = f.next()?;
+        Some(Ids {
+            uid: f.next()?.parse().ok()?,
+            gid: f.next()?.parse().ok()?,
+        })
+    })
+}
+
+/// Gives the spool to the user, so that it can go on writing there.
+pub fn chown_spool(root: &Path, ids: Ids) -> Result<(), String> {
+    let own = |p: &Path| {
+        std::os::unix::fs::chown(p, Some(ids.uid), Some(ids.gid))
+            .map_err(|e| format!("{}: {e}", p.display()))
+    };
+    own(root)?;
+    for sub in ["tmp", "queue", "failed", "corrupt"] {
+        let dir = root.join(sub);
+        own(&dir)?;
+        for entry in std::fs::read_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))? {
+            own(&entry.map_err(|e| e.to_string())?.path())?;
+        }
+    }
+    Ok(())
+}
+
+/// setgroups, setgid, setuid, in that order, then checks that root cannot be regained.
+pub fn drop_to(ids: Ids) -> Result<(), String> {
+    let gid = ids.gid as libc::gid_t;
+    let uid = ids.uid as libc::uid_t;
+    // SAFETY: plain system calls with valid arguments; `&gid` outlives the call.
+    unsafe {
+        if libc::setgroups(1, &gid) != 0 {
+            return Err(format!("setgroups: {}", std::io::Error::last_os_error()));
+        }
+        if libc::setgid(gid) != 0 {
+            return Err(format!(
+                "setgid({gid}): {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        if libc::setuid(uid) != 0 {
+            return Err(format!(
+                "setuid({uid}): {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        if libc::getuid() != uid || libc::geteuid() != uid || libc::getegid() != gid {
+            return Err("the user and group did not change".into());
+        }
+        if uid != 0 && libc::setuid(0) == 0 {
+            return Err("root could be regained after the drop".into());
+        }
+    }
+    Ok(())
+}
+
+/// Whether the process runs as root.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid cannot fail and has no arguments.
+    unsafe { libc::geteuid() == 0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwd_lookup() {
+        let passwd = "root:x:0:0:root:/root:/bin/sh\n# comment\nnobody:x:65534:65534:nobody:/:/bin/false\nmail:x:8:8::/var/mail:\n";
+        assert_eq!(
+            lookup(passwd, "nobody"),
+            Some(Ids {
+                uid: 65534,
+                gid: 65534
+            })
+        );
+        assert_eq!(lookup(passwd, "mail"), Some(Ids { uid: 8, gid: 8 }));
+        assert_eq!(lookup(passwd, "nobod"), None);
+        assert_eq!(lookup("broken:x:notanumber:1::/:\n", "broken"), None);
+    }
+}

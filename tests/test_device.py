@@ -1,0 +1,90 @@
+"""Running on a device: systemd readiness, syslog, dropping root."""
+import os
+import re
+import signal
+import smtplib
+import socket
+import tempfile
+import time
+
+import pytest
+
+from conftest import free_port
+
+
+def datagram_socket(path):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.bind(path)
+    s.settimeout(15)
+    return s
+
+
+def test_sd_notify_ready_after_bind_and_stopping(sink, make_relay, tmp_path):
+    notify = datagram_socket(str(tmp_path / "notify"))
+    relay = make_relay(sink.port)
+    relay.start(wait=False, env={"NOTIFY_SOCKET": str(tmp_path / "notify")})
+    msg = notify.recv(4096).decode()
+    assert msg.startswith("READY=1\n") and f"127.0.0.1:{relay.port}" in msg
+    # Ready means the port is bound: a client is greeted at once.
+    with smtplib.SMTP("127.0.0.1", relay.port, timeout=5) as s:
+        assert s.noop()[0] == 250
+    relay.proc.send_signal(signal.SIGTERM)
+    assert notify.recv(4096) == b"STOPPING=1"
+    assert relay.proc.wait(20) == 0
+
+
+def test_sd_notify_abstract_socket(sink, make_relay):
+    name = f"smtp-relayd-test-{os.getpid()}"
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind("\0" + name)
+    notify.settimeout(15)
+    relay = make_relay(sink.port)
+    relay.start(wait=False, env={"NOTIFY_SOCKET": "@" + name})
+    assert notify.recv(4096).startswith(b"READY=1")
+
+
+def test_syslog_lines_reach_dev_log(sink, make_relay, tmp_path):
+    log_socket = datagram_socket(str(tmp_path / "devlog"))
+    relay = make_relay(sink.port, log="syslog", syslog_socket=str(tmp_path / "devlog")).start()
+    lines = []
+    deadline = time.time() + 15
+    while time.time() < deadline and not any("started:" in l for l in lines):
+        lines.append(log_socket.recv(4096).decode())
+    started = [l for l in lines if "started:" in l][0]
+    # RFC 3164: <PRI>Mmm dd hh:mm:ss tag[pid]: msg, facility mail (2), severity info (6).
+    assert re.match(r"<22>\w{3} [ \d]\d \d\d:\d\d:\d\d smtp-relayd\[\d+\]: started: listening on ", started), started
+    with smtplib.SMTP("127.0.0.1", relay.port) as s:
+        s.sendmail("a@b.c", ["d@e.f"], b"Subject: s\r\n\r\nx\r\n")
+    while not any("status=sent" in l for l in lines):
+        lines.append(log_socket.recv(4096).decode())
+    # With `log syslog`, stderr stays quiet.
+    assert "status=sent" not in relay.log()
+
+
+def test_drop_privileges_to_user(sink, make_relay):
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    # The spool must be reachable by the unprivileged user: not under pytest's 0700 tmp.
+    base = tempfile.mkdtemp(prefix="smtp-relayd-user-")
+    os.chmod(base, 0o755)
+    relay = make_relay(sink.port, spool=os.path.join(base, "spool"), user="nobody").start()
+    with open(f"/proc/{relay.proc.pid}/status") as f:
+        status = f.read()
+    uids = re.search(r"^Uid:\s+(.*)$", status, re.M).group(1).split()
+    gids = re.search(r"^Gid:\s+(.*)$", status, re.M).group(1).split()
+    assert set(uids) == {"65534"} and set(gids) == {"65534"}, status
+    assert re.search(r"^Groups:\s+65534\s*$", status, re.M), status
+    relay.wait_log(r"running as nobody \(uid 65534, gid 65534\)")
+    with smtplib.SMTP("127.0.0.1", relay.port) as s:
+        s.sendmail("a@b.c", ["d@e.f"], b"Subject: unprivileged\r\n\r\nx\r\n")
+    sink.wait_for(1)
+    assert os.stat(os.path.join(base, "spool", "queue")).st_uid == 65534
+
+
+def test_unknown_user_refuses_to_start(sink, make_relay):
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    relay = make_relay(sink.port, user="no-such-user-here")
+    relay.start(wait=False)
+    assert relay.proc.wait(15) == 1
+    assert "fatal: user 'no-such-user-here' is not in /etc/passwd" in relay.log()
