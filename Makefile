@@ -2,7 +2,12 @@
 CARGO  ?= cargo
 PYTHON ?= python3
 
-.PHONY: all build release test unit integration lint demo clean cross cross-test
+.PHONY: all build release test unit integration lint demo clean cross cross-test size install uninstall
+
+PREFIX ?= /usr/local
+DESTDIR ?=
+SHELL_SCRIPTS = cross/build.sh cross/test.sh cross/size.sh cross/init.d/smtp-relayd cross/runit/run \
+	cross/runit/log/run cross/openwrt/files/smtp-relayd.init tests/demo.sh .ci/run
 
 all: build
 
@@ -24,6 +29,7 @@ integration: build
 	$(PYTHON) -m pytest -q tests
 
 lint:
+	shellcheck $(SHELL_SCRIPTS)
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	$(CARGO) clippy --no-default-features --all-targets -- -D warnings
@@ -40,6 +46,25 @@ cross:
 
 cross-test: cross
 	sh cross/test.sh $(TARGET)
+
+# Stripped sizes of the release binary per target, with and without TLS.
+size:
+	sh cross/size.sh
+
+# The binary, the systemd unit, a commented sample config (never over an existing
+# one) and the README as documentation.
+install: release
+	install -D -m 0755 target/release/smtp-relayd $(DESTDIR)$(PREFIX)/sbin/smtp-relayd
+	install -D -m 0644 systemd/smtp-relayd.service $(DESTDIR)$(PREFIX)/lib/systemd/system/smtp-relayd.service
+	install -D -m 0644 cross/smtp-relayd.conf.sample $(DESTDIR)/etc/smtp-relayd.conf.sample
+	[ -e $(DESTDIR)/etc/smtp-relayd.conf ] || install -m 0644 cross/smtp-relayd.conf.sample $(DESTDIR)/etc/smtp-relayd.conf
+	install -D -m 0644 README.md $(DESTDIR)$(PREFIX)/share/doc/smtp-relayd/README.md
+
+# Removes what install put there, except /etc/smtp-relayd.conf (your settings).
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/sbin/smtp-relayd $(DESTDIR)$(PREFIX)/lib/systemd/system/smtp-relayd.service
+	rm -f $(DESTDIR)/etc/smtp-relayd.conf.sample $(DESTDIR)$(PREFIX)/share/doc/smtp-relayd/README.md
+	-rmdir $(DESTDIR)$(PREFIX)/share/doc/smtp-relayd
 
 clean:
 	$(CARGO) clean

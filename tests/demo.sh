@@ -5,10 +5,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=${SMTP_RELAYD_BIN:-target/debug/smtp-relayd}
 work=$(mktemp -d)
-relay_pid= sink_pid=
+relay_pid=''
+sink_pid=''
 cleanup() {
-    [ -n "$relay_pid" ] && kill "$relay_pid" 2>/dev/null || true
-    [ -n "$sink_pid" ] && kill "$sink_pid" 2>/dev/null || true
+    if [ -n "$relay_pid" ]; then kill "$relay_pid" 2>/dev/null || true; fi
+    if [ -n "$sink_pid" ]; then kill "$sink_pid" 2>/dev/null || true; fi
     wait 2>/dev/null || true
     rm -rf "$work"
 }

@@ -88,3 +88,32 @@ def test_unknown_user_refuses_to_start(sink, make_relay):
     relay.start(wait=False)
     assert relay.proc.wait(15) == 1
     assert "fatal: user 'no-such-user-here' is not in /etc/passwd" in relay.log()
+
+
+def test_sysvinit_script_starts_and_stops(sink, make_relay):
+    """cross/init.d/smtp-relayd with start-stop-daemon: start, status, clean stop."""
+    import shutil
+    import subprocess
+    from conftest import BINARY, ROOT, RUNNER
+    if RUNNER or shutil.which("start-stop-daemon") is None:
+        pytest.skip("needs start-stop-daemon and a native binary")
+    relay = make_relay(sink.port)
+    script = os.path.join(ROOT, "cross", "init.d", "smtp-relayd")
+    env = dict(os.environ, DAEMON=BINARY, CONF=relay.conf_path, PIDFILE=os.path.join(relay.dir, "pid"))
+    run = lambda action: subprocess.run(["sh", script, action], env=env, capture_output=True, text=True, timeout=60)
+    assert run("start").returncode == 0
+    deadline = time.time() + 15
+    while time.time() < deadline:
+        try:
+            with smtplib.SMTP("127.0.0.1", relay.port, timeout=5) as s:
+                s.sendmail("a@b.c", ["d@e.f"], b"Subject: init.d\r\n\r\nx\r\n")
+            break
+        except OSError:
+            time.sleep(0.1)
+    sink.wait_for(1)
+    status = run("status")
+    assert status.returncode == 0 and "running" in status.stdout
+    pid = int(open(env["PIDFILE"]).read())
+    assert run("stop").returncode == 0
+    assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+    assert run("status").returncode == 3
