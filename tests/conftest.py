@@ -15,7 +15,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from sink import Plan, Sink  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BINARY = os.environ.get("SMTP_RELAYD_BIN", os.path.join(ROOT, "target", "debug", "smtp-relayd"))
+BINARY = os.path.abspath(os.environ.get("SMTP_RELAYD_BIN", os.path.join(ROOT, "target", "debug", "smtp-relayd")))
 # A wrapper such as "qemu-aarch64-static" to run a cross-built binary.
 RUNNER = os.environ.get("SMTP_RELAYD_RUNNER", "").split()
 # The command that runs smtp-relayd: the binary, behind the runner if there is one.
