@@ -117,3 +117,29 @@ def test_sysvinit_script_starts_and_stops(sink, make_relay):
     assert run("stop").returncode == 0
     assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
     assert run("status").returncode == 3
+
+
+def test_panic_in_one_session_is_survived(sink, make_relay, tmp_path):
+    """An unwinding build (dev profile: unwinding and overflow checks, as OpenWrt
+    builds): a panicking session is logged, only its connection is lost."""
+    import subprocess
+    from conftest import ROOT, RUNNER, Client
+    if RUNNER:
+        pytest.skip("builds a native binary with the fault-injection feature")
+    target_dir = os.path.join(ROOT, "target", "fault-injection")
+    subprocess.run(["cargo", "build", "--features", "fault-injection", "--target-dir", target_dir],
+                   cwd=ROOT, check=True, capture_output=True, timeout=600)
+    binary = os.path.join(target_dir, "debug", "smtp-relayd")
+    relay = make_relay(sink.port, workers=1)
+    relay.proc = subprocess.Popen([binary, "-c", relay.conf_path], stderr=open(relay.log_path, "ab"))
+    relay.logf = open(relay.log_path, "ab")
+    relay.wait_log(r"started:")
+    c = Client(relay.port)
+    c.send(b"XPANIC\r\n")
+    assert c.closed(10)
+    relay.wait_log(r"error: worker 0: session panicked; connection dropped")
+    # The same (only) worker serves the next client.
+    with smtplib.SMTP("127.0.0.1", relay.port, timeout=10) as s:
+        s.sendmail("a@b.c", ["d@e.f"], b"Subject: after the panic\r\n\r\nx\r\n")
+    sink.wait_for(1)
+    assert relay.proc.poll() is None

@@ -202,6 +202,10 @@ impl Worker {
                     return End::Lost(phase(session));
                 }
             };
+            #[cfg(feature = "fault-injection")]
+            if buf[..n].starts_with(b"XPANIC") {
+                panic!("fault injection: XPANIC");
+            }
             let mut pos = 0;
             loop {
                 let (used, step) = session.feed(&buf[pos..n]);
