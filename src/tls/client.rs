@@ -32,7 +32,10 @@ impl TlsClient {
             .with_safe_default_protocol_versions()
             .map_err(|e| format!("TLS: {e}"))?;
         let (tls, trust) = if let Some(pin) = config.smarthost_fingerprint {
-            let v = Pinned { pin, provider };
+            let v = Custom {
+                trust: Trust::Pinned(pin),
+                provider,
+            };
             let trust = format!(
                 "only the certificate with fingerprint sha256:{}",
                 super::hex(&pin)
@@ -44,7 +47,10 @@ impl TlsClient {
                 trust,
             )
         } else if !config.smarthost_tls_verify {
-            let v = Unverified { provider };
+            let v = Custom {
+                trust: Trust::Anything,
+                provider,
+            };
             let trust =
                 "ANY certificate (smarthost_tls_verify no: not verified, open to interception)"
                     .to_string();
@@ -133,16 +139,23 @@ fn root_store(config: &Config) -> Result<(RootCertStore, String), String> {
         .to_string())
 }
 
-/// Trusts exactly one certificate, by its SHA-256 (as dma's FINGERPRINT does): no CA,
-/// no name check, no dates, so it also serves a smarthost with a self-signed
-/// certificate. The handshake signatures are still verified.
+/// Trust without CAs: exactly one certificate by its SHA-256 (as dma's FINGERPRINT
+/// does: no CA, no name check, no dates, so a self-signed smarthost works too), or
+/// any certificate (`smarthost_tls_verify no`, logged loudly). Either way the
+/// handshake signatures are verified.
 #[derive(Debug)]
-struct Pinned {
-    pin: [u8; 32],
+enum Trust {
+    Pinned([u8; 32]),
+    Anything,
+}
+
+#[derive(Debug)]
+struct Custom {
+    trust: Trust,
     provider: Arc<CryptoProvider>,
 }
 
-impl ServerCertVerifier for Pinned {
+impl ServerCertVerifier for Custom {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -151,69 +164,20 @@ impl ServerCertVerifier for Pinned {
         _ocsp: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let got = super::fingerprint(end_entity);
-        if got == self.pin {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::General(format!(
-                "certificate fingerprint sha256:{} does not match smarthost_fingerprint",
-                super::hex(&got)
-            )))
+        match &self.trust {
+            Trust::Anything => Ok(ServerCertVerified::assertion()),
+            Trust::Pinned(pin) => {
+                let got = super::fingerprint(end_entity);
+                if got == *pin {
+                    Ok(ServerCertVerified::assertion())
+                } else {
+                    Err(rustls::Error::General(format!(
+                        "certificate fingerprint sha256:{} does not match smarthost_fingerprint",
+                        super::hex(&got)
+                    )))
+                }
+            }
         }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
-/// `smarthost_tls_verify no`: any certificate. Logged loudly at start and on each
-/// connection; it exists for a LAN smarthost with a broken certificate.
-#[derive(Debug)]
-struct Unverified {
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for Unverified {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
