@@ -10,6 +10,7 @@ pub mod notify;
 pub mod privileges;
 pub mod protocol;
 pub mod relay;
+pub mod sendmail;
 pub mod server;
 pub mod spool;
 pub mod stream;

@@ -1,0 +1,5 @@
+//! The sendmail-compatible command: `smtp-relayd sendmail ...`, or the binary called
+//! through a link named `sendmail` (and `mailq`).
+
+pub mod args;
+pub mod message;
