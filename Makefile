@@ -51,10 +51,13 @@ cross-test: cross
 size:
 	sh cross/size.sh
 
-# The binary, the systemd unit, a commented sample config (never over an existing
+# The binary (with sendmail and mailq links to it), the systemd unit, a commented sample config (never over an existing
 # one) and the README as documentation.
 install: release
 	install -D -m 0755 target/release/smtp-relayd $(DESTDIR)$(PREFIX)/sbin/smtp-relayd
+	ln -sf smtp-relayd $(DESTDIR)$(PREFIX)/sbin/sendmail
+	install -d $(DESTDIR)$(PREFIX)/bin
+	ln -sf ../sbin/smtp-relayd $(DESTDIR)$(PREFIX)/bin/mailq
 	install -D -m 0644 systemd/smtp-relayd.service $(DESTDIR)$(PREFIX)/lib/systemd/system/smtp-relayd.service
 	install -D -m 0644 cross/smtp-relayd.conf.sample $(DESTDIR)/etc/smtp-relayd.conf.sample
 	[ -e $(DESTDIR)/etc/smtp-relayd.conf ] || install -m 0644 cross/smtp-relayd.conf.sample $(DESTDIR)/etc/smtp-relayd.conf
@@ -63,6 +66,8 @@ install: release
 # Removes what install put there, except /etc/smtp-relayd.conf (your settings).
 uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/sbin/smtp-relayd $(DESTDIR)$(PREFIX)/lib/systemd/system/smtp-relayd.service
+	[ ! -L $(DESTDIR)$(PREFIX)/sbin/sendmail ] || rm -f $(DESTDIR)$(PREFIX)/sbin/sendmail
+	[ ! -L $(DESTDIR)$(PREFIX)/bin/mailq ] || rm -f $(DESTDIR)$(PREFIX)/bin/mailq
 	rm -f $(DESTDIR)/etc/smtp-relayd.conf.sample $(DESTDIR)$(PREFIX)/share/doc/smtp-relayd/README.md
 	-rmdir $(DESTDIR)$(PREFIX)/share/doc/smtp-relayd
 

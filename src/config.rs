@@ -167,6 +167,8 @@ pub struct Config {
     pub syslog_socket: PathBuf,
     /// Started as root: become this user after binding the listeners.
     pub user: Option<String>,
+    /// The envelope sender sendmail uses without -f (default: the caller at hostname).
+    pub sendmail_from: Option<String>,
 }
 
 /// Every key, for `--check`, the README and "did you mean".
@@ -205,6 +207,7 @@ pub const KEYS: &[&str] = &[
     "log",
     "syslog_socket",
     "user",
+    "sendmail_from",
 ];
 
 impl Config {
@@ -257,6 +260,7 @@ impl Config {
             log: crate::logger::Target::Stderr,
             syslog_socket: PathBuf::from("/dev/log"),
             user: None,
+            sendmail_from: None,
         };
         let mut seen: Vec<(&str, usize)> = Vec::new();
         let mut allow_given = false;
@@ -398,6 +402,11 @@ impl Config {
                 }
                 "syslog_socket" => c.syslog_socket = absolute(value).map_err(err)?,
                 "user" => c.user = Some(value.to_string()),
+                "sendmail_from" => {
+                    crate::protocol::address::check_mailbox(value.as_bytes(), false)
+                        .map_err(|_| err(format!("sendmail_from '{value}' is not an address")))?;
+                    c.sendmail_from = Some(value.to_string());
+                }
                 "tls_cert" => c.tls_cert = Some(absolute(value).map_err(err)?),
                 "tls_key" => c.tls_key = Some(absolute(value).map_err(err)?),
                 "smarthost_auth_plaintext" => {
@@ -606,6 +615,9 @@ impl Config {
         };
         if let Some(u) = &self.user {
             let _ = writeln!(s, "user {u}");
+        }
+        if let Some(f) = &self.sendmail_from {
+            let _ = writeln!(s, "sendmail_from {f}");
         }
         let _ = writeln!(s, "log {log}");
         let _ = writeln!(s, "syslog_socket {}", self.syslog_socket.display());

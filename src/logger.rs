@@ -96,11 +96,13 @@ impl Log for Logger {
 
 /// Installs the logger. Call once, before the threads start.
 pub fn init(target: Target, syslog_socket: PathBuf) {
-    let level = match std::env::var("RUST_LOG")
-        .unwrap_or_default()
-        .to_ascii_lowercase()
-        .as_str()
-    {
+    init_level(target, syslog_socket, "info")
+}
+
+/// Installs the logger with `default` as the level when `RUST_LOG` says none.
+pub fn init_level(target: Target, syslog_socket: PathBuf, default: &str) {
+    let wanted = std::env::var("RUST_LOG").unwrap_or_else(|_| default.to_string());
+    let level = match wanted.to_ascii_lowercase().as_str() {
         "error" => LevelFilter::Error,
         "warn" => LevelFilter::Warn,
         "debug" => LevelFilter::Debug,

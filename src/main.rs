@@ -29,6 +29,8 @@ const HELP: &str = "\
 smtp-relayd: a small, durable SMTP relay for embedded Linux
 
 Usage: smtp-relayd [-c FILE] [--check]
+       smtp-relayd sendmail [sendmail options] [recipient...]   (also as a link named sendmail)
+       smtp-relayd queue [-c FILE] [list | show ID | flush | delete ID | retry-failed ID|all]   (mailq)
 
 Options:
   -c, --config FILE   configuration file (default /etc/smtp-relayd.conf)
@@ -79,7 +81,156 @@ fn parse_args() -> Result<Option<Args>, String> {
     Ok(Some(args))
 }
 
+/// The config for the sendmail and queue commands: `-c`, else `$SMTP_RELAYD_CONFIG`,
+/// else the default.
+fn tool_config(explicit: Option<PathBuf>) -> Result<(Config, Option<TlsClient>), ExitCode> {
+    let path = explicit
+        .or_else(|| std::env::var_os("SMTP_RELAYD_CONFIG").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
+    let config = Config::load(&path).map_err(|e| {
+        eprintln!("{e}");
+        ExitCode::from(EX_CONFIG)
+    })?;
+    let tls = smarthost_tls(&config).map_err(|e| {
+        eprintln!("{e}");
+        ExitCode::from(EX_CONFIG)
+    })?;
+    Ok((config, tls))
+}
+
+fn sendmail_main(args: &[String]) -> ExitCode {
+    use smtp_relayd::sendmail::{args::Mode, submit};
+    let opts = match smtp_relayd::sendmail::args::parse(args) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("sendmail: {e}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    let (config, tls) = match tool_config(opts.config.clone()) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    smtp_relayd::logger::init_level(
+        smtp_relayd::logger::Target::Stderr,
+        config.syslog_socket.clone(),
+        if opts.verbose { "info" } else { "warn" },
+    );
+    match opts.mode {
+        Mode::Deliver => match submit::submit(&config, &opts, std::io::stdin().lock()) {
+            Ok(id) => {
+                if opts.verbose {
+                    println!("sendmail: queued as {id}");
+                }
+                ExitCode::SUCCESS
+            }
+            Err(submit::Failure(code, msg)) => {
+                eprintln!("sendmail: {msg}");
+                ExitCode::from(code)
+            }
+        },
+        Mode::List => queue_run(&config, tls, &["list".to_string()]),
+        Mode::Flush => queue_run(&config, tls, &["flush".to_string()]),
+        Mode::Smtp => smtp_relayd::sendmail::stdio::serve(&config),
+    }
+}
+
+fn queue_main(args: &[String]) -> ExitCode {
+    let (explicit, rest) = match args {
+        [c, file, rest @ ..] if c == "-c" => (Some(PathBuf::from(file)), rest),
+        rest => (None, rest),
+    };
+    let (config, tls) = match tool_config(explicit) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    smtp_relayd::logger::init_level(
+        smtp_relayd::logger::Target::Stderr,
+        config.syslog_socket.clone(),
+        "info",
+    );
+    queue_run(&config, tls, rest)
+}
+
+const QUEUE_USAGE: &str =
+    "usage: smtp-relayd queue [-c FILE] [list | show ID | flush | delete ID | retry-failed ID|all]";
+
+fn queue_run(config: &Config, tls: Option<TlsClient>, args: &[String]) -> ExitCode {
+    use smtp_relayd::relay::Request;
+    use smtp_relayd::sendmail::queue;
+    let spool = match smtp_relayd::spool::Spool::attach(&config.spool) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("queue: cannot open spool {}: {e}", config.spool.display());
+            return ExitCode::from(73);
+        }
+    };
+    let id = |s: &String| {
+        smtp_relayd::spool::QueueId::try_from(s.as_str())
+            .ok()
+            .filter(|i| smtp_relayd::spool::valid_id(i))
+    };
+    let args: Vec<&String> = args.iter().collect();
+    let result = match args.as_slice() {
+        [] => queue::list(&spool),
+        [c] if *c == "list" => queue::list(&spool),
+        [c, i] if *c == "show" => queue::show(&spool, i),
+        [c] if *c == "flush" => queue::command(config, tls, spool, Request::Flush),
+        [c, i] if *c == "delete" && id(i).is_some() => {
+            queue::command(config, tls, spool, Request::Delete(id(i).unwrap()))
+        }
+        [c, a] if *c == "retry-failed" && *a == "all" => {
+            queue::command(config, tls, spool, Request::RetryFailed(None))
+        }
+        [c, i] if *c == "retry-failed" && id(i).is_some() => {
+            queue::command(config, tls, spool, Request::RetryFailed(id(i)))
+        }
+        _ => {
+            eprintln!("{QUEUE_USAGE}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    match result {
+        Ok(text) if text.starts_with("error") => {
+            eprintln!("queue: {}", &text[6..]);
+            ExitCode::from(1)
+        }
+        Ok(text) => {
+            print!(
+                "{}",
+                text.strip_prefix("ok ")
+                    .map(|t| format!("{t}\n"))
+                    .unwrap_or(text)
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("queue: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    // Called as `sendmail` or `mailq` (a link), or with those as the first argument.
+    let argv: Vec<String> = match std::env::args_os().map(|a| a.into_string()).collect() {
+        Ok(v) => v,
+        Err(_) => {
+            eprintln!("smtp-relayd: arguments must be UTF-8");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    let name = argv
+        .first()
+        .map(|a| a.rsplit('/').next().unwrap_or(a).to_string())
+        .unwrap_or_default();
+    match (name.as_str(), argv.get(1).map(String::as_str)) {
+        ("sendmail", _) => return sendmail_main(&argv[1..]),
+        ("mailq", _) => return queue_main(&["list".to_string()]),
+        (_, Some("sendmail")) => return sendmail_main(&argv[2..]),
+        (_, Some("queue")) => return queue_main(&argv[2..]),
+        _ => {}
+    }
     let args = match parse_args() {
         Ok(Some(a)) => a,
         Ok(None) => return ExitCode::SUCCESS,
@@ -222,6 +373,11 @@ fn serve(
     if let Some(user) = &config.user {
         become_user(user, &config)?;
     }
+    // Queue commands and sendmail's wake-ups, for the relay thread.
+    let control_path = smtp_relayd::relay::control_path(&spool);
+    let _ = std::fs::remove_file(&control_path);
+    let control = std::os::unix::net::UnixDatagram::bind(&control_path)
+        .map_err(|e| format!("cannot bind {}: {e}", control_path.display()))?;
     // Registered before any thread starts, so that no thread dies of these signals.
     let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])
         .map_err(|e| format!("cannot set up signals: {e}"))?;
@@ -267,6 +423,29 @@ fn serve(
             })
             .map_err(|e| e.to_string())?
     };
+    {
+        let relay_tx = relay_tx.clone();
+        std::thread::Builder::new()
+            .name("control".into())
+            .stack_size(64 * 1024)
+            .spawn(move || {
+                loop {
+                    match smtp_relayd::sendmail::queue::receive(&control) {
+                        Ok(Some((req, reply_to))) => {
+                            if relay_tx.send(Control::Request(req, reply_to)).is_err() {
+                                break;
+                            }
+                        }
+                        Ok(None) => log::warn!("control: ignored a malformed request"),
+                        Err(e) => {
+                            log::error!("control: {e}");
+                            break;
+                        }
+                    }
+                }
+            })
+            .map_err(|e| e.to_string())?;
+    }
     let mut workers = Vec::new();
     for index in 0..config.workers {
         let w = Worker {

@@ -76,6 +76,23 @@ pub fn drop_to(ids: Ids) -> Result<(), String> {
     Ok(())
 }
 
+/// The real user id.
+pub fn uid() -> u32 {
+    // SAFETY: getuid cannot fail and has no arguments.
+    unsafe { libc::getuid() }
+}
+
+/// The name of the real user, from /etc/passwd.
+pub fn current_user() -> Option<String> {
+    let uid = uid().to_string();
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|l| {
+        let mut f = l.split(':');
+        let name = f.next()?;
+        (f.nth(1)? == uid).then(|| name.to_string())
+    })
+}
+
 /// Whether the process runs as root.
 pub fn is_root() -> bool {
     // SAFETY: geteuid cannot fail and has no arguments.

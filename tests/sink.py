@@ -20,7 +20,7 @@ import time
 class Plan:
     """What the sink answers. Each list is consumed one entry per use; the last
     entry repeats. A reply of "close" hangs up instead of answering; "hang" never
-    answers."""
+    answers; "delay N REPLY" answers REPLY after N seconds."""
 
     def __init__(self, **kw):
         self.greeting = kw.get("greeting", ["220 sink.test ESMTP"])
@@ -95,6 +95,9 @@ class Sink:
                 raise ConnectionAbortedError
             if line == "hang":
                 time.sleep(3600)
+            if line.startswith("delay "):
+                _, seconds, line = line.split(" ", 2)
+                time.sleep(float(seconds))
             out.write(line.encode() + b"\r\n")
             out.flush()
 

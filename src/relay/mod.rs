@@ -28,6 +28,62 @@ pub enum Control {
     Queued(QueueId),
     /// Look at the stop flag and the rescan flag.
     Wake,
+    /// A queue command from `smtp-relayd queue` / sendmail, and where to answer.
+    Request(Request, Option<std::os::unix::net::SocketAddr>),
+}
+
+/// A queue command. The relay thread carries it out between deliveries, so it never
+/// races a delivery in flight.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// sendmail queued this message.
+    Queued(QueueId),
+    /// Try everything now.
+    Flush,
+    /// Remove a message from the queue or the failed area.
+    Delete(QueueId),
+    /// Put failed messages (one, or all: `None`) back in the queue.
+    RetryFailed(Option<QueueId>),
+}
+
+impl Request {
+    /// The datagram form: `queued ID`, `flush`, `delete ID`, `retry-failed ID|all`.
+    pub fn encode(&self) -> String {
+        match self {
+            Request::Queued(id) => format!("queued {id}"),
+            Request::Flush => "flush".into(),
+            Request::Delete(id) => format!("delete {id}"),
+            Request::RetryFailed(Some(id)) => format!("retry-failed {id}"),
+            Request::RetryFailed(None) => "retry-failed all".into(),
+        }
+    }
+
+    pub fn decode(text: &str) -> Option<Request> {
+        let id = |s: &str| {
+            crate::spool::valid_id(s)
+                .then(|| QueueId::try_from(s).ok())
+                .flatten()
+        };
+        match text.split_once(' ').unwrap_or((text, "")) {
+            ("queued", i) => id(i).map(Request::Queued),
+            ("flush", "") => Some(Request::Flush),
+            ("delete", i) => id(i).map(Request::Delete),
+            ("retry-failed", "all") => Some(Request::RetryFailed(None)),
+            ("retry-failed", i) => id(i).map(|i| Request::RetryFailed(Some(i))),
+            _ => None,
+        }
+    }
+}
+
+/// The lock only the running relay holds (the daemon's relay thread, or a queue
+/// command doing a delivery pass itself when no daemon runs).
+pub fn lock_path(spool: &Spool) -> std::path::PathBuf {
+    spool.root().join("relay.lock")
+}
+
+/// The datagram socket a running daemon takes queue commands on.
+pub fn control_path(spool: &Spool) -> std::path::PathBuf {
+    spool.root().join("control")
 }
 
 /// How often `queue/` is re-read even when nobody asked, as a safety net.
@@ -86,7 +142,42 @@ impl Relay {
         }
     }
 
+    /// Takes the relay lock, waiting while a queue command holds it.
+    fn lock(&self) -> Option<std::fs::File> {
+        let open = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(lock_path(&self.spool));
+        match open.and_then(|f| f.lock().map(|()| f)) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                log::error!(
+                    "relay: cannot lock {}: {e}",
+                    lock_path(&self.spool).display()
+                );
+                None
+            }
+        }
+    }
+
+    /// One delivery pass over the whole queue, then QUIT (for `queue flush` when no
+    /// daemon runs). The caller holds the relay lock.
+    pub fn run_once(mut self) -> usize {
+        self.scan();
+        let mut tried = 0;
+        while let Some(id) = self.due.pop_front() {
+            self.deliver(id);
+            tried += 1;
+        }
+        if let Some(c) = self.conn.take() {
+            c.quit();
+        }
+        tried
+    }
+
     pub fn run(mut self) {
+        let _lock = self.lock();
         self.scan();
         if !self.due.is_empty() {
             log::info!("relay: {} message(s) in the queue at start", self.due.len());
@@ -151,10 +242,85 @@ impl Relay {
     }
 
     fn take(&mut self, c: Control) {
-        if let Control::Queued(id) = c
-            && self.known.insert(id.clone())
-        {
-            self.due.push_back(id);
+        match c {
+            Control::Queued(id) | Control::Request(Request::Queued(id), None) => {
+                if self.known.insert(id.clone()) {
+                    self.due.push_back(id);
+                }
+            }
+            Control::Wake => {}
+            Control::Request(req, reply_to) => {
+                let answer = self.handle(req);
+                if let Some(addr) = reply_to {
+                    let sent = std::os::unix::net::UnixDatagram::unbound()
+                        .and_then(|s| s.send_to_addr(answer.as_bytes(), &addr));
+                    if let Err(e) = sent {
+                        log::warn!("relay: cannot answer the queue command: {e}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Carries out a queue command; the answer starts with `ok` or `error`.
+    pub fn handle(&mut self, req: Request) -> String {
+        let now = now_unix();
+        match req {
+            Request::Queued(id) => {
+                if self.known.insert(id.clone()) {
+                    self.due.push_back(id);
+                }
+                "ok queued".into()
+            }
+            Request::Flush => {
+                self.scan();
+                let n = self.waiting.len();
+                while let Some(Reverse((_, id))) = self.waiting.pop() {
+                    self.due.push_back(id);
+                }
+                log::info!(
+                    "relay: flush requested: {} message(s) to try now",
+                    self.due.len()
+                );
+                format!(
+                    "ok flushing {} message(s) ({n} were waiting for a retry)",
+                    self.due.len()
+                )
+            }
+            Request::Delete(id) => {
+                self.due.retain(|d| *d != id);
+                self.waiting.retain(|Reverse((_, w))| *w != id);
+                self.forget(&id);
+                match self.spool.delete(&id) {
+                    Ok(true) => {
+                        log::info!("{id}: deleted by queue command");
+                        format!("ok deleted {id}")
+                    }
+                    Ok(false) => format!("error no message {id}"),
+                    Err(e) => format!("error cannot delete {id}: {e}"),
+                }
+            }
+            Request::RetryFailed(which) => {
+                let ids = match which {
+                    Some(id) => vec![id],
+                    None => self.spool.list_failed().unwrap_or_default(),
+                };
+                let mut moved = 0;
+                for id in ids {
+                    match self.spool.retry_failed(&id, now) {
+                        Ok(true) => {
+                            log::info!("{id}: back in the queue (retry-failed)");
+                            moved += 1;
+                            if self.known.insert(id.clone()) {
+                                self.due.push_back(id);
+                            }
+                        }
+                        Ok(false) => return format!("error no failed message {id}"),
+                        Err(e) => return format!("error cannot retry {id}: {e}"),
+                    }
+                }
+                format!("ok {moved} message(s) back in the queue")
+            }
         }
     }
 

@@ -53,7 +53,10 @@ pub fn parse(args: &[String]) -> Result<Options, String> {
             if !rest.is_empty() {
                 return Ok(rest.to_string());
             }
-            let v = args.get(i).cloned().ok_or_else(|| format!("option -{name} needs a value"))?;
+            let v = args
+                .get(i)
+                .cloned()
+                .ok_or_else(|| format!("option -{name} needs a value"))?;
             i += 1;
             Ok(v)
         };
@@ -104,14 +107,44 @@ mod tests {
 
     #[test]
     fn flags_as_scripts_use_them() {
-        let o = p(&["-t", "-i", "-f", "cron@box", "-F", "Cron Daemon", "extra@x.org"]).unwrap();
+        let o = p(&[
+            "-t",
+            "-i",
+            "-f",
+            "cron@box",
+            "-F",
+            "Cron Daemon",
+            "extra@x.org",
+        ])
+        .unwrap();
         assert!(o.extract_recipients && o.ignore_dots);
         assert_eq!(o.sender.as_deref(), Some("cron@box"));
         assert_eq!(o.full_name.as_deref(), Some("Cron Daemon"));
         assert_eq!(o.recipients, ["extra@x.org"]);
 
-        let o = p(&["-oi", "-oem", "-odi", "-odb", "-oQ/var/spool", "-Ox=y", "-O", "a=b", "-N", "never", "-R", "hdrs",
-                    "-B", "8BITMIME", "-U", "-em", "-fme@x", "-rmore@x", "--", "-dash@x.org"]).unwrap();
+        let o = p(&[
+            "-oi",
+            "-oem",
+            "-odi",
+            "-odb",
+            "-oQ/var/spool",
+            "-Ox=y",
+            "-O",
+            "a=b",
+            "-N",
+            "never",
+            "-R",
+            "hdrs",
+            "-B",
+            "8BITMIME",
+            "-U",
+            "-em",
+            "-fme@x",
+            "-rmore@x",
+            "--",
+            "-dash@x.org",
+        ])
+        .unwrap();
         assert!(o.ignore_dots);
         assert_eq!(o.sender.as_deref(), Some("more@x"));
         assert_eq!(o.recipients, ["-dash@x.org"]);
@@ -122,7 +155,10 @@ mod tests {
         assert_eq!(p(&["-q30m"]).unwrap().mode, Mode::Flush);
         assert_eq!(p(&["-bs"]).unwrap().mode, Mode::Smtp);
         assert_eq!(p(&["-bm", "a@b"]).unwrap().mode, Mode::Deliver);
-        assert_eq!(p(&["-c", "/etc/x.conf", "a@b"]).unwrap().config, Some(PathBuf::from("/etc/x.conf")));
+        assert_eq!(
+            p(&["-c", "/etc/x.conf", "a@b"]).unwrap().config,
+            Some(PathBuf::from("/etc/x.conf"))
+        );
         assert!(p(&["-v", "a@b"]).unwrap().verbose);
         assert!(p(&["-bd"]).is_err());
         assert!(p(&["-Z"]).is_err());

@@ -103,7 +103,11 @@ pub fn address_list(value: &str) -> Vec<String> {
 
 /// Qualifies a bare local name (`root`) with the host name and checks the grammar.
 pub fn qualify(addr: &str, hostname: &str) -> Result<String, DataError> {
-    let full = if addr.contains('@') { addr.to_string() } else { format!("{addr}@{hostname}") };
+    let full = if addr.contains('@') {
+        addr.to_string()
+    } else {
+        format!("{addr}@{hostname}")
+    };
     address::check_mailbox(full.as_bytes(), true)
         .map_err(|_| DataError(format!("bad address '{addr}'")))?;
     if full.len() > crate::protocol::limits::MAILBOX {
@@ -128,9 +132,10 @@ pub fn prepare(input: &[u8], ctx: &Context<'_>) -> Result<Prepared, DataError> {
     let mut fields: Vec<(String, Vec<&[u8]>)> = Vec::new();
     for line in &lines[..header_end] {
         match header_name(line) {
-            Some(name) if !matches!(line.first(), Some(b' ' | b'\t')) => {
-                fields.push((String::from_utf8_lossy(name).to_ascii_lowercase(), vec![line]))
-            }
+            Some(name) if !matches!(line.first(), Some(b' ' | b'\t')) => fields.push((
+                String::from_utf8_lossy(name).to_ascii_lowercase(),
+                vec![line],
+            )),
             _ => {
                 if let Some(last) = fields.last_mut() {
                     last.1.push(line)
@@ -163,7 +168,14 @@ pub fn prepare(input: &[u8], ctx: &Context<'_>) -> Result<Prepared, DataError> {
     }
     if !has("from") {
         match ctx.full_name {
-            Some(n) => push(format!("From: \"{}\" <{}>", n.replace(['"', '\\', '\r', '\n'], ""), ctx.sender).as_bytes()),
+            Some(n) => push(
+                format!(
+                    "From: \"{}\" <{}>",
+                    n.replace(['"', '\\', '\r', '\n'], ""),
+                    ctx.sender
+                )
+                .as_bytes(),
+            ),
             None => push(format!("From: {}", ctx.sender).as_bytes()),
         }
     }
@@ -174,12 +186,20 @@ pub fn prepare(input: &[u8], ctx: &Context<'_>) -> Result<Prepared, DataError> {
         push(format!("Message-ID: {}", ctx.message_id).as_bytes());
     }
     push(b"");
-    let body_start = if lines.get(header_end).is_some_and(|l| l.is_empty()) { header_end + 1 } else { header_end };
+    let body_start = if lines.get(header_end).is_some_and(|l| l.is_empty()) {
+        header_end + 1
+    } else {
+        header_end
+    };
     for line in &lines[body_start..] {
         push(line);
     }
     let eight_bit = out.iter().any(|&b| b >= 0x80);
-    Ok(Prepared { content: out, header_recipients, eight_bit })
+    Ok(Prepared {
+        content: out,
+        header_recipients,
+        eight_bit,
+    })
 }
 
 #[cfg(test)]
@@ -201,10 +221,22 @@ mod tests {
     #[test]
     fn address_lists() {
         assert_eq!(address_list("a@b.c"), ["a@b.c"]);
-        assert_eq!(address_list("Ops Team <ops@x.org>, \"Doe, John\" <jd@x.org>"), ["ops@x.org", "jd@x.org"]);
-        assert_eq!(address_list("a@x.org (comment, with comma), b@x.org"), ["a@x.org", "b@x.org"]);
-        assert_eq!(address_list("undisclosed-recipients:;"), Vec::<String>::new());
-        assert_eq!(address_list("team: a@x.org, b@x.org;"), ["a@x.org", "b@x.org"]);
+        assert_eq!(
+            address_list("Ops Team <ops@x.org>, \"Doe, John\" <jd@x.org>"),
+            ["ops@x.org", "jd@x.org"]
+        );
+        assert_eq!(
+            address_list("a@x.org (comment, with comma), b@x.org"),
+            ["a@x.org", "b@x.org"]
+        );
+        assert_eq!(
+            address_list("undisclosed-recipients:;"),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            address_list("team: a@x.org, b@x.org;"),
+            ["a@x.org", "b@x.org"]
+        );
         assert_eq!(address_list("root, admin"), ["root", "admin"]);
         assert_eq!(address_list(""), Vec::<String>::new());
     }
@@ -223,7 +255,10 @@ mod tests {
         // missing headers are added; a lone dot line is kept with -i.
         let input = b"To: a@x.org,\n  b@x.org\nCc: Carol <c@x.org>\nBcc: secret@x.org\nSubject: hi\n\nline\n.\nafter\n";
         let p = prepare(input, &ctx(true, true)).unwrap();
-        assert_eq!(p.header_recipients, ["a@x.org", "b@x.org", "c@x.org", "secret@x.org"]);
+        assert_eq!(
+            p.header_recipients,
+            ["a@x.org", "b@x.org", "c@x.org", "secret@x.org"]
+        );
         assert_eq!(
             String::from_utf8(p.content).unwrap(),
             "To: a@x.org,\r\n  b@x.org\r\nCc: Carol <c@x.org>\r\nSubject: hi\r\nFrom: root@box.lan\r\n\
@@ -231,20 +266,36 @@ mod tests {
         );
         // Without -i, a lone dot ends the message.
         let p = prepare(b"Subject: x\n\nbefore\n.\nafter\n", &ctx(false, false)).unwrap();
-        assert!(String::from_utf8(p.content).unwrap().ends_with("\r\n\r\nbefore\r\n"));
+        assert!(
+            String::from_utf8(p.content)
+                .unwrap()
+                .ends_with("\r\n\r\nbefore\r\n")
+        );
         // Present headers are kept, not doubled; CRLF input stays CRLF.
         let input = b"From: me@x.org\r\nDate: Tue, 1 Dec 2026 00:00:00 +0000\r\nMessage-ID: <m@x>\r\n\r\nbody\r\n";
         let p = prepare(input, &ctx(false, true)).unwrap();
         assert_eq!(p.content, input.to_vec());
         // No header at all: the body is kept whole behind the generated headers.
-        let p = prepare(b"just a line: with a colon? no, it has spaces first\nsecond\n", &ctx(false, true)).unwrap();
+        let p = prepare(
+            b"just a line: with a colon? no, it has spaces first\nsecond\n",
+            &ctx(false, true),
+        )
+        .unwrap();
         let text = String::from_utf8(p.content).unwrap();
-        assert!(text.ends_with("\r\n\r\njust a line: with a colon? no, it has spaces first\r\nsecond\r\n"), "{text}");
+        assert!(
+            text.ends_with(
+                "\r\n\r\njust a line: with a colon? no, it has spaces first\r\nsecond\r\n"
+            ),
+            "{text}"
+        );
         // A full name for the generated From; 8-bit content is flagged.
         let mut c = ctx(false, true);
         c.full_name = Some("Cron \"Daemon\"");
         let p = prepare("Subject: caf\u{e9}\n\nx\n".as_bytes(), &c).unwrap();
-        assert!(String::from_utf8_lossy(&p.content).contains("From: \"Cron Daemon\" <root@box.lan>\r\n"));
+        assert!(
+            String::from_utf8_lossy(&p.content)
+                .contains("From: \"Cron Daemon\" <root@box.lan>\r\n")
+        );
         assert!(p.eight_bit);
         // A bad address in a header is a data error.
         assert!(prepare(b"To: not an address\n\nx\n", &ctx(true, true)).is_err());

@@ -3,3 +3,6 @@
 
 pub mod args;
 pub mod message;
+pub mod queue;
+pub mod stdio;
+pub mod submit;

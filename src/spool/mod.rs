@@ -28,6 +28,7 @@
 //! F 1 1796077570 550 5.1.1 no such user            recipient 1 failed for good
 //! T 1796077570 1796077630 451 4.3.0 try later       an attempt deferred; next try
 //! X 1796077570 message expired: 451 4.3.0 ...      the message failed as a whole
+//! R 1796077600                                      sent back to the queue: failed recipients are retried
 //! ```
 
 mod dirsync;
@@ -127,22 +128,9 @@ pub fn is_no_space(e: &io::Error) -> bool {
 }
 
 impl Spool {
-    /// Opens (creating if need be) the spool at `root` and clears `tmp/`.
+    /// Opens the spool for the daemon: creates what is missing and clears `tmp/`.
     pub fn open(root: &Path) -> io::Result<Spool> {
-        for sub in ["", "tmp", "queue", "failed", "corrupt"] {
-            let dir = root.join(sub);
-            match fs::DirBuilder::new().mode(0o700).create(&dir) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => {}
-                Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", dir.display()))),
-            }
-        }
-        let spool = Spool {
-            root: root.to_path_buf(),
-            queue_sync: DirSync::new(root.join("queue")),
-            pid: std::process::id(),
-            counter: AtomicU32::new(0),
-        };
+        let spool = Self::attach(root)?;
         // What is in tmp/ was never acknowledged to a client; it is safe to drop.
         for entry in fs::read_dir(root.join("tmp"))? {
             let path = entry?.path();
@@ -151,6 +139,25 @@ impl Spool {
             }
         }
         Ok(spool)
+    }
+
+    /// Opens the spool beside a daemon that may be running (sendmail, queue tools):
+    /// nothing in `tmp/` is touched, since it may be a message being received.
+    pub fn attach(root: &Path) -> io::Result<Spool> {
+        for sub in ["", "tmp", "queue", "failed", "corrupt"] {
+            let dir = root.join(sub);
+            match fs::DirBuilder::new().mode(0o700).create(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => {}
+                Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", dir.display()))),
+            }
+        }
+        Ok(Spool {
+            root: root.to_path_buf(),
+            queue_sync: DirSync::new(root.join("queue")),
+            pid: std::process::id(),
+            counter: AtomicU32::new(0),
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -241,6 +248,49 @@ impl Spool {
         Ok(())
     }
 
+    /// The ids in `failed/`, oldest first.
+    pub fn list_failed(&self) -> io::Result<Vec<QueueId>> {
+        let mut ids: Vec<QueueId> = fs::read_dir(self.root.join("failed"))?
+            .filter_map(|e| {
+                let name = e.ok()?.file_name();
+                let name = name.to_str().filter(|n| valid_id(n))?;
+                QueueId::try_from(name).ok()
+            })
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// Removes a message from `queue/` or `failed/` (the caller makes sure no delivery
+    /// of it is in flight). `Ok(false)`: there was no such message.
+    pub fn delete(&self, id: &str) -> io::Result<bool> {
+        for path in [self.queue_path(id), self.failed_path(id)] {
+            match fs::remove_file(&path) {
+                Ok(()) => {
+                    DirSync::sync_dir(path.parent().expect("in a directory"))?;
+                    return Ok(true);
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(false)
+    }
+
+    /// Puts a failed message back in the queue; its failed recipients are tried again.
+    /// `Ok(false)`: there was no such failed message.
+    pub fn retry_failed(&self, id: &str, now: u64) -> io::Result<bool> {
+        let from = self.failed_path(id);
+        match self.append(&from, &format!("R {now}")) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            r => r?,
+        }
+        fs::rename(&from, self.queue_path(id))?;
+        self.queue_sync.sync()?;
+        DirSync::sync_dir(&self.root.join("failed"))?;
+        Ok(true)
+    }
+
     /// The ids in `queue/`, oldest first.
     pub fn list_queue(&self) -> io::Result<Vec<QueueId>> {
         let mut ids = Vec::new();
@@ -263,7 +313,16 @@ impl Spool {
 
     /// Reads a queued message's envelope and delivery records.
     pub fn read(&self, id: &str) -> Result<Message, ReadError> {
-        let file = match File::open(self.queue_path(id)) {
+        self.read_path(&self.queue_path(id), id)
+    }
+
+    /// Reads a message in `failed/`.
+    pub fn read_failed(&self, id: &str) -> Result<Message, ReadError> {
+        self.read_path(&self.failed_path(id), id)
+    }
+
+    fn read_path(&self, path: &Path, id: &str) -> Result<Message, ReadError> {
+        let file = match File::open(path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(ReadError::Missing),
             Err(e) => return Err(ReadError::Io(e)),
@@ -441,6 +500,17 @@ fn apply_record(msg: &mut Message, rec: &str) {
                 msg.last_reply = reply.map(str::to_string);
             }
         }
+        (Some("R"), ..) => {
+            for state in msg
+                .rcpt_state
+                .iter_mut()
+                .filter(|s| **s == RcptState::Failed)
+            {
+                *state = RcptState::Pending;
+            }
+            msg.attempts = 0;
+            msg.next_try = None;
+        }
         (Some("T"), Some(_), Some(next), reply) => {
             msg.attempts += 1;
             msg.next_try = next.parse().ok();
@@ -540,19 +610,29 @@ mod tests {
         assert_eq!((m.attempts, m.next_try), (1, Some(70)));
         assert_eq!(m.last_reply.as_deref(), Some("451 4.3.0 later??X injected"));
 
+        spool.record_failed(&id, 1, 19, "550 5.1.1 no").unwrap();
         spool.move_to_failed(&id, 20, "550 5.1.1 no").unwrap();
         assert!(spool.list_queue().unwrap().is_empty());
+        assert_eq!(spool.list_failed().unwrap(), vec![id.clone()]);
+        assert_eq!(
+            spool.read_failed(&id).unwrap().rcpt_state,
+            [RcptState::Delivered, RcptState::Failed]
+        );
         let text = fs::read_to_string(spool.failed_path(&id)).unwrap();
         assert!(
-            text.contains("\nD 1 11 250\nX 20 550 5.1.1 no\t\n"),
+            text.contains("\nD 1 11 250\nF 1 19 550 5.1.1 no\t\nX 20 550 5.1.1 no\t\n"),
             "{text}"
         );
-        // The torn record stays torn: recipient 1 is not taken as delivered.
-        fs::rename(spool.failed_path(&id), spool.queue_path(&id)).unwrap();
-        assert_eq!(
-            spool.read(&id).unwrap().rcpt_state,
-            [RcptState::Delivered, RcptState::Pending]
-        );
+        // Retry: back in the queue, the failed recipient pending again, the torn
+        // record still torn (recipient 1 is not taken as delivered).
+        assert!(spool.retry_failed(&id, 30).unwrap());
+        assert!(!spool.retry_failed(&id, 30).unwrap());
+        let m = spool.read(&id).unwrap();
+        assert_eq!(m.rcpt_state, [RcptState::Delivered, RcptState::Pending]);
+        assert_eq!(m.attempts, 0);
+        assert!(spool.delete(&id).unwrap());
+        assert!(!spool.delete(&id).unwrap());
+        assert!(spool.list_queue().unwrap().is_empty());
         fs::remove_dir_all(&dir).unwrap();
     }
 

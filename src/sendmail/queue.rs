@@ -1,0 +1,184 @@
+//! `smtp-relayd queue` (and `mailq`, `sendmail -bp`, `sendmail -q`): look at the
+//! queue, and change it. A change is made by the relay, which holds `relay.lock`: the
+//! running daemon's relay thread (asked over its control socket, so that nothing
+//! races a delivery in flight), or, when no daemon runs, this command itself.
+
+use std::fmt::Write as _;
+
+use std::os::unix::net::UnixDatagram;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::relay::{self, Relay, Request, TlsClient};
+use crate::spool::{Message, RcptState, Spool};
+use crate::time::now_unix;
+
+fn age(secs: u64) -> String {
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86400),
+    }
+}
+
+fn line(out: &mut String, m: &Message, status: &str, now: u64) {
+    let to: Vec<String> = m
+        .envelope
+        .recipients
+        .iter()
+        .zip(&m.rcpt_state)
+        .filter(|(_, s)| **s != RcptState::Delivered)
+        .map(|(r, _)| format!("<{r}>"))
+        .collect();
+    let next = match (status, m.next_try) {
+        ("failed", _) => "-".to_string(),
+        (_, Some(t)) if t > now => format!("in {}", age(t - now)),
+        _ => "now".to_string(),
+    };
+    let _ = writeln!(
+        out,
+        "{}  {status:<6}  age={:<4} size={:<8} from=<{}> to={} attempts={} next={next} last=\"{}\"",
+        m.id,
+        age(now.saturating_sub(m.envelope.created)),
+        m.size,
+        m.envelope.sender,
+        to.join(","),
+        m.attempts,
+        m.last_reply.as_deref().unwrap_or("")
+    );
+}
+
+/// One line per queued and failed message.
+pub fn list(spool: &Spool) -> Result<String, String> {
+    let now = now_unix();
+    let mut out = String::new();
+    let (mut queued, mut failed) = (0, 0);
+    for id in spool.list_queue().map_err(|e| e.to_string())? {
+        if let Ok(m) = spool.read(&id) {
+            line(&mut out, &m, "queued", now);
+            queued += 1;
+        }
+    }
+    for id in spool.list_failed().map_err(|e| e.to_string())? {
+        if let Ok(m) = spool.read_failed(&id) {
+            line(&mut out, &m, "failed", now);
+            failed += 1;
+        }
+    }
+    if queued + failed == 0 {
+        out.push_str("Mail queue is empty\n");
+    } else {
+        let _ = writeln!(out, "-- {queued} queued, {failed} failed");
+    }
+    Ok(out)
+}
+
+/// The envelope, the delivery records and the header of one message.
+pub fn show(spool: &Spool, id: &str) -> Result<String, String> {
+    let (path, m) = match spool.read(id) {
+        Ok(m) => (spool.queue_path(id), m),
+        Err(_) => (
+            spool.failed_path(id),
+            spool
+                .read_failed(id)
+                .map_err(|_| format!("no message {id}"))?,
+        ),
+    };
+    let text = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut out = String::from_utf8_lossy(&text[..m.content_offset as usize]).into_owned();
+    let content = &text[m.content_offset as usize..(m.content_offset + m.size) as usize];
+    let header_end = content
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(content.len(), |p| p + 2);
+    out.push_str(&String::from_utf8_lossy(&content[..header_end]).replace("\r\n", "\n"));
+    let records = &text[(m.content_offset + m.size) as usize..];
+    if !records.is_empty() {
+        out.push_str("-- delivery records\n");
+        out.push_str(&String::from_utf8_lossy(records).replace('\t', ""));
+    }
+    Ok(out)
+}
+
+/// Carries out a queue command: by the running daemon, or here if none runs.
+pub fn command(
+    config: &Config,
+    tls: Option<TlsClient>,
+    spool: Spool,
+    req: Request,
+) -> Result<String, String> {
+    let lock_path = relay::lock_path(&spool);
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| format!("{}: {e}", lock_path.display()))?;
+    match lock.try_lock() {
+        Ok(()) => {
+            // No daemon: do it here, holding the lock (a daemon starting now waits).
+            let (_tx, rx) = crossbeam_channel::bounded(1);
+            let flags = (
+                Arc::new(AtomicBool::new(false)),
+                Arc::new(AtomicBool::new(false)),
+            );
+            let mut r = Relay::new(
+                Arc::new(config.clone()),
+                Arc::new(spool),
+                rx,
+                flags.0,
+                flags.1,
+                tls,
+            );
+            let answer = match req {
+                Request::Flush => format!(
+                    "ok no daemon running: delivery pass over {} message(s) done",
+                    r.run_once()
+                ),
+                other => r.handle(other),
+            };
+            Ok(answer)
+        }
+        Err(std::fs::TryLockError::WouldBlock) => ask_daemon(&spool, &req),
+        Err(std::fs::TryLockError::Error(e)) => Err(format!("{}: {e}", lock_path.display())),
+    }
+}
+
+/// Sends the command to the daemon's control socket and waits for its answer (the
+/// relay answers between deliveries, so this may wait for one to finish).
+fn ask_daemon(spool: &Spool, req: &Request) -> Result<String, String> {
+    use std::os::linux::net::SocketAddrExt;
+    let name = format!("smtp-relayd-queue-{}-{}", std::process::id(), now_unix());
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+        .map_err(|e| e.to_string())?;
+    let sock =
+        UnixDatagram::bind_addr(&addr).map_err(|e| format!("cannot make a reply socket: {e}"))?;
+    sock.set_read_timeout(Some(Duration::from_secs(900)))
+        .map_err(|e| e.to_string())?;
+    sock.send_to(req.encode().as_bytes(), relay::control_path(spool))
+        .map_err(|e| {
+            format!(
+                "the daemon holds the queue but does not answer on {}: {e}",
+                relay::control_path(spool).display()
+            )
+        })?;
+    let mut buf = [0u8; 1024];
+    let n = sock
+        .recv(&mut buf)
+        .map_err(|e| format!("no answer from the daemon: {e}"))?;
+    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+/// Reads a request from the daemon's control socket: `(request, reply address)`.
+pub fn receive(
+    sock: &UnixDatagram,
+) -> std::io::Result<Option<(Request, Option<std::os::unix::net::SocketAddr>)>> {
+    let mut buf = [0u8; 256];
+    let (n, addr) = sock.recv_from(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf[..n]);
+    let reply_to = (!addr.is_unnamed()).then_some(addr);
+    Ok(Request::decode(text.trim()).map(|r| (r, reply_to)))
+}

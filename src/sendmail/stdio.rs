@@ -1,0 +1,132 @@
+//! `sendmail -bs`: an SMTP session on stdin and stdout (as nullmailer offers), for
+//! programs that speak SMTP to a local command instead of a socket.
+
+use std::io::{Read, Write};
+use std::process::ExitCode;
+
+use crate::config::Config;
+use crate::protocol::server::{Peer, ServerSession, Step, StoreError, received_header};
+use crate::spool::{self, Spool};
+
+pub fn serve(config: &Config) -> ExitCode {
+    let spool = match Spool::attach(&config.spool) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!(
+                "sendmail: cannot open spool {}: {e}",
+                config.spool.display()
+            );
+            return ExitCode::from(super::submit::EX_CANTCREAT);
+        }
+    };
+    let mut session = Box::new(ServerSession::new(crate::server::worker::settings(config)));
+    // A local caller: allowed to relay, like a script calling sendmail.
+    session.start(Peer {
+        ip: [127, 0, 0, 1].into(),
+        relay_allowed: true,
+        tls: false,
+        auth_plaintext: false,
+    });
+    let (mut input, mut output) = (std::io::stdin().lock(), std::io::stdout().lock());
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut message: Option<(spool::QueueId, spool::Writer)> = None;
+    let mut failed = false;
+    loop {
+        if output
+            .write_all(session.output())
+            .and_then(|()| output.flush())
+            .is_err()
+        {
+            return ExitCode::from(super::submit::EX_IOERR);
+        }
+        session.clear_output();
+        let n = match input.read(&mut buf) {
+            Ok(0) | Err(_) => return ExitCode::SUCCESS,
+            Ok(n) => n,
+        };
+        let mut pos = 0;
+        loop {
+            let (used, step) = session.feed(&buf[pos..n]);
+            pos += used;
+            match step {
+                Step::NeedInput => break,
+                Step::Flush => {
+                    let _ = output.write_all(session.output());
+                    session.clear_output();
+                }
+                Step::OpenMessage => {
+                    let env = session.envelope();
+                    let id = spool.new_id();
+                    let record = spool::Envelope {
+                        created: crate::time::now_unix(),
+                        client: format!("local uid={} (sendmail -bs)", crate::privileges::uid()),
+                        helo: session.helo().to_string(),
+                        eight_bit: env.body == crate::protocol::command::BodyType::EightBitMime,
+                        smtputf8: env.smtputf8,
+                        sender: String::from_utf8_lossy(&env.sender).into_owned(),
+                        recipients: env
+                            .recipients
+                            .iter()
+                            .map(|r| String::from_utf8_lossy(r).into_owned())
+                            .collect(),
+                    };
+                    let opened = spool.create(&id, &record).and_then(|mut w| {
+                        let mut trace = String::new();
+                        let _ = received_header(
+                            &mut trace,
+                            &session,
+                            &id,
+                            &crate::time::rfc5322(record.created),
+                        );
+                        w.write(trace.as_bytes()).map(|()| w)
+                    });
+                    failed = false;
+                    let result = match opened {
+                        Ok(w) => {
+                            message = Some((id, w));
+                            Ok(())
+                        }
+                        Err(e) if spool::is_no_space(&e) => Err(StoreError::NoSpace),
+                        Err(_) => Err(StoreError::Local),
+                    };
+                    session.spool_opened(result);
+                }
+                Step::WriteBody | Step::StoreMessage => {
+                    if let Some((_, w)) = message.as_mut() {
+                        failed |= w.write(session.body()).is_err();
+                    }
+                    session.clear_body();
+                    if step == Step::StoreMessage {
+                        let result = match message.take() {
+                            Some((id, w)) if !failed => match spool.commit(&id, w) {
+                                Ok(()) => {
+                                    if let Ok(s) = std::os::unix::net::UnixDatagram::unbound() {
+                                        let req =
+                                            crate::relay::Request::Queued(id.clone()).encode();
+                                        let _ = s.send_to(
+                                            req.as_bytes(),
+                                            crate::relay::control_path(&spool),
+                                        );
+                                    }
+                                    Ok(id)
+                                }
+                                Err(_) => Err(StoreError::Local),
+                            },
+                            _ => Err(StoreError::Local),
+                        };
+                        match &result {
+                            Ok(id) => session.stored(Ok(id)),
+                            Err(e) => session.stored(Err(*e)),
+                        }
+                    }
+                }
+                Step::DiscardMessage => message = None,
+                Step::StartTls | Step::Authenticate => {}
+                Step::Close => {
+                    let _ = output.write_all(session.output());
+                    return ExitCode::SUCCESS;
+                }
+            }
+        }
+    }
+}
