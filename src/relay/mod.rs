@@ -86,6 +86,17 @@ pub fn control_path(spool: &Spool) -> std::path::PathBuf {
     spool.root().join("control")
 }
 
+/// Tells a running daemon that a message was queued outside it (sendmail). Without a
+/// daemon nothing happens: the next start finds the message.
+pub fn notify_queued(spool: &Spool, id: &QueueId) {
+    if let Ok(s) = std::os::unix::net::UnixDatagram::unbound() {
+        let _ = s.send_to(
+            Request::Queued(id.clone()).encode().as_bytes(),
+            control_path(spool),
+        );
+    }
+}
+
 /// How often `queue/` is re-read even when nobody asked, as a safety net.
 const RESCAN_EVERY: Duration = Duration::from_secs(60);
 

@@ -55,21 +55,13 @@ pub fn serve(config: &Config) -> ExitCode {
                     session.clear_output();
                 }
                 Step::OpenMessage => {
-                    let env = session.envelope();
                     let id = spool.new_id();
-                    let record = spool::Envelope {
-                        created: crate::time::now_unix(),
-                        client: format!("local uid={} (sendmail -bs)", crate::privileges::uid()),
-                        helo: session.helo().to_string(),
-                        eight_bit: env.body == crate::protocol::command::BodyType::EightBitMime,
-                        smtputf8: env.smtputf8,
-                        sender: String::from_utf8_lossy(&env.sender).into_owned(),
-                        recipients: env
-                            .recipients
-                            .iter()
-                            .map(|r| String::from_utf8_lossy(r).into_owned())
-                            .collect(),
-                    };
+                    let client = format!("local uid={} (sendmail -bs)", crate::privileges::uid());
+                    let record = crate::server::worker::envelope_record(
+                        &session,
+                        crate::time::now_unix(),
+                        client,
+                    );
                     let opened = spool.create(&id, &record).and_then(|mut w| {
                         let mut trace = String::new();
                         let _ = received_header(
@@ -100,14 +92,7 @@ pub fn serve(config: &Config) -> ExitCode {
                         let result = match message.take() {
                             Some((id, w)) if !failed => match spool.commit(&id, w) {
                                 Ok(()) => {
-                                    if let Ok(s) = std::os::unix::net::UnixDatagram::unbound() {
-                                        let req =
-                                            crate::relay::Request::Queued(id.clone()).encode();
-                                        let _ = s.send_to(
-                                            req.as_bytes(),
-                                            crate::relay::control_path(&spool),
-                                        );
-                                    }
+                                    crate::relay::notify_queued(&spool, &id);
                                     Ok(id)
                                 }
                                 Err(_) => Err(StoreError::Local),

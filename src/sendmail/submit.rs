@@ -6,7 +6,7 @@ use std::io::Read;
 use super::args::Options;
 use super::message::{self, Context, DataError};
 use crate::config::Config;
-use crate::relay::{self, Request};
+use crate::relay;
 use crate::spool::{self, QueueId, Spool};
 use crate::time;
 
@@ -147,11 +147,6 @@ pub fn submit(config: &Config, opts: &Options, mut input: impl Read) -> Result<Q
         .commit(&id, w)
         .map_err(|e| spool_failure(&e, "cannot commit to the spool"))?;
     // A running daemon picks it up now; a stopped one at its next start.
-    if let Ok(s) = std::os::unix::net::UnixDatagram::unbound() {
-        let _ = s.send_to(
-            Request::Queued(id.clone()).encode().as_bytes(),
-            relay::control_path(&spool),
-        );
-    }
+    relay::notify_queued(&spool, &id);
     Ok(id)
 }

@@ -362,22 +362,9 @@ impl Worker {
         &self,
         session: &ServerSession,
     ) -> Result<(QueueId, spool::Writer), StoreError> {
-        let env = session.envelope();
         let now = time::now_unix();
         let id = self.spool.new_id();
-        let record = spool::Envelope {
-            created: now,
-            client: session.peer().ip.to_string(),
-            helo: session.helo().to_string(),
-            eight_bit: env.body == crate::protocol::command::BodyType::EightBitMime,
-            smtputf8: env.smtputf8,
-            sender: String::from_utf8_lossy(&env.sender).into_owned(),
-            recipients: env
-                .recipients
-                .iter()
-                .map(|r| String::from_utf8_lossy(r).into_owned())
-                .collect(),
-        };
+        let record = envelope_record(session, now, session.peer().ip.to_string());
         let mut w = self.spool.create(&id, &record).map_err(|e| {
             log::error!("cannot create spool file: {e}");
             store_error(&e)
@@ -416,6 +403,24 @@ impl Worker {
             // The relay is busy; it will find the message in queue/.
             self.rescan.store(true, Ordering::Relaxed);
         }
+    }
+}
+
+/// The spool envelope of the session's transaction.
+pub fn envelope_record(session: &ServerSession, created: u64, client: String) -> spool::Envelope {
+    let env = session.envelope();
+    spool::Envelope {
+        created,
+        client,
+        helo: session.helo().to_string(),
+        eight_bit: env.body == crate::protocol::command::BodyType::EightBitMime,
+        smtputf8: env.smtputf8,
+        sender: String::from_utf8_lossy(&env.sender).into_owned(),
+        recipients: env
+            .recipients
+            .iter()
+            .map(|r| String::from_utf8_lossy(r).into_owned())
+            .collect(),
     }
 }
 
