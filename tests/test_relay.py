@@ -253,6 +253,7 @@ def test_upstream_size_limit_fails_message(make_relay):
         with smtplib.SMTP("127.0.0.1", relay.port) as s:
             s.sendmail("a@b.c", ["d@e.f"], b"Subject: big\r\n\r\n" + b"x" * 500 + b"\r\n")
         relay.wait_log(r"status=failed \(552 5\.3\.4 message size \d+ exceeds smarthost limit 100\)")
+        relay.wait_log(r"moved to .*/failed/")
         assert len(relay.files("failed")) == 1
         assert not any(c.startswith(b"MAIL") for c in sink.commands)
     finally:

@@ -196,6 +196,7 @@ def test_queue_tools(tools, make_relay, running):
         if running:
             relay.start()
             relay.wait_log(r"status=failed \(550", timeout=30)
+            relay.wait_log(r"moved to .*/failed/", timeout=30)
             relay.wait_log(r"status=deferred", count=2, timeout=30)
         else:
             r = queue(relay, "flush")
