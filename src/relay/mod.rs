@@ -369,12 +369,14 @@ impl Relay {
                 None
             }
             Err(ReadError::Corrupt(why)) => {
-                log::error!(
-                    "{id}: spool file is damaged ({why}); moved to {}/corrupt/",
-                    self.spool.root().display()
-                );
-                if let Err(e) = self.spool.move_aside(id) {
-                    log::error!("{id}: cannot move damaged file aside: {e}");
+                match self.spool.move_aside(id) {
+                    Ok(()) => log::error!(
+                        "{id}: spool file is damaged ({why}); moved to {}/corrupt/",
+                        self.spool.root().display()
+                    ),
+                    Err(e) => log::error!(
+                        "{id}: spool file is damaged ({why}); cannot move it aside: {e}"
+                    ),
                 }
                 self.forget(id);
                 None
