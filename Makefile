@@ -2,11 +2,11 @@
 CARGO  ?= cargo
 PYTHON ?= python3
 
-.PHONY: all build release test unit integration lint demo clean cross cross-test size install uninstall
+.PHONY: all build release test unit integration lint demo clean cross cross-test size install uninstall bench
 
 PREFIX ?= /usr/local
 DESTDIR ?=
-SHELL_SCRIPTS = cross/build.sh cross/test.sh cross/size.sh cross/init.d/smtp-relayd cross/runit/run \
+SHELL_SCRIPTS = benches/micro.sh cross/build.sh cross/test.sh cross/size.sh cross/init.d/smtp-relayd cross/runit/run \
 	cross/runit/log/run cross/openwrt/files/smtp-relayd.init tests/demo.sh .ci/run
 
 all: build
@@ -46,6 +46,14 @@ cross:
 
 cross-test: cross
 	sh cross/test.sh $(TARGET)
+
+# Performance, not a test: end-to-end ratios to the direct path (Postfix's smtp-source
+# and smtp-sink, unpacked from Debian's package), and instruction counts of the hot
+# paths under callgrind. Installs what it needs on a fresh machine.
+bench: release
+	command -v valgrind > /dev/null || apt-get install -y -qq valgrind
+	$(PYTHON) benches/e2e.py
+	sh benches/micro.sh
 
 # Stripped sizes of the release binary per target, with and without TLS.
 size:

@@ -172,8 +172,11 @@ impl DataDecoder {
             // Room was checked by the caller: `out` never grows past its capacity.
             out.extend_from_slice(bytes);
         }
-        for &b in bytes {
-            self.headers.byte(b);
+        // Only the header section is scanned; the body costs nothing here.
+        if self.headers.in_header {
+            for &b in bytes {
+                self.headers.byte(b);
+            }
         }
     }
 
