@@ -28,7 +28,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 REPEAT = int(os.environ.get("BENCH_REPEAT", "5"))
 
 # (message size, concurrent sessions, messages per run)
-CASES = [(1024, 1, 500), (1024, 10, 2000), (100 * 1024, 1, 300), (100 * 1024, 10, 600)]
+CASES = [(1024, 1, 1000), (1024, 10, 4000), (100 * 1024, 1, 600), (100 * 1024, 10, 1200)]
 
 
 def ensure_tools():

@@ -449,9 +449,11 @@ impl Spool {
     }
 
     /// Delivery is complete for every recipient: the message leaves the queue.
+    /// The directory is not fsynced for this (as Postfix does not): after a power
+    /// loss the file may come back and be sent again, which at-least-once delivery
+    /// allows; the sync would cost every delivery a disk flush.
     pub fn remove(&self, id: &str) -> io::Result<()> {
-        fs::remove_file(self.queue_path(id))?;
-        self.queue_sync.sync()
+        fs::remove_file(self.queue_path(id))
     }
 
     /// Moves a message to `failed/` with the reason recorded in it.
