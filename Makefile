@@ -51,7 +51,7 @@ cross-test: cross
 # and smtp-sink, unpacked from Debian's package), and instruction counts of the hot
 # paths under callgrind. Installs what it needs on a fresh machine.
 bench: release
-	command -v valgrind > /dev/null || apt-get install -y -qq valgrind
+	command -v valgrind > /dev/null || { apt-get update -qq && apt-get install -y -qq valgrind; }
 	$(PYTHON) benches/e2e.py
 	sh benches/micro.sh
 

@@ -40,7 +40,10 @@ def ensure_tools():
         for old in os.listdir(TOOLS):
             if old.endswith(".deb"):
                 os.remove(os.path.join(TOOLS, old))
-        subprocess.run(["apt-get", "download", "postfix"], cwd=TOOLS, check=True, capture_output=True)
+        if subprocess.run(["apt-get", "download", "postfix"], cwd=TOOLS, capture_output=True).returncode != 0:
+            # A fresh machine has no package lists yet.
+            subprocess.run(["apt-get", "update", "-qq"], check=True, capture_output=True)
+            subprocess.run(["apt-get", "download", "postfix"], cwd=TOOLS, check=True, capture_output=True)
         deb = [f for f in os.listdir(TOOLS) if f.endswith(".deb")][0]
         subprocess.run(["dpkg", "-x", deb, "root"], cwd=TOOLS, check=True)
     env = dict(os.environ, LD_LIBRARY_PATH=os.path.join(TOOLS, "root", "usr", "lib", "postfix"))
