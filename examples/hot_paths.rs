@@ -10,9 +10,13 @@ use smtp_relayd::protocol::stuff::DotStuffer;
 /// A 1 KiB message body as a device sends it, already dot-stuffed, with a few dot lines.
 fn wire_1k() -> Vec<u8> {
     let mut v = Vec::new();
-    v.extend_from_slice(b"From: cam1@example.net\r\nTo: ops@example.com\r\nSubject: motion\r\n\r\n");
+    v.extend_from_slice(
+        b"From: cam1@example.net\r\nTo: ops@example.com\r\nSubject: motion\r\n\r\n",
+    );
     while v.len() < 1000 {
-        v.extend_from_slice(b"..line starting with a dot, then plain text of a usual length here\r\n");
+        v.extend_from_slice(
+            b"..line starting with a dot, then plain text of a usual length here\r\n",
+        );
     }
     v.extend_from_slice(b".\r\n");
     v
@@ -24,7 +28,11 @@ fn main() {
     let wire = wire_1k();
     match case {
         "parse" => {
-            let lines: [&[u8]; 3] = [b"MAIL FROM:<cam1@example.net> SIZE=1024 BODY=8BITMIME", b"RCPT TO:<ops@example.com>", b"EHLO camera1.lan"];
+            let lines: [&[u8]; 3] = [
+                b"MAIL FROM:<cam1@example.net> SIZE=1024 BODY=8BITMIME",
+                b"RCPT TO:<ops@example.com>",
+                b"EHLO camera1.lan",
+            ];
             for i in 0..n {
                 let _ = black_box(command::parse(black_box(lines[i % 3]), false));
             }
@@ -50,7 +58,9 @@ fn main() {
         "session" => {
             // A whole pipelined transaction through the server session (line reader,
             // parser, state machine, DATA decoder), as one worker read delivers it.
-            let mut input = b"EHLO cam1\r\nMAIL FROM:<a@example.net>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n".to_vec();
+            let mut input =
+                b"EHLO cam1\r\nMAIL FROM:<a@example.net>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n"
+                    .to_vec();
             let head = input.len();
             input.extend_from_slice(&wire);
             let mut s = ServerSession::new(Settings {
@@ -63,7 +73,12 @@ fn main() {
                 require_auth: false,
             });
             for _ in 0..n {
-                s.start(Peer { ip: [127, 0, 0, 1].into(), relay_allowed: true, tls: false, auth_plaintext: false });
+                s.start(Peer {
+                    ip: [127, 0, 0, 1].into(),
+                    relay_allowed: true,
+                    tls: false,
+                    auth_plaintext: false,
+                });
                 let mut pos = 0;
                 while pos < input.len() {
                     let end = if pos < head { head } else { input.len() };
