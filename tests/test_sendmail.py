@@ -260,3 +260,30 @@ def test_delete_while_delivery_in_flight(tools, make_relay):
         assert len([c for c in sink.commands if c.startswith(b"MAIL")]) == 1, "not retried after the delete"
     finally:
         sink.stop()
+
+
+def test_full_disk_gives_75_and_queues_nothing(tools, make_relay, tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a small tmpfs")
+    spool = tmp_path / "full"
+    spool.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(spool)]).returncode != 0:
+        pytest.skip("cannot mount tmpfs")
+    try:
+        relay = make_relay(free_port(), spool=str(spool))
+        for sub in ["tmp", "queue", "failed", "corrupt"]:
+            os.makedirs(spool / sub)
+        fd = os.open(spool / "ballast", os.O_WRONLY | os.O_CREAT)
+        try:
+            while os.write(fd, b"x" * 4096):
+                pass
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        r = sendmail(tools, relay, ["a@x.org"], b"Subject: full\n\n" + b"y" * 20000 + b"\n")
+        assert r.returncode == 75, r
+        assert r.stderr.count(b"\n") == 1
+        assert os.listdir(spool / "queue") == [] and os.listdir(spool / "tmp") == []
+    finally:
+        subprocess.run(["umount", "-l", str(spool)])
