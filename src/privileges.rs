@@ -35,9 +35,13 @@ pub fn chown_spool(root: &Path, ids: Ids) -> Result<(), String> {
             .map_err(|e| format!("{}: {e}", p.display()))
     };
     own(root)?;
+    // Everything at the top (the areas, relay.lock that a queue command run as root
+    // may have made, the control socket), and what the areas hold.
+    for entry in std::fs::read_dir(root).map_err(|e| format!("{}: {e}", root.display()))? {
+        own(&entry.map_err(|e| e.to_string())?.path())?;
+    }
     for sub in ["tmp", "queue", "failed", "corrupt"] {
         let dir = root.join(sub);
-        own(&dir)?;
         for entry in std::fs::read_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))? {
             own(&entry.map_err(|e| e.to_string())?.path())?;
         }

@@ -143,3 +143,23 @@ def test_panic_in_one_session_is_survived(sink, make_relay, tmp_path):
         s.sendmail("a@b.c", ["d@e.f"], b"Subject: after the panic\r\n\r\nx\r\n")
     sink.wait_for(1)
     assert relay.proc.poll() is None
+
+
+def test_queue_command_as_root_before_an_unprivileged_daemon(sink, make_relay):
+    """A queue command run as root first leaves relay.lock owned by root; the daemon
+    that later drops to `nobody` must still hold the relay lock, so that queue
+    commands go through it."""
+    import subprocess
+    from conftest import RELAYD
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    base = tempfile.mkdtemp(prefix="smtp-relayd-lock-")
+    os.chmod(base, 0o755)
+    relay = make_relay(sink.port, spool=os.path.join(base, "spool"), user="nobody")
+    r = subprocess.run(RELAYD + ["queue", "-c", relay.conf_path, "flush"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "no daemon running" in r.stdout, r
+    assert os.stat(os.path.join(base, "spool", "relay.lock")).st_uid == 0
+    relay.start()
+    r = subprocess.run(RELAYD + ["queue", "-c", relay.conf_path, "flush"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "flushing" in r.stdout, r
+    assert "cannot lock" not in relay.log()
