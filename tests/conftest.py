@@ -113,6 +113,26 @@ class Relay:
 
 
 @pytest.fixture
+def small_tmpfs(tmp_path):
+    """Mounts a tmpfs of the given size (needs root; skips otherwise), unmounted after."""
+    mounted = []
+
+    def mount(size):
+        if os.geteuid() != 0:
+            pytest.skip("mounting a tmpfs needs root")
+        d = tmp_path / f"tmpfs{len(mounted)}"
+        d.mkdir()
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(d)]).returncode != 0:
+            pytest.skip("cannot mount a tmpfs here")
+        mounted.append(d)
+        return d
+
+    yield mount
+    for d in mounted:
+        subprocess.run(["umount", "-l", str(d)])
+
+
+@pytest.fixture
 def sink():
     s = Sink().start()
     yield s

@@ -254,11 +254,7 @@ impl Relay {
 
     fn take(&mut self, c: Control) {
         match c {
-            Control::Queued(id) | Control::Request(Request::Queued(id), None) => {
-                if self.known.insert(id.clone()) {
-                    self.due.push_back(id);
-                }
-            }
+            Control::Queued(id) => self.enqueue(id),
             Control::Wake => {}
             Control::Request(req, reply_to) => {
                 let answer = self.handle(req);
@@ -273,14 +269,19 @@ impl Relay {
         }
     }
 
+    /// Puts a message on the due list, unless it is already scheduled.
+    fn enqueue(&mut self, id: QueueId) {
+        if self.known.insert(id.clone()) {
+            self.due.push_back(id);
+        }
+    }
+
     /// Carries out a queue command; the answer starts with `ok` or `error`.
     pub fn handle(&mut self, req: Request) -> String {
         let now = now_unix();
         match req {
             Request::Queued(id) => {
-                if self.known.insert(id.clone()) {
-                    self.due.push_back(id);
-                }
+                self.enqueue(id);
                 "ok queued".into()
             }
             Request::Flush => {
@@ -322,9 +323,7 @@ impl Relay {
                         Ok(true) => {
                             log::info!("{id}: back in the queue (retry-failed)");
                             moved += 1;
-                            if self.known.insert(id.clone()) {
-                                self.due.push_back(id);
-                            }
+                            self.enqueue(id);
                         }
                         Ok(false) => return format!("error no failed message {id}"),
                         Err(e) => return format!("error cannot retry {id}: {e}"),
@@ -341,9 +340,7 @@ impl Relay {
         match self.spool.list_queue() {
             Ok(ids) => {
                 for id in ids {
-                    if self.known.insert(id.clone()) {
-                        self.due.push_back(id);
-                    }
+                    self.enqueue(id);
                 }
             }
             Err(e) => log::error!(
