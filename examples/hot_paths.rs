@@ -71,6 +71,7 @@ fn main() {
                 tls_available: false,
                 auth_available: false,
                 require_auth: false,
+                policy: std::sync::Arc::new(smtp_relayd::policy::Policy::open("relay.test")),
             });
             for _ in 0..n {
                 s.start(Peer {

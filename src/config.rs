@@ -169,6 +169,26 @@ pub struct Config {
     pub user: Option<String>,
     /// The envelope sender sendmail uses without -f (default: the caller at hostname).
     pub sendmail_from: Option<String>,
+    /// Envelope senders clients may use (empty: any).
+    pub allow_sender: Vec<crate::policy::Pattern>,
+    /// Recipients clients may send to, after aliases (empty: any).
+    pub allow_recipient: Vec<crate::policy::Pattern>,
+    /// Replaces every non-null envelope sender when a message is sent upstream.
+    pub rewrite_sender: Option<String>,
+    /// Replaces the address in the From: header when a message is sent upstream.
+    pub rewrite_from: Option<String>,
+    /// Appended to bare names; `None`: the hostname.
+    pub qualify_domain: Option<String>,
+    /// `alias NAME ADDR[,ADDR]` lines.
+    pub alias: Vec<(String, Vec<crate::protocol::address::Mailbox>)>,
+    /// An aliases file (`name: addr, addr` lines).
+    pub aliases: Option<PathBuf>,
+    /// `None`: half the workers (at least 1), so one address cannot hold them all.
+    pub max_connections_per_ip: Option<u32>,
+    pub max_recipients: usize,
+    /// 0: no limit.
+    pub max_messages_per_connection: u32,
+    pub rate_limit: Option<crate::policy::Rate>,
 }
 
 /// Every key, for `--check`, the README and "did you mean".
@@ -208,6 +228,17 @@ pub const KEYS: &[&str] = &[
     "syslog_socket",
     "user",
     "sendmail_from",
+    "allow_sender",
+    "allow_recipient",
+    "rewrite_sender",
+    "rewrite_from",
+    "qualify_domain",
+    "alias",
+    "aliases",
+    "max_connections_per_ip",
+    "max_recipients",
+    "max_messages_per_connection",
+    "rate_limit",
 ];
 
 impl Config {
@@ -261,6 +292,20 @@ impl Config {
             syslog_socket: PathBuf::from("/dev/log"),
             user: None,
             sendmail_from: None,
+            allow_sender: Vec::new(),
+            allow_recipient: Vec::new(),
+            rewrite_sender: None,
+            rewrite_from: None,
+            qualify_domain: None,
+            alias: Vec::new(),
+            aliases: None,
+            max_connections_per_ip: None,
+            max_recipients: crate::protocol::limits::RECIPIENTS,
+            max_messages_per_connection: 1000,
+            rate_limit: Some(crate::policy::Rate {
+                messages: 1000,
+                per: Duration::from_secs(600),
+            }),
         };
         let mut seen: Vec<(&str, usize)> = Vec::new();
         let mut allow_given = false;
@@ -288,7 +333,10 @@ impl Config {
             if value.is_empty() {
                 return Err(err(format!("'{key}' needs a value")));
             }
-            let repeatable = matches!(key, "listen" | "allow");
+            let repeatable = matches!(
+                key,
+                "listen" | "allow" | "allow_sender" | "allow_recipient" | "alias"
+            );
             if let Some((_, first)) = seen.iter().find(|(k, _)| *k == key).filter(|_| !repeatable) {
                 return Err(err(format!(
                     "'{key}' given again (first on line {first}); it takes one value"
@@ -407,6 +455,51 @@ impl Config {
                         .map_err(|_| err(format!("sendmail_from '{value}' is not an address")))?;
                     c.sendmail_from = Some(value.to_string());
                 }
+                "allow_sender" => c
+                    .allow_sender
+                    .extend(crate::policy::parse_patterns(value).map_err(err)?),
+                "allow_recipient" => c
+                    .allow_recipient
+                    .extend(crate::policy::parse_patterns(value).map_err(err)?),
+                "rewrite_sender" | "rewrite_from" => {
+                    crate::protocol::address::check_mailbox(value.as_bytes(), false)
+                        .map_err(|_| err(format!("{key} '{value}' is not an address")))?;
+                    if key == "rewrite_sender" {
+                        c.rewrite_sender = Some(value.to_string());
+                    } else {
+                        c.rewrite_from = Some(value.to_string());
+                    }
+                }
+                "qualify_domain" => {
+                    crate::protocol::address::check_domain(value.as_bytes(), false).map_err(
+                        |_| err(format!("qualify_domain '{value}' is not a domain name")),
+                    )?;
+                    c.qualify_domain = Some(value.to_ascii_lowercase());
+                }
+                "alias" => {
+                    let (name, targets) = crate::policy::parse_alias(value).map_err(err)?;
+                    if c.alias.iter().any(|(n, _)| *n == name) {
+                        return Err(err(format!("alias '{name}' given twice")));
+                    }
+                    c.alias.push((name, targets));
+                }
+                "aliases" => c.aliases = Some(absolute(value).map_err(err)?),
+                "max_connections_per_ip" => {
+                    c.max_connections_per_ip =
+                        Some(parse_count(value, 1, 100_000).map_err(err)? as u32)
+                }
+                "max_recipients" => {
+                    c.max_recipients =
+                        parse_count(value, 1, crate::protocol::limits::RECIPIENTS).map_err(err)?
+                }
+                "max_messages_per_connection" => {
+                    c.max_messages_per_connection = if value == "none" {
+                        0
+                    } else {
+                        parse_count(value, 1, 1_000_000).map_err(err)? as u32
+                    }
+                }
+                "rate_limit" => c.rate_limit = crate::policy::Rate::parse(value).map_err(err)?,
                 "tls_cert" => c.tls_cert = Some(absolute(value).map_err(err)?),
                 "tls_key" => c.tls_key = Some(absolute(value).map_err(err)?),
                 "smarthost_auth_plaintext" => {
@@ -619,11 +712,86 @@ impl Config {
         if let Some(f) = &self.sendmail_from {
             let _ = writeln!(s, "sendmail_from {f}");
         }
+        for p in &self.allow_sender {
+            let _ = writeln!(s, "allow_sender {p}");
+        }
+        for p in &self.allow_recipient {
+            let _ = writeln!(s, "allow_recipient {p}");
+        }
+        if let Some(a) = &self.rewrite_sender {
+            let _ = writeln!(s, "rewrite_sender {a}");
+        }
+        if let Some(a) = &self.rewrite_from {
+            let _ = writeln!(s, "rewrite_from {a}");
+        }
+        let _ = writeln!(s, "qualify_domain {}", self.qualify_domain());
+        for (name, targets) in &self.alias {
+            let t: Vec<String> = targets
+                .iter()
+                .map(|m| String::from_utf8_lossy(m).into_owned())
+                .collect();
+            let _ = writeln!(s, "alias {name} {}", t.join(","));
+        }
+        if let Some(p) = &self.aliases {
+            let _ = writeln!(s, "aliases {}", p.display());
+        }
+        let _ = writeln!(
+            s,
+            "max_connections_per_ip {}",
+            self.max_connections_per_ip()
+        );
+        let _ = writeln!(s, "max_recipients {}", self.max_recipients);
+        match self.max_messages_per_connection {
+            0 => s.push_str("max_messages_per_connection none\n"),
+            n => {
+                let _ = writeln!(s, "max_messages_per_connection {n}");
+            }
+        }
+        match &self.rate_limit {
+            Some(r) => {
+                let _ = writeln!(s, "rate_limit {r}");
+            }
+            None => s.push_str("rate_limit none\n"),
+        }
         let _ = writeln!(s, "log {log}");
         let _ = writeln!(s, "syslog_socket {}", self.syslog_socket.display());
         let _ = writeln!(s, "smarthost_idle {}", d(&self.smarthost_idle));
         let _ = writeln!(s, "shutdown_grace {}", d(&self.shutdown_grace));
         s
+    }
+
+    /// The domain bare names get: `qualify_domain`, else the hostname.
+    pub fn qualify_domain(&self) -> &str {
+        self.qualify_domain.as_deref().unwrap_or(&self.hostname)
+    }
+
+    /// `max_connections_per_ip`, or half the workers (at least one) when unset.
+    pub fn max_connections_per_ip(&self) -> u32 {
+        self.max_connections_per_ip
+            .unwrap_or_else(|| (self.workers as u32 / 2).max(1))
+    }
+
+    /// The policy the sessions apply, with the aliases file read.
+    pub fn policy(&self) -> Result<crate::policy::Policy, String> {
+        let mut aliases = std::collections::HashMap::new();
+        let from_file = match &self.aliases {
+            Some(p) => crate::policy::load_aliases(p)?,
+            None => Vec::new(),
+        };
+        // `alias` lines win over the file.
+        for (name, targets) in from_file.into_iter().chain(self.alias.iter().cloned()) {
+            aliases.insert(name, targets);
+        }
+        Ok(crate::policy::Policy {
+            senders: self.allow_sender.clone(),
+            recipients: self.allow_recipient.clone(),
+            qualify_domain: self.qualify_domain().to_string(),
+            hostname: self.hostname.to_ascii_lowercase(),
+            aliases,
+            max_recipients: self.max_recipients,
+            max_messages_per_connection: self.max_messages_per_connection,
+            rate: self.rate_limit.map(crate::policy::RateTable::new),
+        })
     }
 
     pub fn relay_allowed(&self, ip: IpAddr) -> bool {

@@ -273,8 +273,18 @@ fn main() -> ExitCode {
             return ExitCode::from(EX_CONFIG);
         }
     };
+    let policy = match config.policy() {
+        Ok(p) => Arc::new(p),
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EX_CONFIG);
+        }
+    };
     if args.check {
         print!("# {}: OK\n{}", args.config.display(), config.effective());
+        if !policy.aliases.is_empty() {
+            println!("# aliases: {} name(s)", policy.aliases.len());
+        }
         #[cfg(feature = "tls")]
         if let Some(u) = &users {
             println!("# auth_users: {} user(s)", u.len());
@@ -287,7 +297,7 @@ fn main() -> ExitCode {
     smtp_relayd::logger::init(config.log, config.syslog_socket.clone());
     #[cfg(not(feature = "tls"))]
     let users = None;
-    match serve(config, tls, tls_server, users) {
+    match serve(config, policy, tls, tls_server, users) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!(target: "fatal", "{e}");
@@ -354,6 +364,7 @@ type Users = Option<()>;
 
 fn serve(
     config: Config,
+    policy: Arc<smtp_relayd::policy::Policy>,
     tls: Option<TlsClient>,
     tls_server: Option<TlsServer>,
     users: Users,
@@ -456,6 +467,7 @@ fn serve(
             rescan: Arc::clone(&rescan),
             shared: Arc::clone(&shared),
             tls: tls_server.clone(),
+            policy: Arc::clone(&policy),
             #[cfg(feature = "tls")]
             users: users.clone(),
         };
@@ -477,6 +489,7 @@ fn serve(
         pool: pool_tx,
         shared: Arc::clone(&shared),
         max_connections: config.max_connections,
+        max_connections_per_ip: config.max_connections_per_ip(),
     };
     let acceptor = std::thread::Builder::new()
         .name("acceptor".into())

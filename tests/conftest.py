@@ -48,8 +48,13 @@ class Relay:
             "smarthost_timeout": "10s",
             "smarthost_idle": "1s",
             "shutdown_grace": "3s",
+            # Many tests open several connections from 127.0.0.1 at once; the
+            # per-address limits have their own tests (test_policy.py), which pass
+            # None to get the daemon's defaults.
+            "max_connections_per_ip": "1000",
         }
         settings.update(conf)
+        settings = {k: v for k, v in settings.items() if v is not None}
         with open(self.conf_path, "w") as f:
             for k, v in settings.items():
                 for item in v if isinstance(v, list) else [v]:

@@ -17,11 +17,17 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// `auth_users`: `user:$6$...` lines (`openssl passwd -6`, `mkpasswd -m sha-512`).
+/// `auth_users`: `user:$6$...[:SENDERS]` lines (`openssl passwd -6`,
+/// `mkpasswd -m sha-512`); SENDERS is a comma-separated list of the address patterns
+/// the user may send as.
 #[derive(Default)]
 pub struct Users {
-    hashes: HashMap<String, String>,
+    /// The hash, and the senders the user may use (`None`: any the policy allows).
+    hashes: HashMap<String, (String, Option<Senders>)>,
 }
+
+/// Sender patterns from the users file's third field.
+pub type Senders = std::sync::Arc<[crate::policy::Pattern]>;
 
 impl std::fmt::Debug for Users {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -44,18 +50,28 @@ impl Users {
                 continue;
             }
             let bad = |what: &str| format!("{}:{}: {what}", path.display(), n + 1);
-            let (user, hash) = line
-                .split_once(':')
-                .ok_or_else(|| bad("expected user:HASH"))?;
+            let mut fields = line.splitn(3, ':');
+            let (Some(user), Some(hash)) = (fields.next(), fields.next()) else {
+                return Err(bad("expected user:HASH[:SENDERS]"));
+            };
+            let senders = match fields.next().map(str::trim) {
+                None | Some("") => None,
+                Some(list) => Some(Senders::from(
+                    crate::policy::parse_patterns(list).map_err(|e| bad(&e))?,
+                )),
+            };
             if user.is_empty() || user.len() > 255 || user.bytes().any(|b| b <= b' ' || b == 0x7f) {
                 return Err(bad("bad user name"));
             }
-            if !hash.starts_with("$6$") || hash.contains(':') {
+            if !hash.starts_with("$6$") {
                 return Err(bad(
                     "the hash must be SHA-512-crypt ($6$...), as made by 'openssl passwd -6'",
                 ));
             }
-            if hashes.insert(user.to_string(), hash.to_string()).is_some() {
+            if hashes
+                .insert(user.to_string(), (hash.to_string(), senders))
+                .is_some()
+            {
                 return Err(bad(&format!("user '{user}' is listed twice")));
             }
         }
@@ -70,13 +86,14 @@ impl Users {
         self.hashes.is_empty()
     }
 
-    /// Checks a user's password. Unknown users cost as much as known ones.
-    pub fn check(&self, user: &str, password: &[u8]) -> bool {
+    /// Checks a user's password: on success, the senders the user may use (`None`:
+    /// any). Unknown users cost as much as known ones.
+    pub fn check(&self, user: &str, password: &[u8]) -> Option<Option<Senders>> {
         match self.hashes.get(user) {
-            Some(h) => sha512_crypt::verify(password, h),
+            Some((h, senders)) => sha512_crypt::verify(password, h).then(|| senders.clone()),
             None => {
                 let _ = sha512_crypt::verify(password, DUMMY);
-                false
+                None
             }
         }
     }
@@ -147,7 +164,7 @@ mod tests {
         std::fs::write(
             &path,
             format!(
-                "# devices\ncam1:{hash}\n\nprinter:{}\n",
+                "# devices\ncam1:{hash}\n\nprinter:{}:printer@example.net,*@*.example.net\n",
                 sha512_crypt::hash(b"p2", "$6$xyz").unwrap()
             ),
         )
@@ -162,16 +179,21 @@ mod tests {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         let users = Users::load(&path).unwrap();
         assert_eq!(users.len(), 2);
-        assert!(users.check("cam1", b"pw one"));
-        assert!(!users.check("cam1", b"pw two"));
-        assert!(users.check("printer", b"p2"));
-        assert!(!users.check("nobody", b"p2"));
+        assert!(matches!(users.check("cam1", b"pw one"), Some(None)));
+        assert!(users.check("cam1", b"pw two").is_none());
+        let printer = users.check("printer", b"p2").unwrap().unwrap();
+        assert_eq!(printer.len(), 2);
+        assert!(crate::policy::allowed(&printer, b"printer@example.net"));
+        assert!(crate::policy::allowed(&printer, b"x@cams.example.net"));
+        assert!(!crate::policy::allowed(&printer, b"boss@example.net"));
+        assert!(users.check("nobody", b"p2").is_none());
         assert!(!format!("{users:?}").contains("$6$"));
         for bad in [
             "cam1\n",
             "cam1:plaintext\n",
             "a:$6$x$y\na:$6$x$y\n",
             ":$6$x$y\n",
+            "a:$6$x$y:not-a-pattern\n",
         ] {
             std::fs::write(&path, bad).unwrap();
             assert!(

@@ -64,13 +64,9 @@ pub fn parse_path(s: &[u8], kind: PathKind, utf8: bool) -> Result<(Mailbox, &[u8
         };
     }
     let mailbox = strip_source_route(inner)?;
-    if kind == PathKind::Forward && mailbox.eq_ignore_ascii_case(b"postmaster") {
-        return Ok((
-            Mailbox::from_slice(mailbox).map_err(|_| PathError::TooLong)?,
-            rest,
-        ));
-    }
-    check_mailbox(mailbox, utf8)?;
+    // A bare local part (`<root>`, `<Postmaster>` of §4.1.1.3) is taken, as Postfix
+    // does; the session qualifies it with `qualify_domain`.
+    check_mailbox_or_local(mailbox, utf8)?;
     // Non-ASCII octets must at least be UTF-8 (RFC 6531 §3.3).
     if core::str::from_utf8(mailbox).is_err() {
         return Err(PathError::Syntax);
@@ -109,6 +105,18 @@ pub fn check_mailbox(s: &[u8], utf8: bool) -> Result<(), PathError> {
     } else {
         check_domain(domain, utf8)
     }
+}
+
+/// A mailbox, or a local part alone (an unqualified name such as `root`).
+pub fn check_mailbox_or_local(s: &[u8], utf8: bool) -> Result<(), PathError> {
+    let local_end = local_part_len(s, utf8)?;
+    if local_end > limits::LOCAL_PART {
+        return Err(PathError::TooLong);
+    }
+    if local_end == s.len() {
+        return Ok(());
+    }
+    check_mailbox(s, utf8)
 }
 
 /// RFC 5322 atext, the octets of an atom.
@@ -271,7 +279,12 @@ mod tests {
                 false,
                 Ok((b"Postmaster", b"")),
             ),
-            (b"<postmaster>".to_vec(), Reverse, false, Err(Syntax)),
+            // Bare names are taken in both directions; the session qualifies them.
+            (b"<root>".to_vec(), Reverse, false, Ok((b"root", b""))),
+            (b"<a.b>".to_vec(), Forward, false, Ok((b"a.b", b""))),
+            (b"<a..b>".to_vec(), Forward, false, Err(Syntax)),
+            (b"<a b>".to_vec(), Forward, false, Err(Syntax)),
+            (b"<a@>".to_vec(), Forward, false, Err(Syntax)),
             (
                 b"<first.last+tag@sub.example.com>".to_vec(),
                 Forward,
@@ -342,7 +355,7 @@ mod tests {
             (b"<a@b_c.d>".to_vec(), Forward, false, Err(Syntax)),
             (b"<a@>".to_vec(), Forward, false, Err(Syntax)),
             (b"<@b.c>".to_vec(), Forward, false, Err(Syntax)),
-            (b"<ab.c>".to_vec(), Forward, false, Err(Syntax)),
+            (b"<ab.c>".to_vec(), Forward, false, Ok((b"ab.c", b""))),
             (b"<a b@c.d>".to_vec(), Forward, false, Err(Syntax)),
             (b"<a@b.c".to_vec(), Forward, false, Err(Syntax)),
             (b"<a\x00@b.c>".to_vec(), Forward, false, Err(Syntax)),

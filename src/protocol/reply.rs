@@ -55,6 +55,15 @@ pub const MAIL_LOOP: &str = "554 5.4.6 Too many hops: mail loop detected\r\n";
 pub const BARE_NEWLINE: &str = "550 5.6.0 Message refused: bare CR or LF in message text\r\n";
 pub const UTF8_WITHOUT_SMTPUTF8: &str = "553 5.6.7 Non-ASCII address requires SMTPUTF8\r\n";
 
+pub const SENDER_DENIED: &str = "550 5.7.1 Error: sender address not allowed by policy\r\n";
+pub const RECIPIENT_DENIED: &str = "553 5.7.1 Error: recipient address not allowed by policy\r\n";
+pub const ADDRESS_TOO_LONG: &str = "553 5.1.3 Error: address too long once qualified\r\n";
+pub const RATE_LIMITED: &str =
+    "450 4.7.1 Error: too many messages from this address, try again later\r\n";
+pub const TOO_MANY_MESSAGES: &str =
+    "421 4.7.0 Error: too many messages in this connection, closing\r\n";
+pub const TOO_MANY_FROM_ADDRESS: &str =
+    "421 4.7.0 Error: too many connections from this address, try again later\r\n";
 pub const TOO_MANY_RECIPIENTS: &str = "452 4.5.3 Error: too many recipients\r\n";
 pub const NO_STORAGE: &str = "452 4.3.1 Insufficient system storage\r\n";
 pub const LOCAL_ERROR: &str = "451 4.3.0 Error: local error in processing\r\n";
@@ -105,6 +114,12 @@ mod tests {
             BARE_NEWLINE,
             UTF8_WITHOUT_SMTPUTF8,
             TOO_MANY_RECIPIENTS,
+            SENDER_DENIED,
+            RECIPIENT_DENIED,
+            ADDRESS_TOO_LONG,
+            RATE_LIMITED,
+            TOO_MANY_MESSAGES,
+            TOO_MANY_FROM_ADDRESS,
             NO_STORAGE,
             LOCAL_ERROR,
             TIMEOUT,

@@ -7,6 +7,9 @@
 
 use core::fmt::Write as _;
 use core::net::IpAddr;
+use std::sync::Arc;
+
+use crate::policy::{Pattern, Policy};
 
 use super::address::Mailbox;
 use super::command::{self, BodyType, Command};
@@ -33,6 +36,8 @@ pub struct Settings {
     pub auth_available: bool,
     /// `require_auth yes`: nobody sends without authenticating.
     pub require_auth: bool,
+    /// Sender and recipient rules, qualification, aliases, limits.
+    pub policy: Arc<Policy>,
 }
 
 /// The client as the worker knows it.
@@ -96,7 +101,7 @@ pub enum Step {
     StoreMessage,
     /// The message ended and is refused (the reply is queued): drop the spool file.
     DiscardMessage,
-    /// AUTH: check `credentials()` and call `authenticated(ok)`.
+    /// AUTH: check `credentials()` and call `authenticated(result)`.
     Authenticate,
     /// STARTTLS: call `start_tls(nothing_else_buffered)`; if it returns true, send the
     /// replies, run the TLS handshake, then call `tls_established`.
@@ -140,6 +145,8 @@ pub struct ServerSession {
     body: Vec<u8>,
     last_verdict: Verdict,
     auth: Auth,
+    /// Messages stored in this connection (`max_messages_per_connection`).
+    messages: u32,
 }
 
 /// What AUTH has gathered. The password is wiped once it has been checked.
@@ -152,6 +159,8 @@ struct Auth {
     password: heapless::Vec<u8, 256>,
     /// The response was well-formed base64 but not acceptable (e.g. a foreign authzid).
     invalid: bool,
+    /// The senders the users file lets this user use (`None`: any).
+    senders: Option<Arc<[Pattern]>>,
 }
 
 impl Auth {
@@ -186,6 +195,7 @@ impl ServerSession {
             body: Vec::with_capacity(BODY_CAP),
             last_verdict: Verdict::Accept,
             auth: Auth::default(),
+            messages: 0,
         }
     }
 
@@ -197,6 +207,7 @@ impl ServerSession {
         self.auth = Auth::default();
         self.state = State::Hello;
         self.esmtp = false;
+        self.messages = 0;
         self.helo.clear();
         self.reset_transaction();
         self.line.clear();
@@ -464,13 +475,7 @@ impl ServerSession {
                 {
                     self.reply(reply::MESSAGE_TOO_BIG)
                 }
-                _ => {
-                    self.envelope.sender = mail.sender;
-                    self.envelope.body = mail.body;
-                    self.envelope.smtputf8 = mail.smtputf8;
-                    self.state = State::Rcpt;
-                    self.reply(reply::SENDER_OK);
-                }
+                _ => self.mail(mail),
             },
             Command::Rcpt(rcpt) => match self.state {
                 State::Hello | State::Mail => self.reply(reply::NEED_MAIL),
@@ -482,14 +487,7 @@ impl ServerSession {
                     );
                     self.reply(reply::RELAY_DENIED)
                 }
-                _ => {
-                    if self.envelope.recipients.push(rcpt).is_err() {
-                        self.reply(reply::TOO_MANY_RECIPIENTS);
-                    } else {
-                        self.state = State::RcptOrData;
-                        self.reply(reply::RECIPIENT_OK);
-                    }
-                }
+                _ => self.rcpt(&rcpt),
             },
             Command::Data => match self.state {
                 State::Hello => self.reply(reply::NEED_HELO),
@@ -528,6 +526,99 @@ impl ServerSession {
             },
             Command::NotImplemented => self.reply(reply::NOT_IMPLEMENTED),
         }
+    }
+
+    /// MAIL in the right state: the sender is qualified, then checked against the
+    /// policy, the per-connection message limit and the client's message rate.
+    fn mail(&mut self, mail: command::Mail) {
+        let policy = Arc::clone(&self.settings.policy);
+        let Ok(sender) = policy.qualify(&mail.sender) else {
+            self.reply(reply::ADDRESS_TOO_LONG);
+            return;
+        };
+        let user_ok = self
+            .auth
+            .senders
+            .as_deref()
+            .is_none_or(|own| crate::policy::allowed(own, &sender));
+        if !user_ok || !crate::policy::allowed(&policy.senders, &sender) {
+            log::info!(
+                "reject: MAIL from [{}]: 550 5.7.1 sender not allowed; from=<{}>{}",
+                self.peer.ip,
+                String::from_utf8_lossy(&sender),
+                self.authenticated_user()
+                    .map(|u| format!(", sasl_username={}", u.escape_debug()))
+                    .unwrap_or_default()
+            );
+            self.reply(reply::SENDER_DENIED);
+            return;
+        }
+        let limit = policy.max_messages_per_connection;
+        if limit > 0 && self.messages >= limit {
+            log::info!(
+                "reject: MAIL from [{}]: 421 4.7.0 {} messages in one connection",
+                self.peer.ip,
+                self.messages
+            );
+            self.reply(reply::TOO_MANY_MESSAGES);
+            self.state = State::Closed;
+            return;
+        }
+        if let Some(rate) = &policy.rate
+            && !rate.take(self.peer.ip, std::time::Instant::now())
+        {
+            log::warn!(
+                "reject: MAIL from [{}]: 450 4.7.1 message rate limit exceeded; from=<{}>",
+                self.peer.ip,
+                String::from_utf8_lossy(&sender)
+            );
+            self.reply(reply::RATE_LIMITED);
+            return;
+        }
+        self.envelope.sender = sender;
+        self.envelope.body = mail.body;
+        self.envelope.smtputf8 = mail.smtputf8;
+        self.state = State::Rcpt;
+        self.reply(reply::SENDER_OK);
+    }
+
+    /// RCPT from a client that may relay: the recipient is qualified and mapped by
+    /// the aliases; every address it stands for must pass the policy and fit.
+    fn rcpt(&mut self, rcpt: &[u8]) {
+        let policy = Arc::clone(&self.settings.policy);
+        let Ok(addr) = policy.qualify(rcpt) else {
+            self.reply(reply::ADDRESS_TOO_LONG);
+            return;
+        };
+        let targets = policy.alias(&addr).unwrap_or(core::slice::from_ref(&addr));
+        if let Some(bad) = targets
+            .iter()
+            .find(|t| !crate::policy::allowed(&policy.recipients, t))
+        {
+            log::info!(
+                "reject: RCPT from [{}]: 553 5.7.1 recipient not allowed; to=<{}>",
+                self.peer.ip,
+                String::from_utf8_lossy(bad)
+            );
+            self.reply(reply::RECIPIENT_DENIED);
+            return;
+        }
+        let room = policy
+            .max_recipients
+            .min(limits::RECIPIENTS)
+            .saturating_sub(self.envelope.recipients.len());
+        if targets.len() > room {
+            self.reply(reply::TOO_MANY_RECIPIENTS);
+            return;
+        }
+        for t in targets {
+            // An alias may name an address the client also gave: keep one.
+            if !self.envelope.recipients.iter().any(|r| r == t) {
+                let _ = self.envelope.recipients.push(t.clone());
+            }
+        }
+        self.state = State::RcptOrData;
+        self.reply(reply::RECIPIENT_OK);
     }
 
     fn auth_start(&mut self, mechanism: &[u8], initial: Option<&[u8]>) {
@@ -615,13 +706,15 @@ impl ServerSession {
         }
     }
 
-    /// The worker's answer to `Step::Authenticate`.
-    pub fn authenticated(&mut self, ok: bool) {
+    /// The worker's answer to `Step::Authenticate`: `None` for a failure, or the
+    /// senders the user may use (`Some(None)`: any the policy allows).
+    pub fn authenticated(&mut self, result: Option<Option<Arc<[Pattern]>>>) {
         debug_assert_eq!(self.state, State::AuthCheck);
         self.auth.wipe();
         self.state = State::Mail;
-        if ok {
+        if let Some(senders) = result {
             self.auth.authenticated = true;
+            self.auth.senders = senders;
             self.reply(reply::AUTH_OK);
             return;
         }
@@ -686,6 +779,7 @@ impl ServerSession {
         debug_assert_eq!(self.state, State::SpoolCommit);
         match result {
             Ok(id) => {
+                self.messages += 1;
                 let _ = write!(self.out, "250 2.0.0 Ok: queued as {id}\r\n");
             }
             Err(e) => self.reply(e.reply()),
@@ -737,6 +831,7 @@ mod tests {
             tls_available: false,
             auth_available: false,
             require_auth: false,
+            policy: Arc::new(Policy::open("relay.test")),
         }
     }
 
@@ -750,6 +845,8 @@ mod tests {
         closed: bool,
         open_result: Result<(), StoreError>,
         store_result: Result<&'static str, StoreError>,
+        /// What the users file says `user` may send as.
+        user_senders: Option<Arc<[Pattern]>>,
     }
 
     impl Harness {
@@ -771,6 +868,7 @@ mod tests {
                 closed: false,
                 open_result: Ok(()),
                 store_result: Ok("ID1"),
+                user_senders: None,
             }
         }
 
@@ -806,7 +904,7 @@ mod tests {
                         }
                         Step::Authenticate => {
                             let ok = self.s.credentials() == Some(("user", &b"pass"[..]));
-                            self.s.authenticated(ok);
+                            self.s.authenticated(ok.then(|| self.user_senders.clone()));
                         }
                         Step::Close => {
                             self.closed = true;
@@ -872,7 +970,7 @@ mod tests {
             (b"EHLO x\r\nMAIL FROM:<a@b.c> FOO=1\r\n", &["250", "555"]),
             (b"EHLO x\r\nMAIL FROM:<a@@b.c>\r\n", &["250", "501"]),
             (
-                b"EHLO x\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<bad>\r\n",
+                b"EHLO x\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<b..d>\r\n",
                 &["250", "250", "501"],
             ),
             (
@@ -1003,6 +1101,162 @@ mod tests {
         assert_eq!(c.len(), 103);
         assert!(c[..102].iter().all(|&c| c == "250"));
         assert_eq!(c[102], "452");
+    }
+
+    fn with_policy(policy: Policy) -> Settings {
+        Settings {
+            policy: Arc::new(policy),
+            ..settings()
+        }
+    }
+
+    fn rcpts(h: &Harness) -> Vec<String> {
+        h.s.envelope()
+            .recipients
+            .iter()
+            .map(|r| String::from_utf8_lossy(r).into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn sender_and_recipient_patterns() {
+        let policy = Policy {
+            senders: crate::policy::parse_patterns("*@example.net, <>").unwrap(),
+            recipients: crate::policy::parse_patterns("*@*.example.org").unwrap(),
+            ..Policy::open("example.net")
+        };
+        let mut h = Harness::new(with_policy(policy), true);
+        let r = h.run(
+            b"EHLO x\r\nMAIL FROM:<a@evil.org>\r\nMAIL FROM:<a@EXAMPLE.net>\r\n\
+              RCPT TO:<b@example.org>\r\nRCPT TO:<b@mx.example.org>\r\nRSET\r\n\
+              MAIL FROM:<cam>\r\nRSET\r\nMAIL FROM:<>\r\n",
+            7,
+        );
+        assert_eq!(
+            codes(&r),
+            [
+                "250", "550", "250", "553", "250", "250", "250", "250", "250"
+            ]
+        );
+        assert!(r.contains("550 5.7.1 ") && r.contains("553 5.7.1 "));
+        // `cam` was qualified to cam@example.net, which the pattern admits.
+        assert_eq!(h.s.envelope().sender.len(), 0);
+    }
+
+    #[test]
+    fn bare_names_are_qualified_and_aliased() {
+        let mut policy = Policy::open("box.lan");
+        for line in [
+            "root admin@example.org",
+            "ops a@example.org, admin@example.org",
+        ] {
+            let (n, t) = crate::policy::parse_alias(line).unwrap();
+            policy.aliases.insert(n, t);
+        }
+        let mut h = Harness::new(with_policy(policy), true);
+        let r = h.run(
+            b"EHLO x\r\nMAIL FROM:<cron>\r\nRCPT TO:<root>\r\nRCPT TO:<Ops@box.lan>\r\n\
+              RCPT TO:<guest>\r\nRCPT TO:<root@elsewhere.org>\r\n",
+            5,
+        );
+        assert_eq!(codes(&r), ["250"; 6]);
+        assert_eq!(&h.s.envelope().sender[..], b"cron@box.lan");
+        assert_eq!(
+            rcpts(&h),
+            [
+                "admin@example.org",
+                "a@example.org",
+                "guest@box.lan",
+                "root@elsewhere.org"
+            ],
+            "an address named twice is kept once"
+        );
+        // A name that cannot be qualified within the path limit.
+        let long = format!("RCPT TO:<{}>\r\n", "a".repeat(64));
+        let mut h = Harness::new(with_policy(Policy::open(&"d".repeat(200))), true);
+        let r = h.run(
+            format!("EHLO x\r\nMAIL FROM:<a@b.c>\r\n{long}").as_bytes(),
+            100,
+        );
+        assert_eq!(codes(&r), ["250", "250", "553"]);
+    }
+
+    #[test]
+    fn configured_limits() {
+        // max_recipients, counted after aliases.
+        let mut policy = Policy {
+            max_recipients: 2,
+            ..Policy::open("box.lan")
+        };
+        let (n, t) = crate::policy::parse_alias("two a@x.org,b@x.org").unwrap();
+        policy.aliases.insert(n, t);
+        let mut h = Harness::new(with_policy(policy), true);
+        let r = h.run(
+            b"EHLO x\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<c@d.e>\r\nRCPT TO:<two>\r\n\
+              RCPT TO:<f@g.h>\r\nRCPT TO:<i@j.k>\r\n",
+            100,
+        );
+        assert_eq!(codes(&r), ["250", "250", "250", "452", "250", "452"]);
+        assert!(r.contains("452 4.5.3 "));
+
+        // max_messages_per_connection: the next MAIL gets 421 and the session ends.
+        let policy = Policy {
+            max_messages_per_connection: 1,
+            ..Policy::open("box.lan")
+        };
+        let mut h = Harness::new(with_policy(policy), true);
+        let msg = b"MAIL FROM:<a@b.c>\r\nRCPT TO:<c@d.e>\r\nDATA\r\nx\r\n.\r\n";
+        let mut input = b"EHLO x\r\n".to_vec();
+        input.extend_from_slice(msg);
+        input.extend_from_slice(msg);
+        let r = h.run(&input, 100);
+        assert_eq!(codes(&r), ["250", "250", "250", "354", "250", "421"]);
+        assert!(r.ends_with("421 4.7.0 Error: too many messages in this connection, closing\r\n"));
+        assert!(h.closed);
+        assert_eq!(h.stored.len(), 1);
+
+        // rate_limit 2/60: the third MAIL from the address, in any connection, gets 450.
+        let policy = Arc::new(Policy {
+            rate: Some(crate::policy::RateTable::new(
+                crate::policy::Rate::parse("2/60").unwrap().unwrap(),
+            )),
+            ..Policy::open("box.lan")
+        });
+        let settings = Settings {
+            policy,
+            ..settings()
+        };
+        let mut h = Harness::new(settings.clone(), true);
+        let r = h.run(
+            b"EHLO x\r\nMAIL FROM:<a@b.c>\r\nRSET\r\nMAIL FROM:<a@b.c>\r\n",
+            100,
+        );
+        assert_eq!(codes(&r), ["250", "250", "250", "250"]);
+        let mut h = Harness::new(settings, true);
+        let r = h.run(b"EHLO x\r\nMAIL FROM:<a@b.c>\r\n", 100);
+        assert_eq!(codes(&r), ["250", "450"]);
+        assert!(r.contains("450 4.7.1 "));
+    }
+
+    #[test]
+    fn users_file_senders_bind_an_authenticated_user() {
+        let settings = Settings {
+            tls_available: true,
+            auth_available: true,
+            ..settings()
+        };
+        let mut h = Harness::new(settings, false);
+        h.user_senders = Some(Arc::from(
+            crate::policy::parse_patterns("cam1@example.net,*@*.cams.example.net").unwrap(),
+        ));
+        h.run(b"EHLO x\r\nSTARTTLS\r\n", 100);
+        let r = h.run(
+            b"EHLO x\r\nAUTH PLAIN AHVzZXIAcGFzcw==\r\nMAIL FROM:<boss@example.net>\r\n\
+              MAIL FROM:<cam1@example.net>\r\nRCPT TO:<x@y.z>\r\nRSET\r\n\
+              MAIL FROM:<a@b.cams.example.net>\r\n",
+            9,
+        );
+        assert_eq!(codes(&r)[1..], ["235", "550", "250", "250", "250", "250"]);
     }
 
     #[test]
@@ -1252,6 +1506,7 @@ mod tests_support {
             tls_available: true,
             auth_available: true,
             require_auth: false,
+            policy: Arc::new(Policy::open("relay.test")),
         });
         s.start(Peer {
             ip: IpAddr::from([127, 0, 0, 1]),
@@ -1287,7 +1542,7 @@ mod tests_support {
                     }
                     Step::Authenticate => {
                         let ok = s.credentials() == Some(("user", &b"pass"[..]));
-                        s.authenticated(ok);
+                        s.authenticated(ok.then_some(None));
                     }
                     Step::NeedInput | Step::Flush | Step::Close => {}
                 }

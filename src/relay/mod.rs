@@ -402,10 +402,25 @@ impl Relay {
             .iter()
             .map(|&i| msg.envelope.recipients[i].as_str())
             .collect();
+        // rewrite_sender and rewrite_from apply as the message leaves, so a changed
+        // setting reaches mail already queued. The null sender is never rewritten.
+        let config = Arc::clone(&self.config);
+        let sender = match &config.rewrite_sender {
+            Some(s) if !msg.envelope.sender.is_empty() => s.as_str(),
+            _ => msg.envelope.sender.as_str(),
+        };
+        let header = config
+            .rewrite_from
+            .as_deref()
+            .and_then(|new| rewritten_header(&msg, &self.spool, new));
+        let size = match &header {
+            Some(h) => msg.size - h.skip + h.text.len() as u64,
+            None => msg.size,
+        };
         let tx = Transaction {
-            sender: &msg.envelope.sender,
+            sender,
             recipients: &rcpts,
-            size: msg.size,
+            size,
             eight_bit: msg.envelope.eight_bit,
             smtputf8: msg.envelope.smtputf8,
         };
@@ -427,7 +442,7 @@ impl Relay {
                 results = Some(vec![RcptResult::Failed(reply); rcpts.len()]);
                 break;
             }
-            match conn.send(&tx, &msg, &spool) {
+            match conn.send(&tx, &msg, header.as_ref(), &spool) {
                 Ok(r) => {
                     results = Some(r);
                     break;
@@ -601,6 +616,43 @@ impl Relay {
         }
         self.forget(&msg.id);
     }
+}
+
+/// The header section of a message with `From:` rewritten to `new`, and how many
+/// octets of the content it replaces; `None` when nothing changes or the header
+/// cannot be read (the message then goes as it is, which the log says).
+fn rewritten_header(msg: &Message, spool: &Spool, new: &str) -> Option<upstream::Header> {
+    use std::io::Read;
+    let mut content = match msg.open_content(spool) {
+        Ok(c) => c,
+        Err(e) => {
+            log::warn!("{}: cannot read the header to rewrite From: {e}", msg.id);
+            return None;
+        }
+    };
+    let mut buf = Vec::with_capacity(crate::rewrite::HEADER_CAP.min(msg.size as usize));
+    if let Err(e) = (&mut content)
+        .take(crate::rewrite::HEADER_CAP as u64)
+        .read_to_end(&mut buf)
+    {
+        log::warn!("{}: cannot read the header to rewrite From: {e}", msg.id);
+        return None;
+    }
+    let complete = buf.len() as u64 == msg.size;
+    let Some(len) = crate::rewrite::header_len(&buf, complete) else {
+        log::warn!(
+            "{}: header section longer than {} octets; From: not rewritten",
+            msg.id,
+            crate::rewrite::HEADER_CAP
+        );
+        return None;
+    };
+    let text = crate::rewrite::rewrite_from(&buf[..len], new)?;
+    log::debug!("{}: From: rewritten to <{new}>", msg.id);
+    Some(upstream::Header {
+        text,
+        skip: len as u64,
+    })
 }
 
 #[cfg(test)]

@@ -88,6 +88,13 @@ fn local(text: &str) -> Reply {
     Reply::new(451, text)
 }
 
+/// A replacement for the start of a message's content (`rewrite_from`).
+pub struct Header {
+    pub text: Vec<u8>,
+    /// Octets of the spooled content that `text` replaces.
+    pub skip: u64,
+}
+
 impl Upstream {
     /// Connects, reads the greeting and says EHLO (or HELO). An `Err` is the reason
     /// to record for every message that was due.
@@ -269,6 +276,7 @@ impl Upstream {
         &mut self,
         tx: &Transaction<'_>,
         msg: &Message,
+        header: Option<&Header>,
         spool: &Spool,
     ) -> Result<Vec<RcptResult>, Vec<RcptResult>> {
         self.client.start(tx);
@@ -284,7 +292,7 @@ impl Upstream {
             match self.client.on_reply(reply, caps) {
                 Event::Continue => {}
                 Event::SendBody => {
-                    if let Err(reason) = self.send_body(msg, spool) {
+                    if let Err(reason) = self.send_body(msg, header, spool) {
                         break Err(self.client.connection_lost(&reason));
                     }
                     self.client.body_sent();
@@ -319,10 +327,14 @@ impl Upstream {
     }
 
     /// Streams the content, dot-stuffed, with large reads and writes.
-    fn send_body(&mut self, msg: &Message, spool: &Spool) -> Result<(), Reply> {
-        let mut content = msg
-            .open_content(spool)
-            .map_err(|e| local(&format!("4.3.0 cannot read spool file: {e}")))?;
+    fn send_body(
+        &mut self,
+        msg: &Message,
+        header: Option<&Header>,
+        spool: &Spool,
+    ) -> Result<(), Reply> {
+        let cannot_read = |e: io::Error| local(&format!("4.3.0 cannot read spool file: {e}"));
+        let mut content = msg.open_content(spool).map_err(cannot_read)?;
         if let Some(tcp) = self.stream.tcp() {
             let _ = tcp.set_write_timeout(Some(self.wait(DATA_BLOCK)));
         }
@@ -330,6 +342,18 @@ impl Upstream {
         let mut chunk = vec![0u8; 64 * 1024];
         let mut wire = Vec::with_capacity(2 * chunk.len() + 8);
         let lost = |e: io::Error| local(&format!("4.4.2 lost connection while sending data: {e}"));
+        if let Some(h) = header {
+            // The rewritten header replaces the first `skip` octets of the content.
+            use std::io::Seek;
+            content
+                .get_mut()
+                .seek(io::SeekFrom::Current(h.skip as i64))
+                .map_err(cannot_read)?;
+            content.set_limit(msg.size - h.skip);
+            wire.clear();
+            stuffer.encode(&h.text, &mut wire);
+            self.stream.write_all(&wire).map_err(lost)?;
+        }
         loop {
             let n = content
                 .read(&mut chunk)

@@ -10,6 +10,7 @@ pub struct DataError(pub String);
 
 /// What the caller knows about the submission.
 pub struct Context<'a> {
+    /// The domain bare names get (`qualify_domain`).
     pub hostname: &'a str,
     /// The envelope sender (already chosen and qualified).
     pub sender: &'a str,

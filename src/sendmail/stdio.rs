@@ -19,7 +19,16 @@ pub fn serve(config: &Config) -> ExitCode {
             return ExitCode::from(super::submit::EX_CANTCREAT);
         }
     };
-    let mut session = Box::new(ServerSession::new(crate::server::worker::settings(config)));
+    let policy = match config.policy() {
+        Ok(p) => std::sync::Arc::new(p),
+        Err(e) => {
+            eprintln!("sendmail: {e}");
+            return ExitCode::from(78);
+        }
+    };
+    let mut session = Box::new(ServerSession::new(crate::server::worker::settings(
+        config, policy,
+    )));
     // A local caller: allowed to relay, like a script calling sendmail.
     session.start(Peer {
         ip: [127, 0, 0, 1].into(),

@@ -16,6 +16,8 @@ pub const EX_DATAERR: u8 = 65;
 pub const EX_CANTCREAT: u8 = 73;
 pub const EX_IOERR: u8 = 74;
 pub const EX_TEMPFAIL: u8 = 75;
+pub const EX_NOPERM: u8 = 77;
+pub const EX_CONFIG: u8 = 78;
 
 /// A failure: the exit code and one line for stderr.
 #[derive(Debug)]
@@ -51,13 +53,41 @@ fn envelope_sender(config: &Config, opts: &Options) -> Result<String, Failure> {
         if s.is_empty() {
             return Ok(String::new());
         }
-        return Ok(message::qualify(s, &config.hostname)?);
+        return Ok(message::qualify(s, config.qualify_domain())?);
     }
     if let Some(s) = &config.sendmail_from {
         return Ok(s.clone());
     }
     let user = crate::privileges::current_user().unwrap_or_else(|| "root".into());
-    Ok(message::qualify(&user, &config.hostname)?)
+    Ok(message::qualify(&user, config.qualify_domain())?)
+}
+
+/// Maps the recipients through the aliases and checks them against
+/// `allow_recipient`, as the daemon does for RCPT.
+fn apply_policy(config: &Config, recipients: Vec<String>) -> Result<Vec<String>, Failure> {
+    let policy = config.policy().map_err(|e| Failure(EX_CONFIG, e))?;
+    let mut out: Vec<String> = Vec::with_capacity(recipients.len());
+    for r in recipients {
+        let mapped: Vec<String> = match policy.alias(r.as_bytes()) {
+            Some(targets) => targets
+                .iter()
+                .map(|t| String::from_utf8_lossy(t).into_owned())
+                .collect(),
+            None => vec![r],
+        };
+        for t in mapped {
+            if !crate::policy::allowed(&policy.recipients, t.as_bytes()) {
+                return Err(Failure(
+                    EX_NOPERM,
+                    format!("recipient <{t}> not allowed by allow_recipient"),
+                ));
+            }
+            if !out.contains(&t) {
+                out.push(t);
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Queues the message read from `input`. Returns its queue id.
@@ -66,7 +96,7 @@ pub fn submit(config: &Config, opts: &Options, mut input: impl Read) -> Result<Q
     let mut recipients = Vec::new();
     for arg in &opts.recipients {
         for a in message::address_list(arg) {
-            recipients.push(message::qualify(&a, &config.hostname)?);
+            recipients.push(message::qualify(&a, config.qualify_domain())?);
         }
     }
     // The message is read whole, up to the size limit (and a byte more to tell).
@@ -90,7 +120,7 @@ pub fn submit(config: &Config, opts: &Options, mut input: impl Read) -> Result<Q
     let now = time::now_unix();
     let date = time::rfc5322(now);
     let ctx = Context {
-        hostname: &config.hostname,
+        hostname: config.qualify_domain(),
         sender: if sender.is_empty() {
             "MAILER-DAEMON"
         } else {
@@ -108,6 +138,7 @@ pub fn submit(config: &Config, opts: &Options, mut input: impl Read) -> Result<Q
             recipients.push(r);
         }
     }
+    let recipients = apply_policy(config, recipients)?;
     if recipients.is_empty() {
         return Err(Failure(
             EX_USAGE,

@@ -25,6 +25,7 @@ pub struct Acceptor {
     pub pool: Sender<super::worker::Incoming>,
     pub shared: Arc<Shared>,
     pub max_connections: usize,
+    pub max_connections_per_ip: u32,
 }
 
 impl Acceptor {
@@ -80,10 +81,22 @@ impl Acceptor {
         }
     }
 
-    fn hand_off(&mut self, stream: TcpStream, addr: std::net::SocketAddr, tls: bool) {
+    fn hand_off(&mut self, mut stream: TcpStream, addr: std::net::SocketAddr, tls: bool) {
+        let ip = addr.ip().to_canonical();
+        if !self.shared.per_ip.enter(ip, self.max_connections_per_ip) {
+            log::warn!(
+                "too many connections from [{ip}] (max_connections_per_ip {}): refused [{ip}]:{} with 421 4.7.0",
+                self.max_connections_per_ip,
+                addr.port()
+            );
+            let _ = stream.set_nonblocking(true);
+            let _ = stream.write_all(reply::TOO_MANY_FROM_ADDRESS.as_bytes());
+            return;
+        }
         let active = self.shared.active.fetch_add(1, Ordering::AcqRel);
         let refuse = |mut stream: TcpStream, why: &str| {
             self.shared.active.fetch_sub(1, Ordering::AcqRel);
+            self.shared.per_ip.leave(ip);
             log::warn!(
                 "{why}: refused [{}]:{} with 421 4.3.2",
                 addr.ip(),
@@ -97,9 +110,9 @@ impl Acceptor {
             refuse(stream, "too many connections");
             return;
         }
-        match self.pool.try_send((stream, tls)) {
+        match self.pool.try_send((stream, tls, ip)) {
             Ok(()) => {}
-            Err(TrySendError::Full((s, _))) | Err(TrySendError::Disconnected((s, _))) => {
+            Err(TrySendError::Full((s, ..))) | Err(TrySendError::Disconnected((s, ..))) => {
                 refuse(s, "all workers busy")
             }
         }

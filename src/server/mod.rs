@@ -15,6 +15,8 @@ pub struct Shared {
     pub active: AtomicUsize,
     /// One slot per worker: its current connection, for shutdown.
     pub slots: Vec<Slot>,
+    /// Open connections per client address (`max_connections_per_ip`).
+    pub per_ip: crate::policy::ConnectionCounts,
     /// Failed AUTH attempts per client address.
     #[cfg(feature = "tls")]
     pub auth_throttle: crate::auth::Throttle,
@@ -33,6 +35,7 @@ impl Shared {
             shutting_down: AtomicBool::new(false),
             active: AtomicUsize::new(0),
             slots: (0..workers).map(|_| Slot::default()).collect(),
+            per_ip: crate::policy::ConnectionCounts::default(),
             #[cfg(feature = "tls")]
             auth_throttle: crate::auth::Throttle::new(),
         }

@@ -32,8 +32,11 @@ type Layer = crate::stream::NoTls;
 
 type Stream = crate::stream::Stream<Layer>;
 
-/// A connection for the pool, and whether its listener speaks TLS from the first byte.
-pub type Incoming = (TcpStream, bool);
+type Senders = Option<Arc<[crate::policy::Pattern]>>;
+
+/// A connection for the pool, whether its listener speaks TLS from the first byte,
+/// and the client's address as the acceptor counted it.
+pub type Incoming = (TcpStream, bool, std::net::IpAddr);
 
 /// The read buffer: one `read` takes at most this much.
 const READ_BUF: usize = 16 * 1024;
@@ -46,6 +49,7 @@ pub struct Worker {
     pub rescan: Arc<AtomicBool>,
     pub shared: Arc<Shared>,
     pub tls: Option<TlsServer>,
+    pub policy: Arc<crate::policy::Policy>,
     #[cfg(feature = "tls")]
     pub users: Option<Arc<crate::auth::Users>>,
 }
@@ -58,7 +62,7 @@ enum End {
     Shutdown,
 }
 
-pub fn settings(config: &Config) -> Settings {
+pub fn settings(config: &Config, policy: Arc<crate::policy::Policy>) -> Settings {
     Settings {
         hostname: heapless::String::try_from(config.hostname.as_str()).unwrap_or_default(),
         max_message_size: config.max_message_size,
@@ -67,24 +71,27 @@ pub fn settings(config: &Config) -> Settings {
         tls_available: config.tls_cert.is_some(),
         auth_available: config.auth_users.is_some(),
         require_auth: config.require_auth,
+        policy,
     }
 }
 
 impl Worker {
     pub fn run(self, pool: Receiver<Incoming>) {
         // All per-session memory is taken here, once.
-        let mut session = Box::new(ServerSession::new(settings(&self.config)));
+        let fresh = || ServerSession::new(settings(&self.config, Arc::clone(&self.policy)));
+        let mut session = Box::new(fresh());
         let mut buf = vec![0u8; READ_BUF].into_boxed_slice();
-        for (stream, implicit_tls) in pool {
+        for (stream, implicit_tls, ip) in pool {
             let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 self.serve(&mut session, &mut buf, stream, implicit_tls);
             }));
+            self.shared.per_ip.leave(ip);
             if served.is_err() {
                 log::error!(
                     "worker {}: session panicked; connection dropped",
                     self.index
                 );
-                *session = ServerSession::new(settings(&self.config));
+                *session = fresh();
                 self.release();
             }
         }
@@ -287,8 +294,8 @@ impl Worker {
                         session.tls_established();
                     }
                     Step::Authenticate => {
-                        let ok = self.check_auth(session, addr);
-                        session.authenticated(ok);
+                        let result = self.check_auth(session, addr);
+                        session.authenticated(result);
                     }
                     Step::Close => {
                         let _ = send(stream, session);
@@ -302,7 +309,8 @@ impl Worker {
     /// Checks AUTH credentials against `auth_users`. A failure is logged in one line
     /// (for fail2ban: `AUTH failed from [IP]`) and answered late when the address
     /// keeps failing.
-    fn check_auth(&self, session: &ServerSession, addr: SocketAddr) -> bool {
+    /// On success, the senders the users file gives the user (`None`: any).
+    fn check_auth(&self, session: &ServerSession, addr: SocketAddr) -> Option<Senders> {
         let ip = addr.ip().to_canonical();
         let (user, mechanism) = (
             session.auth_user().escape_debug().to_string(),
@@ -312,9 +320,9 @@ impl Worker {
         {
             let ok = match (&self.users, session.credentials()) {
                 (Some(users), Some((name, password))) => users.check(name, password),
-                _ => false,
+                _ => None,
             };
-            if ok {
+            if ok.is_some() {
                 self.shared.auth_throttle.succeeded(ip);
                 log::info!("[{ip}]:{}: AUTH {mechanism} as {user}", addr.port());
             } else {
@@ -330,7 +338,7 @@ impl Worker {
         #[cfg(not(feature = "tls"))]
         {
             let _ = (ip, user, mechanism);
-            false
+            None
         }
     }
 
