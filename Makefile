@@ -2,12 +2,12 @@
 CARGO  ?= cargo
 PYTHON ?= python3
 
-.PHONY: all build release test unit integration lint demo clean cross cross-test size install uninstall bench
+.PHONY: all build release test unit integration lint demo clean cross cross-test size install uninstall bench fuzz
 
 PREFIX ?= /usr/local
 DESTDIR ?=
 SHELL_SCRIPTS = benches/micro.sh cross/build.sh cross/test.sh cross/size.sh cross/init.d/smtp-relayd cross/runit/run \
-	cross/runit/log/run cross/openwrt/files/smtp-relayd.init tests/demo.sh .ci/run
+	cross/runit/log/run cross/openwrt/files/smtp-relayd.init tests/demo.sh .ci/run fuzz/run.sh
 
 all: build
 
@@ -54,6 +54,13 @@ bench: release
 	command -v valgrind > /dev/null || { apt-get update -qq && apt-get install -y -qq valgrind; }
 	$(PYTHON) benches/e2e.py
 	sh benches/micro.sh
+
+# libFuzzer (cargo-fuzz) on every parsing entry point, FUZZ_SECONDS each, from the
+# committed seed corpora in fuzz/corpus; fails on any crash, leak, timeout or OOM.
+FUZZ_SECONDS ?= 60
+fuzz:
+	command -v cargo-fuzz > /dev/null || $(CARGO) install cargo-fuzz --locked
+	sh fuzz/run.sh $(FUZZ_SECONDS)
 
 # Stripped sizes of the release binary per target, with and without TLS.
 size:

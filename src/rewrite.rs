@@ -122,7 +122,11 @@ pub fn rewrite_from(header: &[u8], new: &str) -> Option<Vec<u8>> {
             from.extend_from_slice(p);
             from.extend_from_slice(format!(" <{new}>").as_bytes());
         }
-        Display::Comment(c) if !c.is_empty() => {
+        // A comment with its own brackets, quotes or angles is not carried over:
+        // it would change how the new From parses.
+        Display::Comment(c)
+            if !c.is_empty() && !c.iter().any(|b| b"()<>\"\\".contains(b)) =>
+        {
             from.extend_from_slice(new.as_bytes());
             from.extend_from_slice(b" (");
             from.extend_from_slice(c);
@@ -263,6 +267,16 @@ mod tests {
         for (input, want) in cases {
             assert_eq!(rw(input).as_deref(), *want, "{input:?}");
         }
+    }
+
+    /// Found by the fuzz target: an unbalanced quote and a comment holding an angle
+    /// address made the rewritten From parse differently the second time.
+    #[test]
+    fn rewriting_twice_changes_nothing() {
+        let input = b"From: \"a()1 From(+ NName\rome\r\n  <a@b>\n <\0\x10n)\x0f@`b.\r\n";
+        let once = rewrite_from(input, "relay@example.net").unwrap();
+        assert_eq!(rewrite_from(&once, "relay@example.net"), None);
+        assert!(once.starts_with(b"From: relay@example.net\r\n"));
     }
 
     #[test]

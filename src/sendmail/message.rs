@@ -46,7 +46,9 @@ fn lines(input: &[u8], ignore_dots: bool) -> Vec<&[u8]> {
         if !ignore_dots && line == b"." {
             break;
         }
-        out.push(line);
+        // A bare CR inside a line ends a line too (as the SMTP side's normalize),
+        // so the spooled content has CRLF line ends only.
+        out.extend(line.split(|&b| b == b'\r'));
         rest = next;
     }
     out
@@ -248,6 +250,19 @@ mod tests {
         assert_eq!(qualify("a@b.c", "box.lan").unwrap(), "a@b.c");
         assert!(qualify("a b@c.d", "box.lan").is_err());
         assert!(qualify("a@", "box.lan").is_err());
+    }
+
+    /// Found by the fuzz target: a CR inside a line reached the spool bare.
+    #[test]
+    fn bare_cr_inside_a_line_ends_it() {
+        let p = prepare(b"Subject: y\r\n\r\x0e.\x01\nbody\rmore\n", &ctx(false, false)).unwrap();
+        let c = &p.content;
+        assert!(
+            c.windows(2).enumerate().all(|(i, w)| w[0] != b'\r' || w[1] == b'\n')
+                && !c.ends_with(b"\r"),
+            "{c:?}"
+        );
+        assert!(c.ends_with(b"\r\nbody\r\nmore\r\n"));
     }
 
     #[test]
