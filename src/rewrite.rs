@@ -124,9 +124,7 @@ pub fn rewrite_from(header: &[u8], new: &str) -> Option<Vec<u8>> {
         }
         // A comment with its own brackets, quotes or angles is not carried over:
         // it would change how the new From parses.
-        Display::Comment(c)
-            if !c.is_empty() && !c.iter().any(|b| b"()<>\"\\".contains(b)) =>
-        {
+        Display::Comment(c) if !c.is_empty() && !c.iter().any(|b| b"()<>\"\\".contains(b)) => {
             from.extend_from_slice(new.as_bytes());
             from.extend_from_slice(b" (");
             from.extend_from_slice(c);

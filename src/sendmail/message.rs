@@ -255,11 +255,14 @@ mod tests {
     /// Found by the fuzz target: a CR inside a line reached the spool bare.
     #[test]
     fn bare_cr_inside_a_line_ends_it() {
-        let p = prepare(b"Subject: y\r\n\r\x0e.\x01\nbody\rmore\n", &ctx(false, false)).unwrap();
+        let p = prepare(
+            b"Subject: y\r\n\r\x0e.\x01\nbody\rmore\n",
+            &ctx(false, false),
+        )
+        .unwrap();
         let c = &p.content;
         assert!(
-            c.windows(2).enumerate().all(|(i, w)| w[0] != b'\r' || w[1] == b'\n')
-                && !c.ends_with(b"\r"),
+            c.windows(2).all(|w| w[0] != b'\r' || w[1] == b'\n') && !c.ends_with(b"\r"),
             "{c:?}"
         );
         assert!(c.ends_with(b"\r\nbody\r\nmore\r\n"));
