@@ -9,3 +9,6 @@ pub mod limits;
 pub mod reply;
 pub mod server;
 pub mod stuff;
+
+#[cfg(test)]
+mod properties;
