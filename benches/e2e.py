@@ -88,7 +88,9 @@ class Relay:
         with open(conf, "w") as f:
             f.write(f"listen 127.0.0.1:{self.port}\nhostname bench.test\nspool {self.dir}/spool\n"
                     f"smarthost 127.0.0.1:{sink_port}\nsmarthost_tls none\nworkers {workers}\n"
-                    f"max_connections 64\nmax_message_size 10M\n")
+                    f"max_connections 64\nmax_message_size 10M\n"
+                    # One client address sends everything here: no per-address limits.
+                    f"max_connections_per_ip 64\nrate_limit none\nmax_messages_per_connection none\n")
         self.proc = subprocess.Popen([BINARY, "-c", conf], stderr=subprocess.DEVNULL)
         wait_port(self.port)
         time.sleep(0.2)
