@@ -49,6 +49,8 @@ class Sink:
         self.tls_sessions = 0
         self.commands = []
         self.out_dir = out_dir
+        if out_dir:
+            os.makedirs(out_dir, exist_ok=True)
         self.verbose = verbose
         self.lock = threading.Lock()
         self.cond = threading.Condition(self.lock)
