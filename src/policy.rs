@@ -120,6 +120,9 @@ impl std::fmt::Display for Pattern {
     }
 }
 
+/// The senders the users file lets one user send as.
+pub type Senders = std::sync::Arc<[Pattern]>;
+
 /// A comma- or space-separated list of patterns.
 pub fn parse_patterns(s: &str) -> Result<Vec<Pattern>, String> {
     s.split(|c: char| c == ',' || c.is_ascii_whitespace())
@@ -247,11 +250,6 @@ impl ConnectionCounts {
             }
         }
     }
-
-    pub fn open(&self, ip: IpAddr) -> u32 {
-        let map = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(&ip).copied().unwrap_or(0)
-    }
 }
 
 /// What the session checks at MAIL and RCPT, and how it qualifies and maps names.
@@ -323,6 +321,19 @@ impl Policy {
         }
         let local = core::str::from_utf8(local).ok()?.to_ascii_lowercase();
         self.aliases.get(&local).map(|v| &v[..])
+    }
+}
+
+impl Policy {
+    /// The addresses a qualified recipient stands for (its alias targets, or itself),
+    /// or the first of them that `allow_recipient` refuses. The SMTP session and
+    /// sendmail both ask this.
+    pub fn recipient<'a>(&'a self, addr: &'a Mailbox) -> Result<&'a [Mailbox], &'a Mailbox> {
+        let targets = self.alias(addr).unwrap_or(core::slice::from_ref(addr));
+        match targets.iter().find(|t| !allowed(&self.recipients, t)) {
+            Some(refused) => Err(refused),
+            None => Ok(targets),
+        }
     }
 }
 
@@ -469,12 +480,14 @@ mod tests {
         assert!(c.enter(ip, 2));
         assert!(!c.enter(ip, 2));
         c.leave(ip);
-        assert_eq!(c.open(ip), 1);
+        assert_eq!(c.open.lock().unwrap()[&ip], 1);
         assert!(c.enter(ip, 2));
         c.leave(ip);
         c.leave(ip);
-        assert_eq!(c.open(ip), 0);
-        assert!(c.open.lock().unwrap().is_empty());
+        assert!(
+            c.open.lock().unwrap().is_empty(),
+            "an address with none open is forgotten"
+        );
     }
 
     #[test]

@@ -47,24 +47,8 @@ pub fn header_len(content: &[u8], complete: bool) -> Option<usize> {
 /// printable ASCII but ':', then optional WSP as obsolete syntax allows).
 fn field_name(line: &[u8]) -> Option<&[u8]> {
     let colon = line.iter().position(|&b| b == b':')?;
-    let name = trim_end(&line[..colon]);
+    let name = line[..colon].trim_ascii_end();
     (!name.is_empty() && name.iter().all(|&b| (33..=126).contains(&b))).then_some(name)
-}
-
-fn trim_end(s: &[u8]) -> &[u8] {
-    let end = s
-        .iter()
-        .rposition(|b| !b.is_ascii_whitespace())
-        .map_or(0, |i| i + 1);
-    &s[..end]
-}
-
-fn trim(s: &[u8]) -> &[u8] {
-    let start = s
-        .iter()
-        .position(|b| !b.is_ascii_whitespace())
-        .unwrap_or(s.len());
-    trim_end(&s[start..])
 }
 
 /// Rewrites the header section `header` (as `header_len` measured it) so that From
@@ -110,7 +94,7 @@ pub fn rewrite_from(header: &[u8], new: &str) -> Option<Vec<u8>> {
         .copied()
         .filter(|&b| b != b'\r' && b != b'\n')
         .collect();
-    let value = trim(&unfolded);
+    let value = unfolded.trim_ascii();
     let (display, address) = split_mailbox(value);
     if address.eq_ignore_ascii_case(new.as_bytes()) {
         return None;
@@ -186,8 +170,8 @@ fn split_mailbox(value: &[u8]) -> (Display<'_>, &[u8]) {
         && let Some(gt) = value[lt..].iter().position(|&b| b == b'>')
     {
         return (
-            Display::Phrase(trim(&value[..lt])),
-            trim(&value[lt + 1..lt + gt]),
+            Display::Phrase(value[..lt].trim_ascii()),
+            value[lt + 1..lt + gt].trim_ascii(),
         );
     }
     if let Some(open) = value.iter().position(|&b| b == b'(')
@@ -195,8 +179,8 @@ fn split_mailbox(value: &[u8]) -> (Display<'_>, &[u8]) {
         && close > open
     {
         return (
-            Display::Comment(trim(&value[open + 1..close])),
-            trim(&value[..open]),
+            Display::Comment(value[open + 1..close].trim_ascii()),
+            value[..open].trim_ascii(),
         );
     }
     (Display::None, value)

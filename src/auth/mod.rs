@@ -9,6 +9,8 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::policy::Senders;
+
 /// Compares in time that depends only on the lengths.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
@@ -25,9 +27,6 @@ pub struct Users {
     /// The hash, and the senders the user may use (`None`: any the policy allows).
     hashes: HashMap<String, (String, Option<Senders>)>,
 }
-
-/// Sender patterns from the users file's third field.
-pub type Senders = std::sync::Arc<[crate::policy::Pattern]>;
 
 impl std::fmt::Debug for Users {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

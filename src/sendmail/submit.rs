@@ -6,6 +6,7 @@ use std::io::Read;
 use super::args::Options;
 use super::message::{self, Context, DataError};
 use crate::config::Config;
+use crate::protocol::address::Mailbox;
 use crate::relay;
 use crate::spool::{self, QueueId, Spool};
 use crate::time;
@@ -68,20 +69,19 @@ fn apply_policy(config: &Config, recipients: Vec<String>) -> Result<Vec<String>,
     let policy = config.policy().map_err(|e| Failure(EX_CONFIG, e))?;
     let mut out: Vec<String> = Vec::with_capacity(recipients.len());
     for r in recipients {
-        let mapped: Vec<String> = match policy.alias(r.as_bytes()) {
-            Some(targets) => targets
-                .iter()
-                .map(|t| String::from_utf8_lossy(t).into_owned())
-                .collect(),
-            None => vec![r],
-        };
-        for t in mapped {
-            if !crate::policy::allowed(&policy.recipients, t.as_bytes()) {
-                return Err(Failure(
-                    EX_NOPERM,
-                    format!("recipient <{t}> not allowed by allow_recipient"),
-                ));
-            }
+        // `qualify` checked the length: it fits a mailbox.
+        let addr = Mailbox::from_slice(r.as_bytes()).unwrap_or_default();
+        let targets = policy.recipient(&addr).map_err(|refused| {
+            Failure(
+                EX_NOPERM,
+                format!(
+                    "recipient <{}> not allowed by allow_recipient",
+                    String::from_utf8_lossy(refused)
+                ),
+            )
+        })?;
+        for t in targets {
+            let t = String::from_utf8_lossy(t).into_owned();
             if !out.contains(&t) {
                 out.push(t);
             }

@@ -32,8 +32,6 @@ type Layer = crate::stream::NoTls;
 
 type Stream = crate::stream::Stream<Layer>;
 
-type Senders = Option<Arc<[crate::policy::Pattern]>>;
-
 /// A connection for the pool, whether its listener speaks TLS from the first byte,
 /// and the client's address as the acceptor counted it.
 pub type Incoming = (TcpStream, bool, std::net::IpAddr);
@@ -310,7 +308,11 @@ impl Worker {
     /// (for fail2ban: `AUTH failed from [IP]`) and answered late when the address
     /// keeps failing.
     /// On success, the senders the users file gives the user (`None`: any).
-    fn check_auth(&self, session: &ServerSession, addr: SocketAddr) -> Option<Senders> {
+    fn check_auth(
+        &self,
+        session: &ServerSession,
+        addr: SocketAddr,
+    ) -> Option<Option<crate::policy::Senders>> {
         let ip = addr.ip().to_canonical();
         let (user, mechanism) = (
             session.auth_user().escape_debug().to_string(),
