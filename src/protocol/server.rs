@@ -1155,10 +1155,10 @@ mod tests {
         let mut h = Harness::new(with_policy(policy), true);
         let r = h.run(
             b"EHLO x\r\nMAIL FROM:<cron>\r\nRCPT TO:<root>\r\nRCPT TO:<Ops@box.lan>\r\n\
-              RCPT TO:<guest>\r\nRCPT TO:<root@elsewhere.org>\r\n",
+              RCPT TO:<guest>\r\nRCPT TO:<root@elsewhere.org>\r\nRCPT TO:<guest@box.lan>\r\n",
             5,
         );
-        assert_eq!(codes(&r), ["250"; 6]);
+        assert_eq!(codes(&r), ["250"; 7]);
         assert_eq!(&h.s.envelope().sender[..], b"cron@box.lan");
         assert_eq!(
             rcpts(&h),
@@ -1168,7 +1168,7 @@ mod tests {
                 "guest@box.lan",
                 "root@elsewhere.org"
             ],
-            "an address named twice is kept once"
+            "an address named twice (by an alias or by the client) is kept once"
         );
         // A name that cannot be qualified within the path limit.
         let long = format!("RCPT TO:<{}>\r\n", "a".repeat(64));
