@@ -72,6 +72,7 @@ fn main() {
                 auth_available: false,
                 require_auth: false,
                 policy: std::sync::Arc::new(smtp_relayd::policy::Policy::open("relay.test")),
+                passthrough: false,
             });
             for _ in 0..n {
                 s.start(Peer {

@@ -17,6 +17,16 @@ pub enum BareNewline {
     Reject,
 }
 
+/// What a `250` after DATA promises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The message is in the spool, fsynced, before the client hears `250` (the default).
+    Durable,
+    /// No spool: the message streams to the smarthost as the client sends it, and the
+    /// client gets the smarthost's reply; the client's own retry is the durability.
+    Passthrough,
+}
+
 /// How the relay secures its connection to the smarthost.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SmarthostTls {
@@ -133,6 +143,7 @@ pub struct Config {
     pub max_connections: usize,
     pub max_message_size: u64,
     pub bare_newline: BareNewline,
+    pub mode: Mode,
     pub max_hops: u32,
     pub command_timeout: Duration,
     pub data_timeout: Duration,
@@ -202,6 +213,7 @@ pub const KEYS: &[&str] = &[
     "max_connections",
     "max_message_size",
     "bare_newline",
+    "mode",
     "max_hops",
     "command_timeout",
     "data_timeout",
@@ -266,6 +278,7 @@ impl Config {
             max_connections: 64,
             max_message_size: 10 * 1024 * 1024,
             bare_newline: BareNewline::Normalize,
+            mode: Mode::Durable,
             max_hops: 30,
             command_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(300),
@@ -377,6 +390,17 @@ impl Config {
                         _ => {
                             return Err(err(format!(
                                 "bare_newline must be 'normalize' or 'reject', not '{value}'"
+                            )));
+                        }
+                    }
+                }
+                "mode" => {
+                    c.mode = match value {
+                        "durable" => Mode::Durable,
+                        "passthrough" => Mode::Passthrough,
+                        _ => {
+                            return Err(err(format!(
+                                "mode must be 'durable' or 'passthrough', not '{value}'"
                             )));
                         }
                     }
@@ -644,6 +668,15 @@ impl Config {
                 "reject"
             } else {
                 "normalize"
+            }
+        );
+        let _ = writeln!(
+            s,
+            "mode {}",
+            if self.mode == Mode::Passthrough {
+                "passthrough"
+            } else {
+                "durable"
             }
         );
         let _ = writeln!(s, "max_hops {}", self.max_hops);
@@ -1004,11 +1037,12 @@ mod tests {
         assert!(!c.relay_allowed("192.168.1.2".parse().unwrap()));
         assert_eq!(c.max_message_size, 10 << 20);
         assert_eq!(c.max_queue_lifetime, Duration::from_secs(5 * 86400));
+        assert_eq!(c.mode, Mode::Durable);
 
         let c = parse(
             "# comment\nlisten 0.0.0.0:2525\nlisten [::1]:2525  # trailing comment\n\
              allow 192.168.1.0/24\nallow fd00::/8\nhostname relay.lan\nsmarthost [2001:db8::1]:25\n\
-             max_message_size 512K\nworkers 2\nretry_min 30s\nretry_max 2h\nbare_newline reject\n",
+             max_message_size 512K\nworkers 2\nretry_min 30s\nretry_max 2h\nbare_newline reject\nmode passthrough\n",
         )
         .unwrap();
         assert_eq!(c.listen.len(), 2);
@@ -1033,6 +1067,8 @@ mod tests {
         assert_eq!(c.max_message_size, 512 * 1024);
         assert_eq!(c.retry_max, Duration::from_secs(7200));
         assert_eq!(c.bare_newline, BareNewline::Reject);
+        assert_eq!(c.mode, Mode::Passthrough);
+        assert!(parse("smarthost a.b:25\nmode fast\n").is_err());
 
         let c = parse("allow none\nsmarthost a.b:25\n").unwrap();
         assert!(c.allow.is_empty());

@@ -401,6 +401,7 @@ fn serve(
     // max_connections in all; past that the acceptor answers 421.
     let (pool_tx, pool_rx) = crossbeam_channel::bounded(config.max_connections - config.workers);
 
+    let upstream_tls = tls.clone();
     let relay = {
         let (config, spool, stop, rescan) = (
             Arc::clone(&config),
@@ -467,6 +468,7 @@ fn serve(
             rescan: Arc::clone(&rescan),
             shared: Arc::clone(&shared),
             tls: tls_server.clone(),
+            upstream_tls: upstream_tls.clone(),
             policy: Arc::clone(&policy),
             #[cfg(feature = "tls")]
             users: users.clone(),

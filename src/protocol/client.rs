@@ -251,6 +251,21 @@ pub struct Transaction<'a> {
     pub smtputf8: bool,
 }
 
+/// One command of a passthrough transaction (see `Client::single`).
+#[derive(Debug, Clone, Copy)]
+pub enum Single<'a> {
+    Mail {
+        sender: &'a str,
+        /// The size the client declared, if it did.
+        size: Option<u64>,
+        eight_bit: bool,
+        smtputf8: bool,
+    },
+    Rcpt(&'a str),
+    Data,
+    Rset,
+}
+
 /// The result for one recipient once a transaction is over.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RcptResult {
@@ -444,17 +459,7 @@ impl Client {
         self.mail_reply = None;
         self.accepted = 0;
         let caps = self.capabilities;
-        let _ = write!(Out(&mut self.out), "MAIL FROM:<{}>", tx.sender);
-        if caps.size.is_some() {
-            let _ = write!(Out(&mut self.out), " SIZE={}", tx.size);
-        }
-        if tx.eight_bit && caps.eight_bit_mime {
-            self.out.extend_from_slice(b" BODY=8BITMIME");
-        }
-        if tx.smtputf8 {
-            self.out.extend_from_slice(b" SMTPUTF8");
-        }
-        self.out.extend_from_slice(b"\r\n");
+        self.write_mail(tx.sender, Some(tx.size), tx.eight_bit, tx.smtputf8);
         if caps.pipelining {
             for r in tx.recipients {
                 let _ = write!(Out(&mut self.out), "RCPT TO:<{r}>\r\n");
@@ -467,6 +472,41 @@ impl Client {
             .map(|r| heapless::String::try_from(*r).unwrap_or_default())
             .collect();
         self.state = State::Mail;
+    }
+
+    /// `MAIL FROM:<sender>` with the parameters the server understands.
+    fn write_mail(&mut self, sender: &str, size: Option<u64>, eight_bit: bool, smtputf8: bool) {
+        let _ = write!(Out(&mut self.out), "MAIL FROM:<{sender}>");
+        if let (Some(size), Some(_)) = (size, self.capabilities.size) {
+            let _ = write!(Out(&mut self.out), " SIZE={size}");
+        }
+        if eight_bit && self.capabilities.eight_bit_mime {
+            self.out.extend_from_slice(b" BODY=8BITMIME");
+        }
+        if smtputf8 {
+            self.out.extend_from_slice(b" SMTPUTF8");
+        }
+        self.out.extend_from_slice(b"\r\n");
+    }
+
+    /// Passthrough: queues one command of a transaction whose reply the shell reads
+    /// and hands to the client itself. The state machine stays ready (between
+    /// transactions) as far as the session is concerned.
+    pub fn single(&mut self, command: Single<'_>) {
+        debug_assert!(self.is_ready());
+        match command {
+            Single::Mail {
+                sender,
+                size,
+                eight_bit,
+                smtputf8,
+            } => self.write_mail(sender, size, eight_bit, smtputf8),
+            Single::Rcpt(r) => {
+                let _ = write!(Out(&mut self.out), "RCPT TO:<{r}>\r\n");
+            }
+            Single::Data => self.out.extend_from_slice(b"DATA\r\n"),
+            Single::Rset => self.out.extend_from_slice(b"RSET\r\n"),
+        }
     }
 
     /// The body and its end were sent: wait for the final reply.

@@ -67,6 +67,8 @@ pub const TOO_MANY_FROM_ADDRESS: &str =
 pub const TOO_MANY_RECIPIENTS: &str = "452 4.5.3 Error: too many recipients\r\n";
 pub const NO_STORAGE: &str = "452 4.3.1 Insufficient system storage\r\n";
 pub const LOCAL_ERROR: &str = "451 4.3.0 Error: local error in processing\r\n";
+/// Passthrough: the smarthost answered with a code that makes no sense there.
+pub const UPSTREAM_PROTOCOL: &str = "451 4.5.0 unexpected reply from the smarthost\r\n";
 pub const TIMEOUT: &str = "421 4.4.2 Error: timeout exceeded, closing connection\r\n";
 pub const TOO_MANY_CONNECTIONS: &str = "421 4.3.2 Too many connections, try again later\r\n";
 pub const DATA_AFTER_STARTTLS: &str =

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use crate::policy::{Policy, Senders};
 
 use super::address::Mailbox;
+use super::client::Reply;
 use super::command::{self, BodyType, Command};
 use super::data::{DataDecoder, Progress, Verdict};
 use super::{limits, reply};
@@ -38,6 +39,9 @@ pub struct Settings {
     pub require_auth: bool,
     /// Sender and recipient rules, qualification, aliases, limits.
     pub policy: Arc<Policy>,
+    /// `mode passthrough`: MAIL, RCPT, DATA and the end of data are answered with the
+    /// smarthost's replies (`Step::Upstream`), and nothing is spooled.
+    pub passthrough: bool,
 }
 
 /// The client as the worker knows it.
@@ -59,6 +63,8 @@ pub struct Envelope {
     pub recipients: heapless::Vec<Mailbox, { limits::RECIPIENTS }>,
     pub body: BodyType,
     pub smtputf8: bool,
+    /// The size the client declared at MAIL (`SIZE=`), if it did.
+    pub size: Option<u64>,
 }
 
 /// Named by what the session waits for next.
@@ -83,7 +89,24 @@ enum State {
     AuthLoginPassword,
     /// The worker is checking the credentials.
     AuthCheck,
+    /// Passthrough: the worker is asking the smarthost.
+    Upstream(Ask),
     Closed,
+}
+
+/// Passthrough: what the worker asks the smarthost before the client gets its reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ask {
+    /// `MAIL FROM:<envelope().sender>`; answer with `upstream_replied`.
+    Mail,
+    /// `RCPT TO:` for each of `envelope().recipients[first..]` (one RCPT can stand
+    /// for several addresses through an alias); answer with `upstream_rcpt`.
+    Rcpt { first: usize },
+    /// `DATA`; answer with `upstream_replied` (354: the body follows).
+    Data,
+    /// The body is whole and accepted here: write `body()`, end the data, and answer
+    /// with `upstream_replied` (the smarthost's final reply goes to the client).
+    End,
 }
 
 /// What the worker does next.
@@ -99,8 +122,11 @@ pub enum Step {
     WriteBody,
     /// The message ended and is accepted: write `body()`, commit, and call `stored`.
     StoreMessage,
-    /// The message ended and is refused (the reply is queued): drop the spool file.
+    /// The message ended and is refused (the reply is queued): drop the spool file
+    /// (passthrough: abandon the smarthost's DATA without ending it).
     DiscardMessage,
+    /// Passthrough: ask the smarthost (see `Ask`), then answer the session.
+    Upstream(Ask),
     /// AUTH: check `credentials()` and call `authenticated(result)`.
     Authenticate,
     /// STARTTLS: call `start_tls(nothing_else_buffered)`; if it returns true, send the
@@ -334,6 +360,7 @@ impl ServerSession {
         self.envelope.recipients.clear();
         self.envelope.body = BodyType::SevenBit;
         self.envelope.smtputf8 = false;
+        self.envelope.size = None;
     }
 
     /// Feeds bytes from the client. Returns how many were consumed and what to do.
@@ -346,6 +373,7 @@ impl ServerSession {
                 State::SpoolCommit => return (i, Step::StoreMessage),
                 State::TlsCheck => return (i, Step::StartTls),
                 State::AuthCheck => return (i, Step::Authenticate),
+                State::Upstream(ask) => return (i, Step::Upstream(ask)),
                 State::Data => {
                     let (n, progress) = self.decoder.decode(&input[i..], &mut self.body);
                     i += n;
@@ -357,6 +385,10 @@ impl ServerSession {
                                 .decoder
                                 .verdict(self.settings.reject_bare_newline, self.settings.max_hops);
                             self.last_verdict = verdict;
+                            if verdict == Verdict::Accept && self.settings.passthrough {
+                                self.state = State::Upstream(Ask::End);
+                                return (i, Step::Upstream(Ask::End));
+                            }
                             if verdict == Verdict::Accept {
                                 self.state = State::SpoolCommit;
                                 return (i, Step::StoreMessage);
@@ -493,6 +525,7 @@ impl ServerSession {
                 State::Hello => self.reply(reply::NEED_HELO),
                 State::Mail => self.reply(reply::NEED_MAIL),
                 State::Rcpt => self.reply(reply::NEED_RCPT),
+                _ if self.settings.passthrough => self.state = State::Upstream(Ask::Data),
                 _ => self.state = State::SpoolOpen,
             },
             Command::Rset => {
@@ -578,6 +611,11 @@ impl ServerSession {
         self.envelope.sender = sender;
         self.envelope.body = mail.body;
         self.envelope.smtputf8 = mail.smtputf8;
+        self.envelope.size = mail.size;
+        if self.settings.passthrough {
+            self.state = State::Upstream(Ask::Mail);
+            return;
+        }
         self.state = State::Rcpt;
         self.reply(reply::SENDER_OK);
     }
@@ -610,11 +648,16 @@ impl ServerSession {
             self.reply(reply::TOO_MANY_RECIPIENTS);
             return;
         }
+        let first = self.envelope.recipients.len();
         for t in targets {
             // An alias may name an address the client also gave: keep one.
             if !self.envelope.recipients.iter().any(|r| r == t) {
                 let _ = self.envelope.recipients.push(t.clone());
             }
+        }
+        if self.settings.passthrough && self.envelope.recipients.len() > first {
+            self.state = State::Upstream(Ask::Rcpt { first });
+            return;
         }
         self.state = State::RcptOrData;
         self.reply(reply::RECIPIENT_OK);
@@ -773,6 +816,95 @@ impl ServerSession {
         }
     }
 
+    /// Passthrough: the worker's answer to `Step::Upstream` for `Mail`, `Data` and
+    /// `End`: the smarthost's reply, or a local 4xx when it could not be asked.
+    pub fn upstream_replied(&mut self, answer: &Reply) {
+        let State::Upstream(ask) = self.state else {
+            debug_assert!(false, "no question was asked");
+            return;
+        };
+        match ask {
+            Ask::Mail if answer.code / 100 == 2 => self.state = State::Rcpt,
+            Ask::Data if answer.code == 354 => {
+                self.decoder = DataDecoder::new(self.settings.max_message_size);
+                self.body.clear();
+                self.reply(reply::START_DATA);
+                self.state = State::Data;
+                return;
+            }
+            Ask::End if answer.code / 100 == 2 => self.messages += 1,
+            _ => {}
+        }
+        self.forward(answer);
+        if self.state == State::Upstream(ask) {
+            self.body.clear();
+            self.reset_transaction();
+            self.state = State::Mail;
+        }
+    }
+
+    /// Passthrough: the worker's answer to `Ask::Rcpt`: `replies[i]` is the
+    /// smarthost's reply for recipient `first + i` (missing ones were not asked: the
+    /// connection failed). The client gets the first acceptance if there is one (an
+    /// alias target the smarthost refused is logged and dropped), else the first
+    /// refusal.
+    pub fn upstream_rcpt(&mut self, replies: &[Reply]) {
+        let State::Upstream(Ask::Rcpt { first }) = self.state else {
+            debug_assert!(false, "no RCPT was asked");
+            return;
+        };
+        let taken = |r: &Reply| r.code / 100 == 2;
+        let answer = replies
+            .iter()
+            .find(|r| taken(r))
+            .or(replies.first())
+            .cloned()
+            .unwrap_or_else(|| Reply::new(451, "4.4.2 no reply from the smarthost"));
+        let mut i = 0;
+        let ip = self.peer.ip;
+        self.envelope.recipients.retain(|r| {
+            let keep = i < first || replies.get(i - first).is_some_and(taken);
+            if !keep {
+                let why = replies.get(i - first).unwrap_or(&answer);
+                log::info!(
+                    "reject: RCPT from [{ip}]: {why} (smarthost); to=<{}>",
+                    String::from_utf8_lossy(r)
+                );
+            }
+            i += 1;
+            keep
+        });
+        self.state = if self.envelope.recipients.is_empty() {
+            State::Rcpt
+        } else {
+            State::RcptOrData
+        };
+        self.forward(&answer);
+    }
+
+    /// Queues a reply from the smarthost for the client: its code and text on one
+    /// line (the text is printable ASCII, bounded). A code that makes no sense here
+    /// becomes a local error; a text without an enhanced status code gets one, as
+    /// this server offers ENHANCEDSTATUSCODES.
+    fn forward(&mut self, answer: &Reply) {
+        let code = if (200..600).contains(&answer.code) && answer.code != 354 {
+            answer.code
+        } else {
+            self.reply(reply::UPSTREAM_PROTOCOL);
+            return;
+        };
+        let t = answer.text.as_bytes();
+        let enhanced = t.len() > 4
+            && t[0] == b'0' + (code / 100) as u8
+            && t[1] == b'.'
+            && t[2].is_ascii_digit();
+        let _ = if enhanced {
+            write!(self.out, "{code} {}\r\n", answer.text)
+        } else {
+            write!(self.out, "{code} {}.0.0 {}\r\n", code / 100, answer.text)
+        };
+    }
+
     /// The worker's answer to `Step::StoreMessage`: the queue id, or why it failed.
     pub fn stored(&mut self, result: Result<&str, StoreError>) {
         debug_assert_eq!(self.state, State::SpoolCommit);
@@ -831,6 +963,7 @@ mod tests {
             auth_available: false,
             require_auth: false,
             policy: Arc::new(Policy::open("relay.test")),
+            passthrough: false,
         }
     }
 
@@ -846,6 +979,10 @@ mod tests {
         store_result: Result<&'static str, StoreError>,
         /// What the users file says `user` may send as.
         user_senders: Option<Senders>,
+        /// Passthrough: the smarthost's next replies (when empty: 250, or 354 to DATA).
+        upstream: std::collections::VecDeque<Reply>,
+        /// Passthrough: what the smarthost was asked, in order.
+        asked: Vec<String>,
     }
 
     impl Harness {
@@ -868,6 +1005,8 @@ mod tests {
                 open_result: Ok(()),
                 store_result: Ok("ID1"),
                 user_senders: None,
+                upstream: Default::default(),
+                asked: vec![],
             }
         }
 
@@ -908,6 +1047,7 @@ mod tests {
                         Step::Close => {
                             self.closed = true;
                         }
+                        Step::Upstream(ask) => self.upstream(ask),
                     }
                     self.replies
                         .push_str(std::str::from_utf8(self.s.output()).unwrap());
@@ -921,6 +1061,56 @@ mod tests {
                 }
             }
             self.replies[start..].to_string()
+        }
+    }
+
+    impl Harness {
+        fn next_upstream(&mut self, default: u16) -> Reply {
+            self.upstream
+                .pop_front()
+                .unwrap_or_else(|| Reply::new(default, "2.0.0 ok"))
+        }
+
+        /// A scripted smarthost for `Step::Upstream`.
+        fn upstream(&mut self, ask: Ask) {
+            match ask {
+                Ask::Mail => {
+                    let from = String::from_utf8_lossy(&self.s.envelope().sender).into_owned();
+                    self.asked.push(format!("MAIL {from}"));
+                    let r = self.next_upstream(250);
+                    self.s.upstream_replied(&r);
+                }
+                Ask::Rcpt { first } => {
+                    let to: Vec<String> = self.s.envelope().recipients[first..]
+                        .iter()
+                        .map(|r| String::from_utf8_lossy(r).into_owned())
+                        .collect();
+                    let replies: Vec<Reply> = to
+                        .iter()
+                        .map(|t| {
+                            self.asked.push(format!("RCPT {t}"));
+                            self.next_upstream(250)
+                        })
+                        .collect();
+                    self.s.upstream_rcpt(&replies);
+                }
+                Ask::Data => {
+                    self.asked.push("DATA".into());
+                    self.body.clear();
+                    let r = self.next_upstream(354);
+                    self.s.upstream_replied(&r);
+                }
+                Ask::End => {
+                    self.body.extend_from_slice(self.s.body());
+                    self.s.clear_body();
+                    self.asked.push(format!(
+                        "END {}",
+                        String::from_utf8_lossy(&std::mem::take(&mut self.body))
+                    ));
+                    let r = self.next_upstream(250);
+                    self.s.upstream_replied(&r);
+                }
+            }
         }
     }
 
@@ -1028,6 +1218,144 @@ mod tests {
             vec![b"Subject: hi\r\n\r\n.dot\r\n\xe9\r\n".to_vec()]
         );
         assert!(h.closed);
+    }
+
+    fn passthrough() -> Settings {
+        Settings {
+            passthrough: true,
+            ..settings()
+        }
+    }
+
+    #[test]
+    fn passthrough_gives_the_client_the_smarthost_replies() {
+        let mut h = Harness::new(passthrough(), true);
+        h.upstream.extend([
+            Reply::new(250, "2.1.0 sender ok at upstream"),
+            Reply::new(250, "2.1.5 rcpt ok"),
+            Reply::new(550, "5.1.1 no such user"),
+            Reply::new(354, "go ahead"),
+            Reply::new(250, "2.0.0 queued upstream as 77"),
+        ]);
+        let r = h.run(
+            b"EHLO x\r\nMAIL FROM:<a@b.c> SIZE=40\r\nRCPT TO:<d@e.f>\r\nRCPT TO:<bad@e.f>\r\nDATA\r\n",
+            7,
+        );
+        assert_eq!(
+            r,
+            "250-relay.test\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n\
+             250 ENHANCEDSTATUSCODES\r\n250 2.1.0 sender ok at upstream\r\n250 2.1.5 rcpt ok\r\n\
+             550 5.1.1 no such user\r\n354 End data with <CR><LF>.<CR><LF>\r\n"
+        );
+        assert_eq!(
+            h.asked,
+            ["MAIL a@b.c", "RCPT d@e.f", "RCPT bad@e.f", "DATA"]
+        );
+        assert_eq!(h.s.envelope().size, Some(40));
+        // Only the recipient the smarthost took stays in the envelope.
+        assert_eq!(rcpts(&h), ["d@e.f"]);
+        let r = h.run(b"Subject: hi\r\n\r\n..dot\r\n.\r\n", 3);
+        assert_eq!(r, "250 2.0.0 queued upstream as 77\r\n");
+        assert_eq!(h.asked[4], "END Subject: hi\r\n\r\n.dot\r\n");
+        assert!(h.stored.is_empty(), "nothing is spooled");
+        assert_eq!(h.s.messages, 1);
+    }
+
+    #[test]
+    fn passthrough_refusals_reach_the_client() {
+        // MAIL refused: no transaction; a text without an enhanced code gets one.
+        let mut h = Harness::new(passthrough(), true);
+        h.upstream.push_back(Reply::new(451, "try later"));
+        let r = h.run(b"HELO x\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\n", 100);
+        assert_eq!(codes(&r), ["250", "451", "503"]);
+        assert!(r.contains("451 4.0.0 try later\r\n"), "{r}");
+        assert_eq!(h.asked, ["MAIL a@b.c"]);
+        // Every recipient refused: DATA needs one first.
+        h.upstream.push_back(Reply::new(250, "2.1.0 ok"));
+        h.upstream
+            .push_back(Reply::new(550, "5.7.1 relaying denied"));
+        let r = h.run(b"MAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\nDATA\r\n", 100);
+        assert_eq!(codes(&r), ["250", "550", "503"]);
+        // DATA refused: the transaction is over.
+        h.upstream.push_back(Reply::new(250, "2.1.5 ok"));
+        h.upstream.push_back(Reply::new(554, "5.5.1 no"));
+        let r = h.run(b"RCPT TO:<d@e.f>\r\nDATA\r\nRCPT TO:<d@e.f>\r\n", 100);
+        assert_eq!(codes(&r), ["250", "554", "503"]);
+        // The end of data refused: the client gets it, and nothing counts.
+        h.upstream.extend([
+            Reply::new(250, "2.1.0 ok"),
+            Reply::new(250, "2.1.5 ok"),
+            Reply::new(354, "go"),
+            Reply::new(452, "4.3.1 disk full upstream"),
+        ]);
+        let r = h.run(
+            b"MAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\nDATA\r\nhi\r\n.\r\n",
+            100,
+        );
+        assert_eq!(codes(&r), ["250", "250", "354", "452"]);
+        assert_eq!(h.s.messages, 0);
+        // A nonsense code is never forwarded.
+        h.upstream.push_back(Reply::new(354, "what"));
+        let r = h.run(b"MAIL FROM:<a@b.c>\r\n", 100);
+        assert_eq!(r, reply::UPSTREAM_PROTOCOL);
+    }
+
+    #[test]
+    fn passthrough_checks_locally_first() {
+        // The policy, the size and the body checks answer without the smarthost.
+        let mut settings = passthrough();
+        settings.policy = Arc::new(Policy {
+            senders: crate::policy::parse_patterns("*@b.c").unwrap(),
+            ..Policy::open("relay.test")
+        });
+        let mut h = Harness::new(settings, true);
+        let r = h.run(
+            b"EHLO x\r\nMAIL FROM:<a@evil.test>\r\nMAIL FROM:<a@b.c> SIZE=5000\r\n",
+            100,
+        );
+        assert_eq!(codes(&r)[1..], ["550", "552"]);
+        assert!(h.asked.is_empty(), "{:?}", h.asked);
+        let r = h.run(b"MAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\nDATA\r\n", 100);
+        assert_eq!(codes(&r), ["250", "250", "354"]);
+        // Too big: refused here, and the smarthost's DATA is abandoned, never ended.
+        let big = vec![b'x'; 700];
+        let mut body = Vec::new();
+        for _ in 0..3 {
+            body.extend_from_slice(&big);
+            body.extend_from_slice(b"\r\n");
+        }
+        body.extend_from_slice(b".\r\n");
+        let r = h.run(&body, 100);
+        assert_eq!(codes(&r), ["552"]);
+        assert_eq!(h.asked, ["MAIL a@b.c", "RCPT d@e.f", "DATA"]);
+    }
+
+    #[test]
+    fn passthrough_alias_targets_each_asked() {
+        let mut settings = passthrough();
+        settings.policy = Arc::new(Policy {
+            aliases: [(
+                "ops".to_string(),
+                vec![
+                    Mailbox::try_from(&b"a@x.y"[..]).unwrap(),
+                    Mailbox::try_from(&b"b@x.y"[..]).unwrap(),
+                ],
+            )]
+            .into_iter()
+            .collect(),
+            ..Policy::open("relay.test")
+        });
+        let mut h = Harness::new(settings, true);
+        h.upstream.extend([
+            Reply::new(250, "2.1.0 ok"),
+            Reply::new(550, "5.1.1 a unknown"),
+            Reply::new(250, "2.1.5 b ok"),
+        ]);
+        let r = h.run(b"HELO x\r\nMAIL FROM:<s@x.y>\r\nRCPT TO:<ops>\r\n", 100);
+        // One target taken: the client hears that acceptance; the other is dropped.
+        assert!(r.ends_with("250 2.1.5 b ok\r\n"), "{r}");
+        assert_eq!(h.asked[1..], ["RCPT a@x.y", "RCPT b@x.y"]);
+        assert_eq!(rcpts(&h), ["b@x.y"]);
     }
 
     #[test]
@@ -1487,6 +1815,12 @@ mod random_input {
             let whole = run_all(&input, input.len().max(1));
             let chunked = run_all(&input, 1 + (next() % 13) as usize);
             assert_eq!(whole, chunked, "input {input:?}");
+            // Passthrough: the same for any chunking, and the same messages go out
+            // as durable mode stores.
+            let pass = run_all_in(&input, input.len().max(1), true);
+            let pass_chunked = run_all_in(&input, 1 + (next() % 13) as usize, true);
+            assert_eq!(pass, pass_chunked, "input {input:?}");
+            assert_eq!(pass.1, whole.1, "input {input:?}");
         }
     }
 }
@@ -1497,6 +1831,12 @@ mod tests_support {
 
     /// Runs a session over `input` in chunks; returns every reply and stored message.
     pub fn run_all(input: &[u8], chunk: usize) -> (String, Vec<Vec<u8>>) {
+        run_all_in(input, chunk, false)
+    }
+
+    /// The same, in passthrough with a smarthost that takes everything (a message
+    /// counts as stored when its end of data is answered).
+    pub fn run_all_in(input: &[u8], chunk: usize, passthrough: bool) -> (String, Vec<Vec<u8>>) {
         let mut s = ServerSession::new(Settings {
             hostname: heapless::String::try_from("relay.test").unwrap(),
             max_message_size: 200,
@@ -1506,6 +1846,7 @@ mod tests_support {
             auth_available: true,
             require_auth: false,
             policy: Arc::new(Policy::open("relay.test")),
+            passthrough,
         });
         s.start(Peer {
             ip: IpAddr::from([127, 0, 0, 1]),
@@ -1543,6 +1884,18 @@ mod tests_support {
                         let ok = s.credentials() == Some(("user", &b"pass"[..]));
                         s.authenticated(ok.then_some(None));
                     }
+                    Step::Upstream(Ask::Rcpt { first }) => {
+                        let n = s.envelope().recipients.len() - first;
+                        s.upstream_rcpt(&vec![Reply::new(250, "2.1.5 ok"); n]);
+                    }
+                    Step::Upstream(Ask::Data) => s.upstream_replied(&Reply::new(354, "go")),
+                    Step::Upstream(Ask::End) => {
+                        body.extend_from_slice(s.body());
+                        s.clear_body();
+                        stored.push(std::mem::take(&mut body));
+                        s.upstream_replied(&Reply::new(250, "2.0.0 ok"));
+                    }
+                    Step::Upstream(Ask::Mail) => s.upstream_replied(&Reply::new(250, "2.1.0 ok")),
                     Step::NeedInput | Step::Flush | Step::Close => {}
                 }
                 replies.push_str(std::str::from_utf8(s.output()).expect("replies are ASCII"));

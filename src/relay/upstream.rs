@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::config::{Config, SmarthostTls};
 use crate::protocol::client::{
-    Client, Event, Options, RcptResult, Reply, ReplyReader, Transaction,
+    Client, Event, Options, RcptResult, Reply, ReplyReader, Single, Transaction,
 };
 use crate::protocol::stuff::DotStuffer;
 use crate::spool::{Message, Spool};
@@ -371,6 +371,63 @@ impl Upstream {
             .write_all(&wire)
             .and_then(|()| self.stream.flush())
             .map_err(lost)
+    }
+
+    /// What the smarthost said it can do in its EHLO reply.
+    pub fn capabilities(&self) -> &crate::protocol::client::Capabilities {
+        self.client.capabilities()
+    }
+
+    /// Passthrough: sends one command of a transaction and returns the smarthost's
+    /// reply. `Err`: the connection is unusable (lost, timed out, 421); the reply is a
+    /// 4xx that says why, for the client.
+    pub fn single(&mut self, command: Single<'_>) -> Result<Reply, Reply> {
+        self.client.single(command);
+        self.flush(COMMAND)?;
+        let (reply, _) = self.read_reply(COMMAND)?;
+        if reply.code == 421 {
+            return Err(Reply::new(
+                451,
+                &format!("4.4.2 {} is closing: {}", self.name, reply),
+            ));
+        }
+        if matches!(command, Single::Data)
+            && reply.code == 354
+            && let Some(tcp) = self.stream.tcp()
+        {
+            let _ = tcp.set_write_timeout(Some(self.wait(DATA_BLOCK)));
+        }
+        Ok(reply)
+    }
+
+    /// Passthrough: writes dot-stuffed message bytes (after `354`).
+    pub fn write_data(&mut self, wire: &[u8]) -> Result<(), Reply> {
+        self.stream.write_all(wire).map_err(|e| {
+            local(&format!(
+                "4.4.2 lost connection with {} while sending data: {e}",
+                self.name
+            ))
+        })
+    }
+
+    /// Passthrough: writes the last stuffed bytes (ending in `.CRLF`) and returns the
+    /// smarthost's final reply.
+    pub fn end_data(&mut self, wire: &[u8]) -> Result<Reply, Reply> {
+        self.write_data(wire)?;
+        self.stream.flush().map_err(|e| {
+            local(&format!(
+                "4.4.2 lost connection with {} while sending data: {e}",
+                self.name
+            ))
+        })?;
+        let (reply, _) = self.read_reply(DATA_END)?;
+        if reply.code == 421 {
+            return Err(Reply::new(
+                451,
+                &format!("4.4.2 {} is closing: {}", self.name, reply),
+            ));
+        }
+        Ok(reply)
     }
 
     /// Says QUIT and waits briefly for the answer (RFC 5321 §4.1.1.10).

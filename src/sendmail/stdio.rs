@@ -26,9 +26,10 @@ pub fn serve(config: &Config) -> ExitCode {
             return ExitCode::from(78);
         }
     };
-    let mut session = Box::new(ServerSession::new(crate::server::worker::settings(
-        config, policy,
-    )));
+    // sendmail always queues: there is no client connection to hold in passthrough.
+    let mut settings = crate::server::worker::settings(config, policy);
+    settings.passthrough = false;
+    let mut session = Box::new(ServerSession::new(settings));
     // A local caller: allowed to relay, like a script calling sendmail.
     session.start(Peer {
         ip: [127, 0, 0, 1].into(),
@@ -116,6 +117,16 @@ pub fn serve(config: &Config) -> ExitCode {
                 }
                 Step::DiscardMessage => message = None,
                 Step::StartTls | Step::Authenticate => {}
+                // Never asked (passthrough is off here); answered so the session moves on.
+                Step::Upstream(ask) => {
+                    let no = crate::protocol::client::Reply::new(451, "4.3.0 not in passthrough");
+                    match ask {
+                        crate::protocol::server::Ask::Rcpt { .. } => {
+                            session.upstream_rcpt(std::slice::from_ref(&no))
+                        }
+                        _ => session.upstream_replied(&no),
+                    }
+                }
                 Step::Close => {
                     let _ = output.write_all(session.output());
                     return ExitCode::SUCCESS;

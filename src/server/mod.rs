@@ -2,6 +2,7 @@
 //! the worker pool (one blocking session per worker), and what they share.
 
 pub mod acceptor;
+pub mod passthrough;
 pub mod worker;
 
 use std::net::TcpStream;

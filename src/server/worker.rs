@@ -10,10 +10,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use crossbeam_channel::{Receiver, Sender};
 
 use super::Shared;
+use super::passthrough::Passthrough;
+use crate::config::Mode;
 use crate::config::{BareNewline, Config};
+use crate::protocol::client::Reply;
 use crate::protocol::data::Verdict;
 use crate::protocol::reply;
-use crate::protocol::server::{Peer, ServerSession, Settings, Step, StoreError, received_header};
+use crate::protocol::server::{
+    Ask, Peer, ServerSession, Settings, Step, StoreError, received_header,
+};
 use crate::relay::Control;
 use crate::spool::{self, QueueId, Spool};
 use crate::time;
@@ -47,6 +52,8 @@ pub struct Worker {
     pub rescan: Arc<AtomicBool>,
     pub shared: Arc<Shared>,
     pub tls: Option<TlsServer>,
+    /// For `mode passthrough`: the smarthost TLS settings the relay thread also uses.
+    pub upstream_tls: Option<crate::relay::TlsClient>,
     pub policy: Arc<crate::policy::Policy>,
     #[cfg(feature = "tls")]
     pub users: Option<Arc<crate::auth::Users>>,
@@ -70,6 +77,7 @@ pub fn settings(config: &Config, policy: Arc<crate::policy::Policy>) -> Settings
         auth_available: config.auth_users.is_some(),
         require_auth: config.require_auth,
         policy,
+        passthrough: config.mode == crate::config::Mode::Passthrough,
     }
 }
 
@@ -79,10 +87,34 @@ impl Worker {
         let fresh = || ServerSession::new(settings(&self.config, Arc::clone(&self.policy)));
         let mut session = Box::new(fresh());
         let mut buf = vec![0u8; READ_BUF].into_boxed_slice();
-        for (stream, implicit_tls, ip) in pool {
+        let mut pass = (self.config.mode == Mode::Passthrough)
+            .then(|| Passthrough::new(Arc::clone(&self.config), self.upstream_tls.clone()));
+        loop {
+            // In passthrough, the smarthost connection is kept between clients and
+            // closed once idle for smarthost_idle.
+            let next = match pass.as_ref().and_then(Passthrough::idle_wait) {
+                Some(wait) => match pool.recv_timeout(wait) {
+                    Ok(next) => next,
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                        pass.as_mut().map(Passthrough::idle);
+                        continue;
+                    }
+                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+                },
+                None => match pool.recv() {
+                    Ok(next) => next,
+                    Err(_) => break,
+                },
+            };
+            let (stream, implicit_tls, ip) = next;
             let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                self.serve(&mut session, &mut buf, stream, implicit_tls);
+                self.serve(&mut session, &mut buf, stream, implicit_tls, pass.as_mut());
             }));
+            if let Some(p) = pass.as_mut() {
+                // A transaction the client left: RSET at the next MAIL, or (inside
+                // DATA) the connection is closed so nothing half-sent is delivered.
+                p.abandon();
+            }
             self.shared.per_ip.leave(ip);
             if served.is_err() {
                 log::error!(
@@ -92,6 +124,9 @@ impl Worker {
                 *session = fresh();
                 self.release();
             }
+        }
+        if let Some(p) = pass {
+            p.close();
         }
     }
 
@@ -109,6 +144,7 @@ impl Worker {
         buf: &mut [u8],
         tcp: TcpStream,
         implicit_tls: bool,
+        pass: Option<&mut Passthrough>,
     ) {
         let mut stream = Stream::Plain(tcp);
         let Some(tcp) = stream.tcp() else { return };
@@ -141,7 +177,7 @@ impl Worker {
             auth_plaintext: self.config.auth_plaintext && tcp_local_is_loopback(stream.tcp()),
         });
         let mut messages = 0u32;
-        let end = self.session_loop(session, buf, &mut stream, addr, &mut messages);
+        let end = self.session_loop(session, buf, &mut stream, addr, &mut messages, pass);
         let _ = stream.flush();
         match end {
             End::Quit | End::Shutdown => {}
@@ -162,9 +198,12 @@ impl Worker {
         stream: &mut Stream,
         addr: SocketAddr,
         messages: &mut u32,
+        mut pass: Option<&mut Passthrough>,
     ) -> End {
         let slot = &self.shared.slots[self.index];
         let mut message: Option<(QueueId, spool::Writer)> = None;
+        // Passthrough: the id and start of the message going out.
+        let mut passing: Option<(QueueId, std::time::Instant)> = None;
         let mut write_error: Option<StoreError> = None;
         let mut in_data = false;
         let phase = |s: &ServerSession| if s.in_data() { "DATA" } else { "command" };
@@ -229,8 +268,25 @@ impl Worker {
                         session.spool_opened(result);
                     }
                     Step::WriteBody => {
-                        write_body(session, &mut message, &mut write_error);
+                        match pass.as_deref_mut() {
+                            Some(p) => p.body(session.body()),
+                            None => write_body(session, &mut message, &mut write_error),
+                        }
                         session.clear_body();
+                    }
+                    Step::Upstream(ask) => {
+                        let Some(p) = pass.as_deref_mut() else {
+                            // Not configured; cannot happen, answered all the same.
+                            let no = Reply::new(451, "4.3.0 not in passthrough mode");
+                            match ask {
+                                Ask::Rcpt { .. } => session.upstream_rcpt(&[no]),
+                                _ => session.upstream_replied(&no),
+                            }
+                            continue;
+                        };
+                        if self.upstream(session, p, ask, &mut passing) {
+                            *messages += 1;
+                        }
                     }
                     Step::StoreMessage => {
                         write_body(session, &mut message, &mut write_error);
@@ -258,8 +314,12 @@ impl Worker {
                         let id = message
                             .as_ref()
                             .map(|(id, _)| id.clone())
+                            .or(passing.take().map(|(id, _)| id))
                             .unwrap_or_default();
                         abort(&mut message);
+                        if let Some(p) = pass.as_deref_mut() {
+                            p.abandon();
+                        }
                         let why = match session.last_verdict() {
                             Verdict::TooBig => "552 5.3.4 message too big",
                             Verdict::LineTooLong => "500 5.5.2 text line too long",
@@ -388,7 +448,70 @@ impl Worker {
         Ok((id, w))
     }
 
-    fn accepted(&self, session: &ServerSession, id: &str) {
+    /// Passthrough: asks the smarthost what `ask` needs and gives the session its
+    /// answer. Returns true when a message was delivered.
+    fn upstream(
+        &self,
+        session: &mut ServerSession,
+        p: &mut Passthrough,
+        ask: Ask,
+        passing: &mut Option<(QueueId, std::time::Instant)>,
+    ) -> bool {
+        match ask {
+            Ask::Mail => {
+                let r = p.mail(session.envelope());
+                if r.code / 100 != 2 {
+                    log::info!(
+                        "reject: MAIL from [{}]: {r} (smarthost); from=<{}>",
+                        session.peer().ip,
+                        String::from_utf8_lossy(&session.envelope().sender)
+                    );
+                }
+                session.upstream_replied(&r);
+            }
+            Ask::Rcpt { first } => {
+                let replies = p.rcpt(&session.envelope().recipients[first..]);
+                session.upstream_rcpt(&replies);
+            }
+            Ask::Data => {
+                let now = time::now_unix();
+                let id = self.spool.new_id();
+                let mut trace = String::with_capacity(256);
+                let _ = received_header(&mut trace, session, &id, &time::rfc5322(now));
+                let r = p.data(trace.as_bytes());
+                if r.code == 354 {
+                    *passing = Some((id, std::time::Instant::now()));
+                } else {
+                    log::info!("reject: DATA from [{}]: {r} (smarthost)", session.peer().ip);
+                }
+                session.upstream_replied(&r);
+            }
+            Ask::End => {
+                p.body(session.body());
+                session.clear_body();
+                let r = p.end();
+                let (id, started) = passing
+                    .take()
+                    .unwrap_or_else(|| (self.spool.new_id(), std::time::Instant::now()));
+                self.log_message(session, &id);
+                let status = if r.code / 100 == 2 { "sent" } else { "refused" };
+                for rcpt in &session.envelope().recipients {
+                    log::info!(
+                        "{id}: to=<{}>, relay={}, delay={}s, status={status} ({r}), passthrough",
+                        String::from_utf8_lossy(rcpt),
+                        p.name(),
+                        started.elapsed().as_secs()
+                    );
+                }
+                session.upstream_replied(&r);
+                return r.code / 100 == 2;
+            }
+        }
+        false
+    }
+
+    /// The line that records a message taken from a client.
+    fn log_message(&self, session: &ServerSession, id: &str) {
         let env = session.envelope();
         let to: Vec<String> = env
             .recipients
@@ -408,6 +531,10 @@ impl Worker {
             session.peer().ip,
             session.helo()
         );
+    }
+
+    fn accepted(&self, session: &ServerSession, id: &str) {
+        self.log_message(session, id);
         let id = QueueId::try_from(id).unwrap_or_default();
         if self.relay.try_send(Control::Queued(id)).is_err() {
             // The relay is busy; it will find the message in queue/.
