@@ -6,7 +6,8 @@ are shared and noisy: only ratios measured together hold).
 End to end means from the first client connection until the sink has received every
 message (smtp-sink -M N exits then), not until the client is done: a store-and-forward
 relay answers before it delivers. The relay runs in durable mode (every 250 after
-DATA is fsynced first), with its spool on the project's own disk.
+DATA is fsynced first, with its spool on the project's own disk), and again in
+passthrough mode (no spool: the client gets the smarthost's reply).
 
 Prints a table of medians and spreads and writes target/bench/e2e.json.
 """
@@ -81,7 +82,7 @@ def cpu_seconds(pid):
 
 
 class Relay:
-    def __init__(self, sink_port, workers):
+    def __init__(self, sink_port, workers, mode):
         self.dir = tempfile.mkdtemp(prefix="smtp-relayd-bench-", dir=os.path.join(ROOT, "target"))
         self.port = free_port()
         conf = os.path.join(self.dir, "relay.conf")
@@ -90,7 +91,8 @@ class Relay:
                     f"smarthost 127.0.0.1:{sink_port}\nsmarthost_tls none\nworkers {workers}\n"
                     f"max_connections 64\nmax_message_size 10M\n"
                     # One client address sends everything here: no per-address limits.
-                    f"max_connections_per_ip 64\nrate_limit none\nmax_messages_per_connection none\n")
+                    f"max_connections_per_ip 64\nrate_limit none\nmax_messages_per_connection none\n"
+                    f"mode {mode}\n")
         self.proc = subprocess.Popen([BINARY, "-c", conf], stderr=subprocess.DEVNULL)
         wait_port(self.port)
         time.sleep(0.2)
@@ -106,13 +108,14 @@ class Relay:
         return cpu / messages, peak
 
 
-def run_once(tools, size, sessions, messages, via_relay):
+def run_once(tools, size, sessions, messages, mode):
+    """One run: straight into the sink (mode None) or through the relay in `mode`."""
     source, sink_bin, env = tools
     sink_port = free_port()
     sink = subprocess.Popen([sink_bin, "-u", "nobody", "-M", str(messages), f"127.0.0.1:{sink_port}", "256"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_port(sink_port)
-    relay = Relay(sink_port, max(4, sessions)) if via_relay else None
+    relay = Relay(sink_port, max(4, sessions), mode) if mode else None
     target = relay.port if relay else sink_port
     t0 = time.monotonic()
     src = subprocess.Popen([source, "-s", str(sessions), "-m", str(messages), "-l", str(size),
@@ -143,14 +146,18 @@ def main():
                f"{os.cpu_count()} cores, {platform.release()}", "repeat": REPEAT,
                "binary_bytes": os.path.getsize(BINARY), "cases": []}
     print(f"smtp-relayd end-to-end benchmark, {results['machine']}, {REPEAT} runs per case (medians; spread = (max-min)/median)")
-    print(f"{'case':<22} {'direct msg/s':>13} {'relay msg/s':>12} {'ratio':>7} {'spread':>7} {'CPU ms/msg':>11} {'peak RSS':>9}")
+    print(f"{'':<22} {'':>13} {'durable':-^58} {'passthrough':-^44}")
+    print(f"{'case':<22} {'direct msg/s':>13} {'relay msg/s':>12} {'ratio':>7} {'spread':>7} {'CPU ms/msg':>11} {'peak RSS':>9}"
+          f" {'msg/s':>9} {'ratio':>7} {'spread':>7} {'CPU ms':>9} {'peak RSS':>9}")
     for size, sessions, messages in CASES:
-        direct, relay = [], []
+        direct, relay, passthrough = [], [], []
         for _ in range(REPEAT):
-            # Interleaved, so that the machine's mood affects both alike.
-            direct.append(run_once(tools, size, sessions, messages, False))
-            relay.append(run_once(tools, size, sessions, messages, True))
+            # Interleaved, so that the machine's mood affects all alike.
+            direct.append(run_once(tools, size, sessions, messages, None))
+            relay.append(run_once(tools, size, sessions, messages, "durable"))
+            passthrough.append(run_once(tools, size, sessions, messages, "passthrough"))
         ratios = [r["msgs_per_s"] / d["msgs_per_s"] for d, r in zip(direct, relay)]
+        pt_ratios = [p["msgs_per_s"] / d["msgs_per_s"] for d, p in zip(direct, passthrough)]
         case = {
             "size": size, "sessions": sessions, "messages": messages,
             "direct_msgs_per_s": statistics.median(d["msgs_per_s"] for d in direct),
@@ -159,12 +166,21 @@ def main():
             "cpu_ms_per_msg": statistics.median(r["cpu_ms_per_msg"] for r in relay),
             "peak_rss_kib": max(r["peak_rss_kib"] for r in relay),
             "idle_rss_kib": statistics.median(r["idle_rss_kib"] for r in relay),
-            "runs": {"direct": direct, "relay": relay},
+            "passthrough": {
+                "msgs_per_s": statistics.median(p["msgs_per_s"] for p in passthrough),
+                "ratio": statistics.median(pt_ratios), "ratio_spread_pct": spread(pt_ratios),
+                "cpu_ms_per_msg": statistics.median(p["cpu_ms_per_msg"] for p in passthrough),
+                "peak_rss_kib": max(p["peak_rss_kib"] for p in passthrough),
+            },
+            "runs": {"direct": direct, "relay": relay, "passthrough": passthrough},
         }
         results["cases"].append(case)
         name = f"{size // 1024} KiB x {sessions} session{'s' if sessions > 1 else ''}"
+        pt = case["passthrough"]
         print(f"{name:<22} {case['direct_msgs_per_s']:>13.0f} {case['relay_msgs_per_s']:>12.0f} {case['ratio']:>6.2f}x"
-              f" {case['ratio_spread_pct']:>6.0f}% {case['cpu_ms_per_msg']:>11.3f} {case['peak_rss_kib'] / 1024:>7.1f}Mi")
+              f" {case['ratio_spread_pct']:>6.0f}% {case['cpu_ms_per_msg']:>11.3f} {case['peak_rss_kib'] / 1024:>7.1f}Mi"
+              f" {pt['msgs_per_s']:>9.0f} {pt['ratio']:>6.2f}x {pt['ratio_spread_pct']:>6.0f}% {pt['cpu_ms_per_msg']:>9.3f}"
+              f" {pt['peak_rss_kib'] / 1024:>7.1f}Mi")
     idle = statistics.median(c["idle_rss_kib"] for c in results["cases"])
     print(f"idle RSS after start: {idle / 1024:.2f} MiB; stripped binary: {results['binary_bytes']} bytes")
     out = os.path.join(ROOT, "target", "bench", "e2e.json")
