@@ -396,7 +396,9 @@ fn serve(
     let shared = Arc::new(Shared::new(config.workers));
     let stop_relay = Arc::new(AtomicBool::new(false));
     let rescan = Arc::new(AtomicBool::new(false));
-    let (relay_tx, relay_rx) = crossbeam_channel::bounded::<Control>(1024);
+    // Every slot is made (and its memory touched) when the channel is: 256 ids is
+    // plenty, as a full channel only makes the relay re-read queue/.
+    let (relay_tx, relay_rx) = crossbeam_channel::bounded::<Control>(256);
     // The hand-off queue: connections beyond the busy workers wait here, up to
     // max_connections in all; past that the acceptor answers 421.
     let (pool_tx, pool_rx) = crossbeam_channel::bounded(config.max_connections - config.workers);
@@ -411,6 +413,7 @@ fn serve(
         );
         std::thread::Builder::new()
             .name("relay".into())
+            .stack_size(256 * 1024)
             .spawn(move || {
                 // A bug in delivery must not stop delivery for good (unwinding builds;
                 // with panic=abort the supervisor restarts the whole daemon). The
@@ -444,7 +447,10 @@ fn serve(
                 loop {
                     match smtp_relayd::sendmail::queue::receive(&control) {
                         Ok(Some((req, reply_to))) => {
-                            if relay_tx.send(Control::Request(req, reply_to)).is_err() {
+                            if relay_tx
+                                .send(Control::Request(Box::new((req, reply_to))))
+                                .is_err()
+                            {
                                 break;
                             }
                         }

@@ -60,7 +60,10 @@ pub struct Peer {
 #[derive(Debug, Default)]
 pub struct Envelope {
     pub sender: Mailbox,
-    pub recipients: heapless::Vec<Mailbox, { limits::RECIPIENTS }>,
+    /// Allocated once at `limits::RECIPIENTS` when the session is made and never
+    /// grown (RCPT checks the room first); on the heap so that its pages are touched
+    /// only as recipients come, not when the session is built.
+    pub recipients: Vec<Mailbox>,
     pub body: BodyType,
     pub smtputf8: bool,
     /// The size the client declared at MAIL (`SIZE=`), if it did.
@@ -213,7 +216,10 @@ impl ServerSession {
             tls: false,
             esmtp: false,
             helo: heapless::String::new(),
-            envelope: Envelope::default(),
+            envelope: Envelope {
+                recipients: Vec::with_capacity(limits::RECIPIENTS),
+                ..Envelope::default()
+            },
             line: heapless::Vec::new(),
             discarding: false,
             decoder: DataDecoder::new(0),
@@ -652,7 +658,7 @@ impl ServerSession {
         for t in targets {
             // An alias may name an address the client also gave: keep one.
             if !self.envelope.recipients.iter().any(|r| r == t) {
-                let _ = self.envelope.recipients.push(t.clone());
+                self.envelope.recipients.push(t.clone());
             }
         }
         if self.settings.passthrough && self.envelope.recipients.len() > first {

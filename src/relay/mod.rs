@@ -28,8 +28,10 @@ pub enum Control {
     Queued(QueueId),
     /// Look at the stop flag and the rescan flag.
     Wake,
-    /// A queue command from `smtp-relayd queue` / sendmail, and where to answer.
-    Request(Request, Option<std::os::unix::net::SocketAddr>),
+    /// A queue command from `smtp-relayd queue` / sendmail, and where to answer
+    /// (boxed: a socket address is large, and every slot of the channel is as large
+    /// as the largest message).
+    Request(Box<(Request, Option<std::os::unix::net::SocketAddr>)>),
 }
 
 /// A queue command. The relay thread carries it out between deliveries, so it never
@@ -256,7 +258,8 @@ impl Relay {
         match c {
             Control::Queued(id) => self.enqueue(id),
             Control::Wake => {}
-            Control::Request(req, reply_to) => {
+            Control::Request(boxed) => {
+                let (req, reply_to) = *boxed;
                 let answer = self.handle(req);
                 if let Some(addr) = reply_to {
                     let sent = std::os::unix::net::UnixDatagram::unbound()

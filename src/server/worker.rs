@@ -81,12 +81,19 @@ pub fn settings(config: &Config, policy: Arc<crate::policy::Policy>) -> Settings
     }
 }
 
+/// Made out of line, so that no temporary of the (large) session sits in the frame
+/// of `Worker::run`, whose stack pages stay resident for the worker's life.
+#[inline(never)]
+fn new_session(settings: Settings) -> Box<ServerSession> {
+    Box::new(ServerSession::new(settings))
+}
+
 impl Worker {
     pub fn run(self, pool: Receiver<Incoming>) {
-        // All per-session memory is taken here, once.
-        let fresh = || ServerSession::new(settings(&self.config, Arc::clone(&self.policy)));
-        let mut session = Box::new(fresh());
-        let mut buf = vec![0u8; READ_BUF].into_boxed_slice();
+        // All per-session memory is taken once, at the worker's first connection (a
+        // relay that only ever hears from sendmail never pays for it), and reused.
+        let fresh = || new_session(settings(&self.config, Arc::clone(&self.policy)));
+        let mut memory: Option<(Box<ServerSession>, Box<[u8]>)> = None;
         let mut pass = (self.config.mode == Mode::Passthrough)
             .then(|| Passthrough::new(Arc::clone(&self.config), self.upstream_tls.clone()));
         loop {
@@ -107,8 +114,10 @@ impl Worker {
                 },
             };
             let (stream, implicit_tls, ip) = next;
+            let (session, buf) =
+                memory.get_or_insert_with(|| (fresh(), vec![0u8; READ_BUF].into_boxed_slice()));
             let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                self.serve(&mut session, &mut buf, stream, implicit_tls, pass.as_mut());
+                self.serve(session, buf, stream, implicit_tls, pass.as_mut());
             }));
             if let Some(p) = pass.as_mut() {
                 // A transaction the client left: RSET at the next MAIL, or (inside
@@ -138,6 +147,8 @@ impl Worker {
         self.shared.active.fetch_sub(1, Ordering::AcqRel);
     }
 
+    // Out of line: its frame is large, and only a worker that serves needs it.
+    #[inline(never)]
     fn serve(
         &self,
         session: &mut ServerSession,
