@@ -221,3 +221,38 @@ def test_password_file_permissions_are_checked(tmp_path, password_file):
     r = subprocess.run(RELAYD + ["-c", str(path), "--check"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "s3cret" not in r.stdout and "contents not shown" in r.stdout
+
+
+@pytest.mark.parametrize("implicit", [False, True])
+def test_passthrough_over_tls_and_auth(make_relay, aiosmtpd_tls, pki, password_file, implicit):
+    """mode passthrough: the worker's own smarthost connection does STARTTLS (or
+    implicit TLS) and AUTH, and the client hears aiosmtpd's own final reply."""
+    port, rec = aiosmtpd_tls(implicit=implicit)
+    relay = make_relay(port, mode="passthrough", smarthost_tls="implicit" if implicit else "starttls",
+                       smarthost_ca_file=pki["ca"], smarthost_user="relay@example.net",
+                       smarthost_password_file=password_file).start()
+    with smtplib.SMTP("127.0.0.1", relay.port) as s:
+        s.ehlo("cam")
+        s.mail("cam@example.net")
+        s.rcpt("ops@example.com")
+        assert s.data(b"Subject: pt\r\n\r\nthrough TLS\r\n") == (250, b"2.0.0 OK aiosmtpd")
+    [(frm, tos, content)] = rec.messages
+    assert frm == "cam@example.net" and content.endswith(b"\r\n\r\nthrough TLS\r\n")
+    assert [ok for _, _, ok in rec.logins] == [True]
+    relay.wait_log(r"status=sent \(250 2\.0\.0 OK aiosmtpd\), passthrough")
+
+
+def test_passthrough_refused_credentials_are_a_temporary_failure(make_relay, aiosmtpd_tls, pki, tmp_path):
+    port, rec = aiosmtpd_tls()
+    wrong = tmp_path / "wrong.pass"
+    wrong.write_text("not it\n")
+    wrong.chmod(0o600)
+    relay = make_relay(port, mode="passthrough", smarthost_tls="starttls", smarthost_ca_file=pki["ca"],
+                       smarthost_user="relay@example.net", smarthost_password_file=str(wrong)).start()
+    with smtplib.SMTP("127.0.0.1", relay.port) as s:
+        s.ehlo("cam")
+        code, text = s.mail("cam@example.net")
+    # Our configuration is at fault, not the client's message: it should retry.
+    assert code == 451 and text.startswith(b"4.4.0"), (code, text)
+    relay.wait_log(r"passthrough: cannot use 127\.0\.0\.1:\d+ \(AUTH\): 535")
+    assert rec.messages == []
