@@ -202,10 +202,7 @@ impl DataDecoder {
             }
             if self.state == State::Text {
                 // Fast path: copy a run of ordinary octets at once.
-                let run = input[i..]
-                    .iter()
-                    .position(|&b| b == b'\r' || b == b'\n')
-                    .unwrap_or(input.len() - i);
+                let run = super::scan::line_end(&input[i..]).unwrap_or(input.len() - i);
                 if run > 0 {
                     let room = if self.too_big {
                         run

@@ -7,6 +7,7 @@ pub mod command;
 pub mod data;
 pub mod limits;
 pub mod reply;
+pub mod scan;
 pub mod server;
 pub mod stuff;
 

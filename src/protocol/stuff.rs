@@ -53,10 +53,7 @@ impl DotStuffer {
                         out.push(b'.');
                     }
                     self.line_start = false;
-                    let run = input[i..]
-                        .iter()
-                        .position(|&b| b == b'\r' || b == b'\n')
-                        .unwrap_or(input.len() - i);
+                    let run = super::scan::line_end(&input[i..]).unwrap_or(input.len() - i);
                     out.extend_from_slice(&input[i..i + run]);
                     i += run;
                 }

@@ -73,7 +73,14 @@ pub struct Upstream {
     /// `smarthost_timeout`, overriding the RFC table when set.
     timeout: Option<Duration>,
     pub name: String,
+    /// Spool reads and their dot-stuffed form: taken at the first message and kept
+    /// for the connection's life, not allocated per message.
+    chunk: Vec<u8>,
+    wire: Vec<u8>,
 }
+
+/// Spool content is read this much at a time.
+const CHUNK: usize = 64 * 1024;
 
 /// Why a connection to the smarthost could not be made ready for mail.
 #[derive(Debug)]
@@ -150,6 +157,8 @@ impl Upstream {
             end: 0,
             timeout: config.smarthost_timeout,
             name,
+            chunk: Vec::new(),
+            wire: Vec::new(),
         };
         if config.smarthost_tls != SmarthostTls::None && !config.smarthost_tls_verify {
             log::warn!(
@@ -339,8 +348,11 @@ impl Upstream {
             let _ = tcp.set_write_timeout(Some(self.wait(DATA_BLOCK)));
         }
         let mut stuffer = DotStuffer::new();
-        let mut chunk = vec![0u8; 64 * 1024];
-        let mut wire = Vec::with_capacity(2 * chunk.len() + 8);
+        if self.chunk.len() < CHUNK {
+            self.chunk = vec![0u8; CHUNK];
+            self.wire = Vec::with_capacity(2 * CHUNK + 8);
+        }
+        let (chunk, wire) = (&mut self.chunk, &mut self.wire);
         let lost = |e: io::Error| local(&format!("4.4.2 lost connection while sending data: {e}"));
         if let Some(h) = header {
             // The rewritten header replaces the first `skip` octets of the content.
@@ -351,24 +363,24 @@ impl Upstream {
                 .map_err(cannot_read)?;
             content.set_limit(msg.size - h.skip);
             wire.clear();
-            stuffer.encode(&h.text, &mut wire);
-            self.stream.write_all(&wire).map_err(lost)?;
+            stuffer.encode(&h.text, wire);
+            self.stream.write_all(wire).map_err(lost)?;
         }
         loop {
             let n = content
-                .read(&mut chunk)
+                .read(&mut chunk[..])
                 .map_err(|e| local(&format!("4.3.0 cannot read spool file: {e}")))?;
             if n == 0 {
                 break;
             }
             wire.clear();
-            stuffer.encode(&chunk[..n], &mut wire);
-            self.stream.write_all(&wire).map_err(lost)?;
+            stuffer.encode(&chunk[..n], wire);
+            self.stream.write_all(wire).map_err(lost)?;
         }
         wire.clear();
-        stuffer.finish(&mut wire);
+        stuffer.finish(wire);
         self.stream
-            .write_all(&wire)
+            .write_all(wire)
             .and_then(|()| self.stream.flush())
             .map_err(lost)
     }

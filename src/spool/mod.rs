@@ -216,7 +216,10 @@ impl Spool {
         let size_offset = head.len() as u64;
         let _ = write!(head, "{:0w$}\n\n", 0, w = SIZE_WIDTH);
         let mut w = Writer {
-            file: io::BufWriter::with_capacity(64 * 1024, file),
+            // Gathers the envelope, the trace line and a small message into one
+            // write; the session hands over bodies in pieces of up to 64 KiB, which
+            // pass straight through.
+            file: io::BufWriter::with_capacity(8 * 1024, file),
             tmp,
             size_offset,
             written: 0,
