@@ -27,6 +27,9 @@ TOOLS = os.path.join(ROOT, "target", "bench-tools")
 BINARY = os.environ.get("SMTP_RELAYD_BIN", os.path.join(ROOT, "target", "release", "smtp-relayd"))
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 REPEAT = int(os.environ.get("BENCH_REPEAT", "5"))
+# The static musl build that goes on devices (make bench builds it for this machine).
+STATIC = os.environ.get("SMTP_RELAYD_STATIC_BIN",
+                        os.path.join(ROOT, "target", "x86_64-unknown-linux-musl", "release", "smtp-relayd"))
 
 # (message size, concurrent sessions, messages per run)
 CASES = [(1024, 1, 1000), (1024, 10, 4000), (100 * 1024, 1, 600), (100 * 1024, 10, 1200)]
@@ -134,6 +137,35 @@ def run_once(tools, size, sessions, messages, mode):
     return result
 
 
+def memory_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        fields = dict(line.split(":", 1) for line in f if ":" in line)
+    return {k: int(fields[k].split()[0]) for k in ("VmRSS", "RssAnon", "RssFile")}
+
+
+def idle_rss(binary, smarthost_tls, runs=5):
+    """Median VmRSS (and its anonymous and file-backed parts) one second after start,
+    with the default 4 workers, of `runs` fresh starts."""
+    samples = []
+    for _ in range(runs):
+        d = tempfile.mkdtemp(prefix="smtp-relayd-idle-", dir=os.path.join(ROOT, "target"))
+        port = free_port()
+        conf = os.path.join(d, "relay.conf")
+        with open(conf, "w") as f:
+            f.write(f"listen 127.0.0.1:{port}\nhostname idle.test\nspool {d}/spool\n"
+                    f"smarthost 127.0.0.1:9\nsmarthost_tls {smarthost_tls}\n")
+        p = subprocess.Popen([binary, "-c", conf], stderr=subprocess.DEVNULL)
+        try:
+            wait_port(port)
+            time.sleep(1)
+            samples.append(memory_kib(p.pid))
+        finally:
+            p.terminate()
+            p.wait(30)
+            shutil.rmtree(d, ignore_errors=True)
+    return {k: statistics.median(s[k] for s in samples) for k in samples[0]}
+
+
 def spread(values):
     return (max(values) - min(values)) / statistics.median(values) * 100 if values else 0
 
@@ -182,7 +214,16 @@ def main():
               f" {pt['msgs_per_s']:>9.0f} {pt['ratio']:>6.2f}x {pt['ratio_spread_pct']:>6.0f}% {pt['cpu_ms_per_msg']:>9.3f}"
               f" {pt['peak_rss_kib'] / 1024:>7.1f}Mi")
     idle = statistics.median(c["idle_rss_kib"] for c in results["cases"])
-    print(f"idle RSS after start: {idle / 1024:.2f} MiB; stripped binary: {results['binary_bytes']} bytes")
+    print(f"idle RSS after start (this build, bench config): {idle / 1024:.2f} MiB; stripped binary: "
+          f"{results['binary_bytes']} bytes")
+    results["idle"] = {"glibc, smarthost_tls none": idle_rss(BINARY, "none")}
+    if os.path.exists(STATIC):
+        results["static_binary_bytes"] = os.path.getsize(STATIC)
+        results["idle"]["static musl, smarthost_tls none"] = idle_rss(STATIC, "none")
+        results["idle"]["static musl, smarthost_tls starttls (system CAs)"] = idle_rss(STATIC, "starttls")
+    print("idle RSS, default 4 workers, median of 5 starts (VmRSS = anonymous + file-backed):")
+    for name, m in results["idle"].items():
+        print(f"  {name:<50} {m['VmRSS'] / 1024:5.2f} MiB = {m['RssAnon']:5.0f} KiB anon + {m['RssFile']:5.0f} KiB file")
     out = os.path.join(ROOT, "target", "bench", "e2e.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:
