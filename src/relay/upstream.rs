@@ -77,6 +77,9 @@ pub struct Upstream {
     /// for the connection's life, not allocated per message.
     chunk: Vec<u8>,
     wire: Vec<u8>,
+    /// The socket's read and write timeouts as last set: a syscall only on a change.
+    read_timeout: Duration,
+    write_timeout: Duration,
 }
 
 /// Spool content is read this much at a time.
@@ -159,6 +162,8 @@ impl Upstream {
             name,
             chunk: Vec::new(),
             wire: Vec::new(),
+            read_timeout: timeout,
+            write_timeout: timeout,
         };
         if config.smarthost_tls != SmarthostTls::None && !config.smarthost_tls_verify {
             log::warn!(
@@ -215,15 +220,33 @@ impl Upstream {
         self.timeout.unwrap_or(rfc)
     }
 
+    /// Sets the socket's write timeout to the wait for `rfc` (RFC 5321 §4.5.3.2).
+    fn write_timeout(&mut self, rfc: Duration) {
+        let t = self.wait(rfc);
+        if t != self.write_timeout
+            && let Some(tcp) = self.stream.tcp()
+        {
+            let _ = tcp.set_write_timeout(Some(t));
+            self.write_timeout = t;
+        }
+    }
+
+    fn read_timeout(&mut self, rfc: Duration) {
+        let t = self.wait(rfc);
+        if t != self.read_timeout
+            && let Some(tcp) = self.stream.tcp()
+        {
+            let _ = tcp.set_read_timeout(Some(t));
+            self.read_timeout = t;
+        }
+    }
+
     /// Sends what the client has queued.
     fn flush(&mut self, timeout: Duration) -> Result<(), Reply> {
         if self.client.output().is_empty() {
             return Ok(());
         }
-        let t = self.wait(timeout);
-        if let Some(tcp) = self.stream.tcp() {
-            let _ = tcp.set_write_timeout(Some(t));
-        }
+        self.write_timeout(timeout);
         let result = self
             .stream
             .write_all(self.client.output())
@@ -241,10 +264,7 @@ impl Upstream {
         &mut self,
         timeout: Duration,
     ) -> Result<(Reply, crate::protocol::client::Capabilities), Reply> {
-        let t = self.wait(timeout);
-        if let Some(tcp) = self.stream.tcp() {
-            let _ = tcp.set_read_timeout(Some(t));
-        }
+        self.read_timeout(timeout);
         loop {
             if self.start < self.end {
                 let (n, got) = self.reader.feed(&self.buf[self.start..self.end]);
@@ -344,9 +364,7 @@ impl Upstream {
     ) -> Result<(), Reply> {
         let cannot_read = |e: io::Error| local(&format!("4.3.0 cannot read spool file: {e}"));
         let mut content = msg.open_content(spool).map_err(cannot_read)?;
-        if let Some(tcp) = self.stream.tcp() {
-            let _ = tcp.set_write_timeout(Some(self.wait(DATA_BLOCK)));
-        }
+        self.write_timeout(DATA_BLOCK);
         let mut stuffer = DotStuffer::new();
         if self.chunk.len() < CHUNK {
             self.chunk = vec![0u8; CHUNK];
@@ -403,11 +421,8 @@ impl Upstream {
                 &format!("4.4.2 {} is closing: {}", self.name, reply),
             ));
         }
-        if matches!(command, Single::Data)
-            && reply.code == 354
-            && let Some(tcp) = self.stream.tcp()
-        {
-            let _ = tcp.set_write_timeout(Some(self.wait(DATA_BLOCK)));
+        if matches!(command, Single::Data) && reply.code == 354 {
+            self.write_timeout(DATA_BLOCK);
         }
         Ok(reply)
     }

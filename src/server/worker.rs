@@ -222,7 +222,11 @@ impl Worker {
             if send(stream, session).is_err() {
                 return End::Lost(phase(session));
             }
-            if session.in_data() != in_data {
+            // (Only when the two timeouts differ: by default they do not, and a
+            // syscall per phase change is saved.)
+            if session.in_data() != in_data
+                && self.config.data_timeout != self.config.command_timeout
+            {
                 in_data = session.in_data();
                 let t = if in_data {
                     self.config.data_timeout

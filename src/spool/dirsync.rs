@@ -23,6 +23,8 @@ struct State {
     /// Every ticket up to this one is durable.
     synced: u64,
     running: bool,
+    /// The directory, opened once and kept (taken out by the running sync).
+    file: Option<File>,
 }
 
 impl DirSync {
@@ -33,6 +35,7 @@ impl DirSync {
                 issued: 0,
                 synced: 0,
                 running: false,
+                file: None,
             }),
             done: Condvar::new(),
         }
@@ -54,13 +57,19 @@ impl DirSync {
             if !st.running {
                 st.running = true;
                 let covers = st.issued;
+                let file = st.file.take();
                 drop(st);
-                let result = Self::sync_dir(&self.dir);
+                let result = match file {
+                    Some(f) => Ok(f),
+                    None => File::open(&self.dir),
+                }
+                .and_then(|f| f.sync_all().map(|()| f));
                 st = self.state.lock().unwrap_or_else(|e| e.into_inner());
                 st.running = false;
-                if result.is_ok() {
+                let result = result.map(|f| {
+                    st.file = Some(f);
                     st.synced = st.synced.max(covers);
-                }
+                });
                 self.done.notify_all();
                 // On failure, the others try again themselves rather than trust it.
                 result?;

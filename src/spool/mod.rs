@@ -94,12 +94,18 @@ pub struct Message {
     /// The next try recorded by the last deferral, if any.
     pub next_try: Option<u64>,
     pub last_reply: Option<String>,
+    /// The file it was read from, kept open for the content: no second lookup in
+    /// `queue/` (whose directory lock every commit and removal also takes).
+    file: Option<File>,
 }
 
 impl Message {
     /// Opens the file positioned at the content; read `size` octets from it.
     pub fn open_content(&self, spool: &Spool) -> io::Result<io::Take<File>> {
-        let mut f = File::open(spool.queue_path(&self.id))?;
+        let mut f = match &self.file {
+            Some(f) => f.try_clone()?,
+            None => File::open(spool.queue_path(&self.id))?,
+        };
         f.seek(SeekFrom::Start(self.content_offset))?;
         Ok(f.take(self.size))
     }
@@ -406,19 +412,22 @@ impl Spool {
             attempts: 0,
             next_try: None,
             last_reply: None,
+            file: None,
         };
         // The delivery records after the content.
         let mut file = r.into_inner();
         file.seek(SeekFrom::Start(content_offset + size))
             .map_err(ReadError::Io)?;
         let mut records = String::new();
-        file.take(MAX_RECORDS)
+        (&mut file)
+            .take(MAX_RECORDS)
             .read_to_string(&mut records)
             .map_err(|_| bad("unreadable records"))?;
         // A record cut short by a crash has no TAB LF: it never happened.
         for rec in records.split('\n').filter_map(|r| r.strip_suffix('\t')) {
             apply_record(&mut msg, rec);
         }
+        msg.file = Some(file);
         Ok(msg)
     }
 
