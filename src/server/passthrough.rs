@@ -145,7 +145,7 @@ impl Passthrough {
         };
         let command = Single::Mail {
             sender,
-            size: env.size.map(|s| s + TRACE_ALLOWANCE),
+            size: env.size.map(|s| s.saturating_add(TRACE_ALLOWANCE)),
             eight_bit: env.body == crate::protocol::command::BodyType::EightBitMime,
             smtputf8: env.smtputf8,
         };
