@@ -519,11 +519,16 @@ fn serve(
     }
     let listen: Vec<String> = config.listen.iter().map(|a| a.to_string()).collect();
     log::info!(
-        "started: listening on {}, relaying to {}, spool {}, {} workers",
+        "started: listening on {}, relaying to {}, spool {}, {} workers{}",
         listen.join(" "),
         config.smarthost,
         config.spool.display(),
-        config.workers
+        config.workers,
+        if config.mode == smtp_relayd::config::Mode::Passthrough {
+            ", mode passthrough (clients get the smarthost's replies; nothing is spooled)"
+        } else {
+            ""
+        }
     );
 
     // Every listener is bound and the spool is open: ready (systemd Type=notify).

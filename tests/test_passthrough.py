@@ -2,6 +2,7 @@
 as it happens, and the client gets the smarthost's replies (its own retry is the
 durability)."""
 import os
+import re
 import smtplib
 import socket
 import time
@@ -40,6 +41,7 @@ def test_smtplib_gets_the_smarthost_replies(sink, passthrough):
     assert b"\r\n..dot line\r\n" in msg["wire"]
     log = passthrough.wait_log(r"status=sent \(250 2\.0\.0 Ok: queued as SINK42\), passthrough")
     assert "from=<cam1@example.net>, to=<ops@example.com>" in log
+    assert re.search(r"started: .* workers, mode passthrough \(", log)
     spool_is_empty(passthrough)
 
 
