@@ -10,10 +10,11 @@ total() {
         sed -n 's/.*Collected : *\([0-9]*\).*/\1/p'
 }
 printf '%-10s %14s\n' "hot path" "instructions"
-for case in parse unstuff stuff session; do
+for case in parse unstuff stuff session reply; do
     with=$(total "$case" "$n")
     without=$(total "$case" 0)
     printf '%-10s %14d  per operation (%s)\n' "$case" $(( (with - without) / n )) \
         "$(case $case in parse) echo 'one command line';; unstuff) echo '1 KiB DATA';;
-           stuff) echo '1 KiB for sending';; session) echo 'EHLO+MAIL+RCPT+DATA of 1 KiB';; esac)"
+           stuff) echo '1 KiB for sending';; session) echo 'EHLO+MAIL+RCPT+DATA of 1 KiB';;
+           reply) echo 'smarthost EHLO reply, 8 lines, and a final reply';; esac)"
 done

@@ -2,6 +2,7 @@
 //! (`benches/micro.sh`). Usage: hot_paths CASE N
 use std::hint::black_box;
 
+use smtp_relayd::protocol::client::ReplyReader;
 use smtp_relayd::protocol::command;
 use smtp_relayd::protocol::data::DataDecoder;
 use smtp_relayd::protocol::server::{Peer, ServerSession, Settings, Step};
@@ -97,6 +98,23 @@ fn main() {
                 black_box(&s);
             }
         }
-        _ => panic!("cases: parse unstuff stuff session"),
+        "reply" => {
+            // The relay's line reader for the smarthost's replies: a provider's
+            // multi-line EHLO reply and the reply to a message's end of data.
+            let input: &[u8] = b"250-smtp.example.com at your service, [192.0.2.7]\r\n\
+                250-SIZE 35882577\r\n250-8BITMIME\r\n250-AUTH LOGIN PLAIN XOAUTH2\r\n\
+                250-ENHANCEDSTATUSCODES\r\n250-PIPELINING\r\n250-CHUNKING\r\n\
+                250 SMTPUTF8\r\n250 2.0.0 OK  1764547200 a640c23a62f3a-ab7c1d2e3f4g.123 - gsmtp\r\n";
+            for _ in 0..n {
+                let mut r = ReplyReader::new();
+                let mut pos = 0;
+                while pos < input.len() {
+                    let (used, got) = r.feed(black_box(&input[pos..]));
+                    pos += used;
+                    black_box(got);
+                }
+            }
+        }
+        _ => panic!("cases: parse unstuff stuff session reply"),
     }
 }

@@ -119,21 +119,24 @@ impl ReplyReader {
     pub fn feed(&mut self, input: &[u8]) -> (usize, Option<Parsed>) {
         let mut i = 0;
         while i < input.len() {
-            let b = input[i];
-            i += 1;
-            if b != b'\n' {
-                if self.line.push(b).is_err() {
-                    self.overflow = true;
-                }
+            // Up to the next LF at once (a line is short; most replies are one line).
+            let rest = &input[i..];
+            let (part, complete) = match rest.iter().position(|&b| b == b'\n') {
+                Some(p) => (&rest[..p], true),
+                None => (rest, false),
+            };
+            i += part.len() + usize::from(complete);
+            if !self.overflow && self.line.extend_from_slice(part).is_err() {
+                self.overflow = true;
+            }
+            if !complete {
                 continue;
             }
             if self.overflow {
                 return (i, Some(Err(self.fail(ReplyError::LineTooLong))));
             }
-            let mut line = core::mem::take(&mut self.line);
-            let result = self.take_line(line.strip_suffix(b"\r").unwrap_or(&line));
-            line.clear();
-            self.line = line;
+            let result = self.take_line();
+            self.line.clear();
             match result {
                 Ok(false) => {}
                 Ok(true) => {
@@ -158,10 +161,19 @@ impl ReplyReader {
         e
     }
 
-    /// One line: `ddd-text` (more follow) or `ddd text` / `ddd` (the last).
-    fn take_line(&mut self, line: &[u8]) -> Result<bool, ReplyError> {
-        self.lines += 1;
-        if self.lines > limits::REPLY_LINES {
+    /// The line in `self.line` (without its LF): `ddd-text` (more follow) or
+    /// `ddd text` / `ddd` (the last).
+    fn take_line(&mut self) -> Result<bool, ReplyError> {
+        let Self {
+            line,
+            lines,
+            reply,
+            capabilities,
+            ..
+        } = self;
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        *lines += 1;
+        if *lines > limits::REPLY_LINES {
             return Err(ReplyError::TooManyLines);
         }
         if line.len() < 3
@@ -179,17 +191,17 @@ impl ReplyReader {
             Some(_) => return Err(ReplyError::Syntax),
         };
         let text = line.get(4..).unwrap_or(b"");
-        if self.lines == 1 {
-            self.reply.code = code;
+        if *lines == 1 {
+            reply.code = code;
         } else {
             // RFC 5321 §4.2.1: every line of a reply has the same code.
-            if code != self.reply.code {
+            if code != reply.code {
                 return Err(ReplyError::Syntax);
             }
-            self.capabilities.add(text);
-            self.reply.push_text(b" ");
+            capabilities.add(text);
+            reply.push_text(b" ");
         }
-        self.reply.push_text(text);
+        reply.push_text(text);
         Ok(last)
     }
 }
