@@ -17,6 +17,14 @@ def passthrough(sink, make_relay):
     return make_relay(sink.port, mode="passthrough").start()
 
 
+def transaction(c, data=True):
+    """MAIL and RCPT (each answered 250 by the smarthost), then DATA (354)."""
+    assert c.cmd("MAIL FROM:<a@example.net>").startswith("250")
+    assert c.cmd("RCPT TO:<b@example.com>").startswith("250")
+    if data:
+        assert c.cmd("DATA").startswith("354")
+
+
 def spool_is_empty(relay):
     for area in ("tmp", "queue", "failed", "corrupt"):
         assert relay.files(area) == [], area
@@ -65,15 +73,11 @@ def test_the_final_refusal_reaches_the_client(sink, passthrough, final):
     sink.plan.data_end = [final]
     c = Client(passthrough.port)
     c.cmd("EHLO x")
-    assert c.cmd("MAIL FROM:<a@example.net>").startswith("250")
-    assert c.cmd("RCPT TO:<b@example.com>").startswith("250")
-    assert c.cmd("DATA").startswith("354")
+    transaction(c)
     assert c.cmd(b"Subject: x\r\n\r\nhi\r\n.\r\n") == final + "\r\n"
     # The session goes on: the next transaction is accepted.
     sink.plan.data_end = ["250 2.0.0 fine"]
-    assert c.cmd("MAIL FROM:<a@example.net>").startswith("250")
-    assert c.cmd("RCPT TO:<b@example.com>").startswith("250")
-    assert c.cmd("DATA").startswith("354")
+    transaction(c)
     assert c.cmd(b"Subject: y\r\n\r\nhi\r\n.\r\n") == "250 2.0.0 fine\r\n"
     passthrough.wait_log(rf"status=refused \({final}\), passthrough")
     spool_is_empty(passthrough)
@@ -103,9 +107,7 @@ def test_smarthost_down_is_a_temporary_failure_and_nothing_is_kept(make_relay):
 def test_a_client_that_vanishes_mid_data_sends_nothing(sink, passthrough):
     c = Client(passthrough.port)
     c.cmd("EHLO x")
-    c.cmd("MAIL FROM:<a@example.net>")
-    c.cmd("RCPT TO:<b@example.com>")
-    assert c.cmd("DATA").startswith("354")
+    transaction(c)
     c.send(b"Subject: half\r\n\r\n" + b"x" * 100000 + b"\r\n")
     c.sock.close()
     passthrough.wait_log(r"lost connection after DATA")
@@ -128,13 +130,9 @@ def test_local_refusals_come_first_and_abandon_the_data(sink, make_relay):
     assert c.cmd("MAIL FROM:<a@example.net> SIZE=99999").startswith("552")
     mails_upstream = [x for x in sink.commands if x.startswith(b"MAIL")]
     assert mails_upstream == [], "refused here, never asked upstream"
-    c.cmd("MAIL FROM:<a@example.net>")
-    c.cmd("RCPT TO:<b@example.com>")
-    assert c.cmd("DATA").startswith("354")
+    transaction(c)
     assert c.cmd(b"Subject: big\r\n\r\n" + (b"y" * 900 + b"\r\n") * 40 + b".\r\n").startswith("552 5.3.4")
-    c.cmd("MAIL FROM:<a@example.net>")
-    c.cmd("RCPT TO:<b@example.com>")
-    assert c.cmd("DATA").startswith("354")
+    transaction(c)
     assert c.cmd(b"Subject: small\r\n\r\nhi\r\n.\r\n").startswith("250")
     c.cmd("QUIT")
     [msg] = sink.wait_for(1)
@@ -147,9 +145,7 @@ def test_lost_smarthost_during_data(sink, passthrough):
     sink.plan.data_end = ["close"]
     c = Client(passthrough.port)
     c.cmd("EHLO x")
-    c.cmd("MAIL FROM:<a@example.net>")
-    c.cmd("RCPT TO:<b@example.com>")
-    assert c.cmd("DATA").startswith("354")
+    transaction(c)
     r = c.cmd(b"Subject: x\r\n\r\nhi\r\n.\r\n")
     assert r.startswith("451 4.4.2"), r
     spool_is_empty(passthrough)
@@ -172,8 +168,7 @@ def test_connection_is_kept_between_clients_then_closed_when_idle(sink, passthro
 def test_rset_between_transactions_and_pipelining(sink, passthrough):
     c = Client(passthrough.port)
     c.cmd("EHLO x")
-    c.cmd("MAIL FROM:<a@example.net>")
-    c.cmd("RCPT TO:<b@example.com>")
+    transaction(c, data=False)
     assert c.cmd("RSET").startswith("250")
     # A pipelined batch: each reply in order, each from upstream.
     c.send(b"MAIL FROM:<c@example.net>\r\nRCPT TO:<d@example.com>\r\nDATA\r\n")
