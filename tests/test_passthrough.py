@@ -228,3 +228,37 @@ def test_ipv6_client(sink, make_relay):
             time.sleep(0.1)
     [msg] = sink.wait_for(1)
     assert b"([IPv6:::1])" in msg["content"]
+
+
+@pytest.mark.parametrize("where", ["mail", "data_end", "garbage"])
+def test_a_hanging_or_babbling_smarthost_costs_a_temporary_failure(make_relay, where):
+    """A smarthost that never answers (or answers garbage) gives the client a 4xx
+    within smarthost_timeout, never a hang; a healthy one afterwards is used."""
+    plan = Plan()
+    if where == "mail":
+        plan.mail = ["hang"]
+    elif where == "data_end":
+        plan.data_end = ["hang"]
+    else:
+        plan.mail = ["2xx this is not a reply"]
+    bad = Sink(plan=plan).start()
+    try:
+        relay = make_relay(bad.port, mode="passthrough", smarthost_timeout="2s").start()
+        c = Client(relay.port, timeout=30)
+        c.cmd("EHLO x")
+        t0 = time.time()
+        if where == "data_end":
+            transaction(c)
+            r = c.cmd(b"Subject: x\r\n\r\nhi\r\n.\r\n")
+        else:
+            r = c.cmd("MAIL FROM:<a@example.net>")
+        assert r.startswith("451 4."), r
+        assert time.time() - t0 < 10
+        spool_is_empty(relay)
+        # The session goes on; with the smarthost healthy again the next MAIL works.
+        bad.plan.mail = ["250 2.1.0 ok"]
+        bad.plan.data_end = ["250 2.0.0 fine"]
+        transaction(c)
+        assert c.cmd(b"Subject: y\r\n\r\nhi\r\n.\r\n") == "250 2.0.0 fine\r\n"
+    finally:
+        bad.stop()
