@@ -221,6 +221,8 @@ def main():
         results["static_binary_bytes"] = os.path.getsize(STATIC)
         results["idle"]["static musl, smarthost_tls none"] = idle_rss(STATIC, "none")
         results["idle"]["static musl, smarthost_tls starttls (system CAs)"] = idle_rss(STATIC, "starttls")
+    if "static_binary_bytes" in results:
+        print(f"static musl binary ({STATIC}): {results['static_binary_bytes']} bytes")
     print("idle RSS, default 4 workers, median of 5 starts (VmRSS = anonymous + file-backed):")
     for name, m in results["idle"].items():
         print(f"  {name:<50} {m['VmRSS'] / 1024:5.2f} MiB = {m['RssAnon']:5.0f} KiB anon + {m['RssFile']:5.0f} KiB file")
