@@ -841,7 +841,7 @@ impl ServerSession {
             Ask::End if answer.code / 100 == 2 => self.messages += 1,
             _ => {}
         }
-        self.forward(answer);
+        self.forward(ask, answer);
         if self.state == State::Upstream(ask) {
             self.body.clear();
             self.reset_transaction();
@@ -885,20 +885,36 @@ impl ServerSession {
         } else {
             State::RcptOrData
         };
-        self.forward(&answer);
+        self.forward(Ask::Rcpt { first }, &answer);
+    }
+
+    /// Passthrough: the worker has no smarthost to ask (it cannot, outside
+    /// passthrough); whatever was asked is answered with a local error.
+    pub fn upstream_unavailable(&mut self) {
+        match self.state {
+            // No reply for any recipient: each is dropped, the client gets a 451.
+            State::Upstream(Ask::Rcpt { .. }) => self.upstream_rcpt(&[]),
+            _ => self.upstream_replied(&Reply::new(451, "4.3.0 no smarthost to ask")),
+        }
     }
 
     /// Queues a reply from the smarthost for the client: its code and text on one
-    /// line (the text is printable ASCII, bounded). A code that makes no sense here
-    /// becomes a local error; a text without an enhanced status code gets one, as
-    /// this server offers ENHANCEDSTATUSCODES.
-    fn forward(&mut self, answer: &Reply) {
-        let code = if (200..600).contains(&answer.code) && answer.code != 354 {
-            answer.code
-        } else {
+    /// line (the text is printable ASCII, bounded). A code that makes no sense as the
+    /// final answer to `ask` (any 1xx or 3xx, and a 2xx to DATA, which would tell the
+    /// client its message was taken before it was sent) becomes a local error; a text
+    /// without an enhanced status code gets one, as this server offers
+    /// ENHANCEDSTATUSCODES.
+    fn forward(&mut self, ask: Ask, answer: &Reply) {
+        let code = answer.code;
+        let sensible = match code / 100 {
+            2 => ask != Ask::Data,
+            4 | 5 => code < 600,
+            _ => false,
+        };
+        if !sensible {
             self.reply(reply::UPSTREAM_PROTOCOL);
             return;
-        };
+        }
         let t = answer.text.as_bytes();
         let enhanced = t.len() > 4
             && t[0] == b'0' + (code / 100) as u8
@@ -1300,10 +1316,56 @@ mod tests {
         );
         assert_eq!(codes(&r), ["250", "250", "354", "452"]);
         assert_eq!(h.s.messages, 0);
-        // A nonsense code is never forwarded.
+        // A nonsense code is never forwarded: 354 to MAIL, 334 at the end of data,
+        // and 250 to DATA (the client would take its message for delivered).
         h.upstream.push_back(Reply::new(354, "what"));
         let r = h.run(b"MAIL FROM:<a@b.c>\r\n", 100);
         assert_eq!(r, reply::UPSTREAM_PROTOCOL);
+        h.upstream.extend([
+            Reply::new(250, "2.1.0 ok"),
+            Reply::new(250, "2.1.5 ok"),
+            Reply::new(250, "2.0.0 no data needed"),
+        ]);
+        let r = h.run(b"MAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\nDATA\r\n", 100);
+        assert!(r.ends_with(reply::UPSTREAM_PROTOCOL), "{r}");
+        h.upstream.extend([
+            Reply::new(250, "2.1.0 ok"),
+            Reply::new(250, "2.1.5 ok"),
+            Reply::new(354, "go"),
+            Reply::new(334, "VXNlcm5hbWU6"),
+        ]);
+        let r = h.run(
+            b"MAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\nDATA\r\nhi\r\n.\r\n",
+            100,
+        );
+        assert!(r.ends_with(reply::UPSTREAM_PROTOCOL), "{r}");
+        assert_eq!(h.s.messages, 0);
+    }
+
+    #[test]
+    fn passthrough_without_a_smarthost_answers_every_question() {
+        let mut h = Harness::new(passthrough(), true);
+        h.run(b"HELO x\r\n", 100);
+        // MAIL, then RCPT, each refused with a 451; the session goes on.
+        let mut codes_seen = Vec::new();
+        for line in [&b"MAIL FROM:<a@b.c>\r\n"[..], b"RCPT TO:<d@e.f>\r\n"] {
+            let (_, step) = h.s.feed(line);
+            assert!(matches!(step, Step::Upstream(_)), "{step:?}");
+            h.s.upstream_unavailable();
+            codes_seen.push(String::from_utf8(h.s.output().to_vec()).unwrap());
+            h.s.clear_output();
+            if codes_seen.len() == 1 {
+                // The MAIL refusal leaves no transaction: open one to ask RCPT.
+                h.upstream.push_back(Reply::new(250, "2.1.0 ok"));
+                h.run(b"MAIL FROM:<a@b.c>\r\n", 100);
+            }
+        }
+        assert!(
+            codes_seen.iter().all(|r| r.starts_with("451 ")),
+            "{codes_seen:?}"
+        );
+        assert!(h.s.envelope().recipients.is_empty());
+        assert_eq!(codes(&h.run(b"NOOP\r\n", 100)), ["250"]);
     }
 
     #[test]

@@ -415,7 +415,7 @@ impl Relay {
         let header = config
             .rewrite_from
             .as_deref()
-            .and_then(|new| rewritten_header(&msg, &self.spool, new));
+            .and_then(|new| rewritten_header(&msg, new));
         let size = match &header {
             Some(h) => msg.size - h.skip + h.text.len() as u64,
             None => msg.size,
@@ -427,7 +427,6 @@ impl Relay {
             eight_bit: msg.envelope.eight_bit,
             smtputf8: msg.envelope.smtputf8,
         };
-        let spool = Arc::clone(&self.spool);
         let mut results = None;
         // A reused connection may have been closed by the server while idle; that
         // costs one reconnect, not a deferral.
@@ -445,7 +444,7 @@ impl Relay {
                 results = Some(vec![RcptResult::Failed(reply); rcpts.len()]);
                 break;
             }
-            match conn.send(&tx, &msg, header.as_ref(), &spool) {
+            match conn.send(&tx, &msg, header.as_ref()) {
                 Ok(r) => {
                     results = Some(r);
                     break;
@@ -624,9 +623,9 @@ impl Relay {
 /// The header section of a message with `From:` rewritten to `new`, and how many
 /// octets of the content it replaces; `None` when nothing changes or the header
 /// cannot be read (the message then goes as it is, which the log says).
-fn rewritten_header(msg: &Message, spool: &Spool, new: &str) -> Option<upstream::Header> {
+fn rewritten_header(msg: &Message, new: &str) -> Option<upstream::Header> {
     use std::io::Read;
-    let mut content = match msg.open_content(spool) {
+    let mut content = match msg.open_content() {
         Ok(c) => c,
         Err(e) => {
             log::warn!("{}: cannot read the header to rewrite From: {e}", msg.id);

@@ -13,7 +13,7 @@ use crate::protocol::client::{
     Client, Event, Options, RcptResult, Reply, ReplyReader, Single, Transaction,
 };
 use crate::protocol::stuff::DotStuffer;
-use crate::spool::{Message, Spool};
+use crate::spool::Message;
 #[cfg(feature = "tls")]
 pub use crate::tls::client::TlsClient;
 #[cfg(feature = "tls")]
@@ -306,7 +306,6 @@ impl Upstream {
         tx: &Transaction<'_>,
         msg: &Message,
         header: Option<&Header>,
-        spool: &Spool,
     ) -> Result<Vec<RcptResult>, Vec<RcptResult>> {
         self.client.start(tx);
         let mut timeout = COMMAND;
@@ -321,7 +320,7 @@ impl Upstream {
             match self.client.on_reply(reply, caps) {
                 Event::Continue => {}
                 Event::SendBody => {
-                    if let Err(reason) = self.send_body(msg, header, spool) {
+                    if let Err(reason) = self.send_body(msg, header) {
                         break Err(self.client.connection_lost(&reason));
                     }
                     self.client.body_sent();
@@ -356,14 +355,9 @@ impl Upstream {
     }
 
     /// Streams the content, dot-stuffed, with large reads and writes.
-    fn send_body(
-        &mut self,
-        msg: &Message,
-        header: Option<&Header>,
-        spool: &Spool,
-    ) -> Result<(), Reply> {
+    fn send_body(&mut self, msg: &Message, header: Option<&Header>) -> Result<(), Reply> {
         let cannot_read = |e: io::Error| local(&format!("4.3.0 cannot read spool file: {e}"));
-        let mut content = msg.open_content(spool).map_err(cannot_read)?;
+        let mut content = msg.open_content().map_err(cannot_read)?;
         self.write_timeout(DATA_BLOCK);
         let mut stuffer = DotStuffer::new();
         if self.chunk.len() < CHUNK {
@@ -385,9 +379,7 @@ impl Upstream {
             self.stream.write_all(wire).map_err(lost)?;
         }
         loop {
-            let n = content
-                .read(&mut chunk[..])
-                .map_err(|e| local(&format!("4.3.0 cannot read spool file: {e}")))?;
+            let n = content.read(&mut chunk[..]).map_err(cannot_read)?;
             if n == 0 {
                 break;
             }
@@ -414,47 +406,43 @@ impl Upstream {
     pub fn single(&mut self, command: Single<'_>) -> Result<Reply, Reply> {
         self.client.single(command);
         self.flush(COMMAND)?;
-        let (reply, _) = self.read_reply(COMMAND)?;
-        if reply.code == 421 {
-            return Err(Reply::new(
-                451,
-                &format!("4.4.2 {} is closing: {}", self.name, reply),
-            ));
-        }
+        let reply = self.answer(COMMAND)?;
         if matches!(command, Single::Data) && reply.code == 354 {
             self.write_timeout(DATA_BLOCK);
         }
         Ok(reply)
     }
 
+    /// Passthrough: the next reply; a 421 (the smarthost is closing) is a failure of
+    /// the connection, not an answer to give the client as it is.
+    fn answer(&mut self, timeout: Duration) -> Result<Reply, Reply> {
+        let (reply, _) = self.read_reply(timeout)?;
+        if reply.code == 421 {
+            return Err(local(&format!("4.4.2 {} is closing: {reply}", self.name)));
+        }
+        Ok(reply)
+    }
+
     /// Passthrough: writes dot-stuffed message bytes (after `354`).
     pub fn write_data(&mut self, wire: &[u8]) -> Result<(), Reply> {
-        self.stream.write_all(wire).map_err(|e| {
-            local(&format!(
-                "4.4.2 lost connection with {} while sending data: {e}",
-                self.name
-            ))
-        })
+        self.stream
+            .write_all(wire)
+            .map_err(|e| self.lost_in_data(&e))
+    }
+
+    fn lost_in_data(&self, e: &io::Error) -> Reply {
+        local(&format!(
+            "4.4.2 lost connection with {} while sending data: {e}",
+            self.name
+        ))
     }
 
     /// Passthrough: writes the last stuffed bytes (ending in `.CRLF`) and returns the
     /// smarthost's final reply.
     pub fn end_data(&mut self, wire: &[u8]) -> Result<Reply, Reply> {
         self.write_data(wire)?;
-        self.stream.flush().map_err(|e| {
-            local(&format!(
-                "4.4.2 lost connection with {} while sending data: {e}",
-                self.name
-            ))
-        })?;
-        let (reply, _) = self.read_reply(DATA_END)?;
-        if reply.code == 421 {
-            return Err(Reply::new(
-                451,
-                &format!("4.4.2 {} is closing: {}", self.name, reply),
-            ));
-        }
-        Ok(reply)
+        self.stream.flush().map_err(|e| self.lost_in_data(&e))?;
+        self.answer(DATA_END)
     }
 
     /// Says QUIT and waits briefly for the answer (RFC 5321 §4.1.1.10).

@@ -118,15 +118,7 @@ pub fn serve(config: &Config) -> ExitCode {
                 Step::DiscardMessage => message = None,
                 Step::StartTls | Step::Authenticate => {}
                 // Never asked (passthrough is off here); answered so the session moves on.
-                Step::Upstream(ask) => {
-                    let no = crate::protocol::client::Reply::new(451, "4.3.0 not in passthrough");
-                    match ask {
-                        crate::protocol::server::Ask::Rcpt { .. } => {
-                            session.upstream_rcpt(std::slice::from_ref(&no))
-                        }
-                        _ => session.upstream_replied(&no),
-                    }
-                }
+                Step::Upstream(_) => session.upstream_unavailable(),
                 Step::Close => {
                     let _ = output.write_all(session.output());
                     return ExitCode::SUCCESS;

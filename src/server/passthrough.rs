@@ -64,10 +64,6 @@ impl Passthrough {
         }
     }
 
-    pub fn name(&self) -> String {
-        self.config.smarthost.to_string()
-    }
-
     /// How long the worker may wait for its next client before `idle` has work.
     pub fn idle_wait(&self) -> Option<Duration> {
         self.conn.as_ref().map(|_| {
@@ -237,11 +233,9 @@ impl Passthrough {
     fn release_header(&mut self, len: usize) {
         self.header_done = true;
         let held = std::mem::take(&mut self.header);
-        let new = self.config.rewrite_from.clone().unwrap_or_default();
-        match (len > 0)
-            .then(|| rewrite_from(&held[..len], &new))
-            .flatten()
-        {
+        let config = Arc::clone(&self.config);
+        let new = config.rewrite_from.as_deref().unwrap_or_default();
+        match (len > 0).then(|| rewrite_from(&held[..len], new)).flatten() {
             Some(text) => {
                 self.send(&text);
                 self.send(&held[len..]);

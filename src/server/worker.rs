@@ -13,7 +13,6 @@ use super::Shared;
 use super::passthrough::Passthrough;
 use crate::config::Mode;
 use crate::config::{BareNewline, Config};
-use crate::protocol::client::Reply;
 use crate::protocol::data::Verdict;
 use crate::protocol::reply;
 use crate::protocol::server::{
@@ -292,11 +291,7 @@ impl Worker {
                     Step::Upstream(ask) => {
                         let Some(p) = pass.as_deref_mut() else {
                             // Not configured; cannot happen, answered all the same.
-                            let no = Reply::new(451, "4.3.0 not in passthrough mode");
-                            match ask {
-                                Ask::Rcpt { .. } => session.upstream_rcpt(&[no]),
-                                _ => session.upstream_replied(&no),
-                            }
+                            session.upstream_unavailable();
                             continue;
                         };
                         if self.upstream(session, p, ask, &mut passing) {
@@ -514,7 +509,7 @@ impl Worker {
                     log::info!(
                         "{id}: to=<{}>, relay={}, delay={}s, status={status} ({r}), passthrough",
                         String::from_utf8_lossy(rcpt),
-                        p.name(),
+                        self.config.smarthost,
                         started.elapsed().as_secs()
                     );
                 }

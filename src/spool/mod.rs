@@ -96,16 +96,14 @@ pub struct Message {
     pub last_reply: Option<String>,
     /// The file it was read from, kept open for the content: no second lookup in
     /// `queue/` (whose directory lock every commit and removal also takes).
-    file: Option<File>,
+    file: File,
 }
 
 impl Message {
-    /// Opens the file positioned at the content; read `size` octets from it.
-    pub fn open_content(&self, spool: &Spool) -> io::Result<io::Take<File>> {
-        let mut f = match &self.file {
-            Some(f) => f.try_clone()?,
-            None => File::open(spool.queue_path(&self.id))?,
-        };
+    /// The content: the file it was read from (a second descriptor), positioned at
+    /// the content; read `size` octets from it.
+    pub fn open_content(&self) -> io::Result<io::Take<File>> {
+        let mut f = self.file.try_clone()?;
         f.seek(SeekFrom::Start(self.content_offset))?;
         Ok(f.take(self.size))
     }
@@ -403,17 +401,6 @@ impl Spool {
         if content_offset + size > len {
             return Err(bad("content shorter than its size"));
         }
-        let mut msg = Message {
-            id: QueueId::try_from(id).map_err(|_| bad("bad id"))?,
-            rcpt_state: vec![RcptState::Pending; env.recipients.len()],
-            envelope: env,
-            size,
-            content_offset,
-            attempts: 0,
-            next_try: None,
-            last_reply: None,
-            file: None,
-        };
         // The delivery records after the content.
         let mut file = r.into_inner();
         file.seek(SeekFrom::Start(content_offset + size))
@@ -423,11 +410,21 @@ impl Spool {
             .take(MAX_RECORDS)
             .read_to_string(&mut records)
             .map_err(|_| bad("unreadable records"))?;
+        let mut msg = Message {
+            id: QueueId::try_from(id).map_err(|_| bad("bad id"))?,
+            rcpt_state: vec![RcptState::Pending; env.recipients.len()],
+            envelope: env,
+            size,
+            content_offset,
+            attempts: 0,
+            next_try: None,
+            last_reply: None,
+            file,
+        };
         // A record cut short by a crash has no TAB LF: it never happened.
         for rec in records.split('\n').filter_map(|r| r.strip_suffix('\t')) {
             apply_record(&mut msg, rec);
         }
-        msg.file = Some(file);
         Ok(msg)
     }
 
@@ -601,10 +598,7 @@ mod tests {
         assert_eq!(m.envelope, env());
         assert_eq!(m.size, 20);
         let mut content = Vec::new();
-        m.open_content(&spool)
-            .unwrap()
-            .read_to_end(&mut content)
-            .unwrap();
+        m.open_content().unwrap().read_to_end(&mut content).unwrap();
         assert_eq!(content, b"Subject: x\r\n\r\nbody\r\n");
         assert_eq!(m.rcpt_state, [RcptState::Pending, RcptState::Pending]);
 
