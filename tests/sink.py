@@ -63,6 +63,11 @@ class Sink:
         class Server(socketserver.ThreadingTCPServer):
             allow_reuse_address = True
             daemon_threads = True
+            # socketserver's default backlog is 5. A relay with 32 workers opens 32
+            # connections at once; with 5, the kernel drops the handshake's last ACK
+            # and the connection waits for a SYN-ACK retransmit (1 s, 3 s, 7 s, 15 s)
+            # longer than the relay waits for the greeting. Real MTAs listen with 100+.
+            request_queue_size = 128
 
         self.server = Server((host, port), Handler)
         self.port = self.server.server_address[1]
