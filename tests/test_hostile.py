@@ -183,8 +183,11 @@ def test_memory_bound_32_clients_20_mib_each(sink, make_relay, mode):
     passthrough, each worker also streams its message to its own smarthost
     connection)."""
     workers = 32
+    # The Python sink shares one interpreter lock among 32 sessions and the 32 clients
+    # of this test; on a slow machine its greeting can take seconds. The timeouts have
+    # their own tests; here the smarthost gets a minute.
     relay = make_relay(sink.port, workers=workers, max_connections=64, max_message_size="25M",
-                       mode=mode).start()
+                       mode=mode, smarthost_timeout="60s").start()
     relay.wait_log(r"disconnect from")
     time.sleep(0.3)
     idle = rss_kib(relay.proc.pid)
