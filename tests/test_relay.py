@@ -48,6 +48,8 @@ def test_smtplib_byte_for_byte(sink, relay):
     relay.wait_log(r"status=sent \(250 2\.0\.0 Ok: queued\)")
     relay.wait_log(r"removed \(delivered\)")
     assert relay.files("queue") == [] and relay.files("tmp") == []
+    # The delivered message's file is kept for the next one, emptied: nothing of it stays.
+    assert relay.pool_sizes() == [0]
     # MAIL went upstream with BODY=8BITMIME and SIZE.
     mail = [c for c in sink.commands if c.startswith(b"MAIL")][0]
     assert b"BODY=8BITMIME" in mail and b"SIZE=" in mail
