@@ -114,13 +114,13 @@ class Relay:
 
     def files(self, area):
         """The files in a spool area; in tmp/ the emptied files the daemon keeps for
-        reuse (free.N, see pool_sizes) are left out."""
+        reuse (free.ID, see pool_sizes) are left out."""
         d = os.path.join(self.spool, area)
         names = sorted(os.listdir(d)) if os.path.isdir(d) else []
         return [n for n in names if not (area == "tmp" and n.startswith("free."))]
 
     def pool_sizes(self):
-        """The sizes of tmp/free.N, the delivered messages' files kept for reuse."""
+        """The sizes of tmp/free.ID, the delivered messages' files kept for reuse."""
         d = os.path.join(self.spool, "tmp")
         return [os.path.getsize(os.path.join(d, n)) for n in os.listdir(d) if n.startswith("free.")]
 

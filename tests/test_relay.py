@@ -538,28 +538,55 @@ def test_sighup_does_not_kill(relay):
         assert s.noop()[0] == 250
 
 
-def test_kill9_while_clients_send_loses_nothing_acknowledged(make_relay):
-    """Durability: every message that got a 250 reaches the upstream after a crash."""
-    port = free_port()
-    relay = make_relay(port, workers=4).start()
+def subject(msg):
+    return msg["content"].split(b"Subject: ")[1].split(b"\r\n")[0].decode()
+
+
+def send_until_stopped(relay, message, clients=4):
+    """`clients` threads, client n sending message(n, i) = (marker, raw) for i = 0, 1, ...
+    each on its own connection, until the returned event is set. Returns the markers
+    that got a 250 (a list that grows), the event and the threads."""
     acked, lock, stop = [], threading.Lock(), threading.Event()
 
     def sender(n):
         i = 0
         while not stop.is_set():
-            marker = f"client{n}-msg{i}"
+            marker, raw = message(n, i)
             try:
                 with smtplib.SMTP("127.0.0.1", relay.port, timeout=10) as s:
-                    s.sendmail("a@b.c", ["d@e.f"], f"Subject: {marker}\r\n\r\n{('x' * 78 + chr(13) + chr(10)) * 25}".encode())
+                    s.sendmail("a@b.c", ["d@e.f"], raw)
                 with lock:
                     acked.append(marker)
             except (smtplib.SMTPException, OSError):
                 pass
             i += 1
 
-    threads = [threading.Thread(target=sender, args=(n,)) for n in range(4)]
+    threads = [threading.Thread(target=sender, args=(n,)) for n in range(clients)]
     for t in threads:
         t.start()
+    return acked, stop, threads
+
+
+def acked_but_not_delivered(sink, acked, timeout=60):
+    """Waits until the sink has every acknowledged marker; returns those it never got."""
+    deadline = time.time() + timeout
+    while True:
+        missing = set(acked) - {subject(m) for m in sink.messages}
+        if not missing or time.time() > deadline:
+            return missing
+        time.sleep(0.2)
+
+
+def test_kill9_while_clients_send_loses_nothing_acknowledged(make_relay):
+    """Durability: every message that got a 250 reaches the upstream after a crash."""
+    port = free_port()
+    relay = make_relay(port, workers=4).start()
+
+    def message(n, i):
+        marker = f"client{n}-msg{i}"
+        return marker, f"Subject: {marker}\r\n\r\n{('x' * 78 + chr(13) + chr(10)) * 25}".encode()
+
+    acked, stop, threads = send_until_stopped(relay, message)
     deadline = time.time() + 20
     while len(acked) < 30 and time.time() < deadline:
         time.sleep(0.05)
@@ -571,13 +598,7 @@ def test_kill9_while_clients_send_loses_nothing_acknowledged(make_relay):
     sink = Sink(port=port).start()
     try:
         relay.start()
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            got = {m["content"].split(b"Subject: ")[1].split(b"\r\n")[0].decode() for m in sink.messages}
-            if set(acked) <= got:
-                break
-            time.sleep(0.2)
-        missing = set(acked) - got
+        missing = acked_but_not_delivered(sink, acked)
         assert not missing, f"{len(missing)} acknowledged messages lost: {sorted(missing)[:5]}"
     finally:
         relay.stop()
@@ -590,7 +611,6 @@ def test_kill9_while_delivering_through_reused_spool_files(sink, make_relay):
     daemon still delivers every acknowledged message, each with exactly its own content:
     nothing of another message, no stale tail from a longer one that used the file before."""
     relay = make_relay(sink.port, workers=4).start()
-    acked, lock, stop = {}, threading.Lock(), threading.Event()
 
     def message(n, i):
         marker = f"client{n}-msg{i}"
@@ -598,22 +618,7 @@ def test_kill9_while_delivering_through_reused_spool_files(sink, make_relay):
         body = "".join(f"{marker} {'y' * ((i * 37 + n) % 70)}\r\n" for _ in range(1 + (i * 13 + n) % 40))
         return marker, f"Subject: {marker}\r\n\r\n{body}".encode()
 
-    def sender(n):
-        i = 0
-        while not stop.is_set():
-            marker, raw = message(n, i)
-            try:
-                with smtplib.SMTP("127.0.0.1", relay.port, timeout=10) as s:
-                    s.sendmail("a@b.c", ["d@e.f"], raw)
-                with lock:
-                    acked[marker] = raw
-            except (smtplib.SMTPException, OSError):
-                pass
-            i += 1
-
-    threads = [threading.Thread(target=sender, args=(n,)) for n in range(4)]
-    for t in threads:
-        t.start()
+    acked, stop, threads = send_until_stopped(relay, message)
     # Killed once files have gone through the pool (40 delivered) while acknowledged
     # messages wait in queue/ (20 or more).
     deadline = time.time() + 30
@@ -624,21 +629,14 @@ def test_kill9_while_delivering_through_reused_spool_files(sink, make_relay):
     for t in threads:
         t.join()
     relay.start()
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        got = {m["content"].split(b"Subject: ")[1].split(b"\r\n")[0].decode() for m in sink.messages}
-        if set(acked) <= got:
-            break
-        time.sleep(0.2)
-    missing = set(acked) - got
+    missing = acked_but_not_delivered(sink, acked)
     queued = int(re.findall(r"relay: (\d+) message\(s\) in the queue at start", relay.log())[-1])
     assert queued >= 1
     assert not missing, f"{len(missing)} acknowledged messages lost: {sorted(missing)[:5]}"
     for m in sink.messages:
-        marker = m["content"].split(b"Subject: ")[1].split(b"\r\n")[0].decode()
-        n, i = (int(x) for x in re.match(r"client(\d+)-msg(\d+)$", marker).groups())
-        assert m["content"].startswith(b"Received: ") and m["content"].endswith(message(n, i)[1]), marker
-        assert m["content"].count(b"Subject: ") == 1, marker
+        n, i = (int(x) for x in re.match(r"client(\d+)-msg(\d+)$", subject(m)).groups())
+        assert m["content"].startswith(b"Received: ") and m["content"].endswith(message(n, i)[1]), subject(m)
+        assert m["content"].count(b"Subject: ") == 1, subject(m)
     relay.stop()
 
 

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! SPOOL/tmp/ID      being written; removed at start (no client got a 250 for it)
-//! SPOOL/tmp/free.N  an emptied file of a delivered message, for a new one to reuse
+//! SPOOL/tmp/free.ID an emptied file of delivered message ID, for a new one to reuse
 //! SPOOL/queue/ID    accepted: written, fsynced, renamed here, directory fsynced
 //! SPOOL/failed/ID   delivery failed for good (5xx or too old); the reasons are inside
 //! SPOOL/corrupt/ID  a file that could not be read, moved aside for a human
@@ -125,12 +125,12 @@ pub struct Spool {
     queue_sync: DirSync,
     pid: u32,
     counter: AtomicU32,
-    /// Emptied files of delivered messages, `tmp/free.N`, that new messages reuse: an
+    /// Emptied files of delivered messages, `tmp/free.ID`, that new messages reuse: an
     /// inode is not freed and allocated again per message. (ext4 without a journal,
     /// common on flash, scans past every inode freed in the last seconds for each new
     /// one: at a few thousand messages a second that was a fifth of the relay's CPU.)
-    pool: std::sync::Mutex<Vec<u32>>,
-    pool_names: AtomicU32,
+    /// A file is named after the message it last held, so names never repeat.
+    pool: std::sync::Mutex<Vec<QueueId>>,
     /// 0 for a spool opened beside the daemon (`attach`): the daemon owns `tmp/free.*`.
     pool_max: usize,
 }
@@ -175,7 +175,6 @@ impl Spool {
             pid: std::process::id(),
             counter: AtomicU32::new(0),
             pool: std::sync::Mutex::new(Vec::new()),
-            pool_names: AtomicU32::new(0),
             pool_max: 0,
         })
     }
@@ -217,8 +216,8 @@ impl Spool {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .pop()
-            .and_then(|n| {
-                let path = self.free_path(n);
+            .and_then(|id| {
+                let path = self.free_path(&id);
                 let file = OpenOptions::new().write(true).open(&path).ok()?;
                 Some((path, file))
             });
@@ -269,8 +268,8 @@ impl Spool {
         Ok(w)
     }
 
-    fn free_path(&self, n: u32) -> PathBuf {
-        self.root.join("tmp").join(format!("free.{n}"))
+    fn free_path(&self, id: &str) -> PathBuf {
+        self.root.join("tmp").join(format!("free.{id}"))
     }
 
     /// Makes a written message durable and visible to the relay. Only after this
@@ -503,20 +502,23 @@ impl Spool {
     /// The file is moved to the pool and emptied there (first moved, so that a crash
     /// between the two leaves a full file in `tmp/`, which the next start clears, and
     /// never an empty one in `queue/`); when the pool is full it is unlinked.
-    pub fn remove(&self, id: &str) -> io::Result<()> {
+    pub fn remove(&self, id: &QueueId) -> io::Result<()> {
         let path = self.queue_path(id);
         if self.pool.lock().unwrap_or_else(|e| e.into_inner()).len() >= self.pool_max {
             return fs::remove_file(path);
         }
-        let n = self.pool_names.fetch_add(1, Ordering::Relaxed);
-        let free = self.free_path(n);
+        let free = self.free_path(id);
         fs::rename(&path, &free)?;
         match OpenOptions::new()
             .write(true)
             .open(&free)
             .and_then(|f| f.set_len(0))
         {
-            Ok(()) => self.pool.lock().unwrap_or_else(|e| e.into_inner()).push(n),
+            Ok(()) => self
+                .pool
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(id.clone()),
             Err(_) => {
                 let _ = fs::remove_file(&free);
             }
@@ -671,8 +673,13 @@ mod tests {
         spool.remove(&first).unwrap();
         assert!(spool.read(&first).is_err());
         // Emptied at once: nothing of the delivered message stays on disk.
-        assert_eq!(names(&dir.join("tmp")), ["free.0"]);
-        assert_eq!(fs::metadata(dir.join("tmp/free.0")).unwrap().len(), 0);
+        assert_eq!(names(&dir.join("tmp")), [format!("free.{first}")]);
+        assert_eq!(
+            fs::metadata(dir.join(format!("tmp/free.{first}")))
+                .unwrap()
+                .len(),
+            0
+        );
 
         // The next, shorter message gets the same inode and nothing of the old one.
         let second = queue(&spool, b"Subject: y\r\n\r\nshort\r\n");
