@@ -74,6 +74,7 @@ fn main() {
                 require_auth: false,
                 policy: std::sync::Arc::new(smtp_relayd::policy::Policy::open("relay.test")),
                 passthrough: false,
+                add_missing_headers: true,
             });
             for _ in 0..n {
                 s.start(Peer {
@@ -88,7 +89,10 @@ fn main() {
                     let (used, step) = s.feed(&input[pos..end]);
                     pos += used;
                     match step {
-                        Step::OpenMessage => s.spool_opened(Ok(())),
+                        Step::OpenMessage => {
+                            s.spool_opened(Ok(()));
+                            s.add_missing("ID", "Thu, 3 Dec 2026 14:00:00 +0000");
+                        }
                         Step::StoreMessage => s.stored(Ok("ID")),
                         Step::WriteBody => s.clear_body(),
                         _ => {}

@@ -200,6 +200,17 @@ pub struct Config {
     /// 0: no limit.
     pub max_messages_per_connection: u32,
     pub rate_limit: Option<crate::policy::Rate>,
+    /// Client networks `max_connections_per_ip` does not apply to (default loopback:
+    /// the box itself, as Postfix exempts `mynetworks`).
+    pub connection_limit_exempt: Vec<Cidr>,
+    /// Add `Date:` and `Message-ID:` to a message that has none.
+    pub add_missing_headers: bool,
+    /// Octets per second a client must keep up in DATA: each read extends the DATA
+    /// deadline by its size at this rate, never past `data_timeout` from now. 0: off.
+    pub min_data_rate: u64,
+    /// Each key given, with the line it was first given on, for errors found after
+    /// parsing (files that cannot be read, a user that does not exist).
+    pub lines: Vec<(&'static str, usize)>,
 }
 
 /// Every key, for `--check`, the README and "did you mean".
@@ -251,6 +262,9 @@ pub const KEYS: &[&str] = &[
     "max_recipients",
     "max_messages_per_connection",
     "rate_limit",
+    "connection_limit_exempt",
+    "add_missing_headers",
+    "min_data_rate",
 ];
 
 impl Config {
@@ -279,7 +293,8 @@ impl Config {
             max_message_size: 10 * 1024 * 1024,
             bare_newline: BareNewline::Normalize,
             mode: Mode::Durable,
-            max_hops: 30,
+            // RFC 5321 §6.3: the threshold SHOULD normally be at least 100.
+            max_hops: 100,
             command_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(300),
             retry_min: Duration::from_secs(60),
@@ -319,7 +334,12 @@ impl Config {
                 messages: 1000,
                 per: Duration::from_secs(600),
             }),
+            connection_limit_exempt: Vec::new(),
+            add_missing_headers: true,
+            min_data_rate: 500,
+            lines: Vec::new(),
         };
+        let mut exempt_given = false;
         let mut seen: Vec<(&str, usize)> = Vec::new();
         let mut allow_given = false;
         for (n, raw) in text.lines().enumerate() {
@@ -348,7 +368,12 @@ impl Config {
             }
             let repeatable = matches!(
                 key,
-                "listen" | "allow" | "allow_sender" | "allow_recipient" | "alias"
+                "listen"
+                    | "allow"
+                    | "allow_sender"
+                    | "allow_recipient"
+                    | "alias"
+                    | "connection_limit_exempt"
             );
             if let Some((_, first)) = seen.iter().find(|(k, _)| *k == key).filter(|_| !repeatable) {
                 return Err(err(format!(
@@ -357,13 +382,30 @@ impl Config {
             }
             seen.push((key, line_no));
             match key {
-                "listen" => c.listen.push(parse_listen(value).map_err(err)?),
+                "listen" => {
+                    let l = parse_listen(value).map_err(err)?;
+                    if let Some(same) = c.listen.iter().position(|o| o.addr == l.addr) {
+                        let first = seen.iter().filter(|(k, _)| *k == "listen").nth(same);
+                        return Err(err(format!(
+                            "listen {} given twice (first on line {})",
+                            l.addr,
+                            first.map_or(0, |(_, n)| *n)
+                        )));
+                    }
+                    c.listen.push(l);
+                }
                 "hostname" => {
                     crate::protocol::address::check_domain(value.as_bytes(), false)
                         .map_err(|_| err(format!("hostname '{value}' is not a domain name")))?;
                     c.hostname = value.to_string();
                 }
                 "allow" => {
+                    if !exempt_given {
+                        c.connection_limit_exempt = vec![
+                            Cidr::parse("127.0.0.0/8").unwrap(),
+                            Cidr::parse("::1").unwrap(),
+                        ];
+                    }
                     if !allow_given {
                         allow_given = true;
                     }
@@ -524,6 +566,23 @@ impl Config {
                     }
                 }
                 "rate_limit" => c.rate_limit = crate::policy::Rate::parse(value).map_err(err)?,
+                "connection_limit_exempt" => {
+                    exempt_given = true;
+                    if value != "none" {
+                        c.connection_limit_exempt
+                            .push(Cidr::parse(value).map_err(err)?);
+                    }
+                }
+                "add_missing_headers" => {
+                    c.add_missing_headers = parse_yes_no(key, value).map_err(err)?
+                }
+                "min_data_rate" => {
+                    c.min_data_rate = if value == "none" {
+                        0
+                    } else {
+                        parse_size(value).map_err(err)?
+                    }
+                }
                 "tls_cert" => c.tls_cert = Some(absolute(value).map_err(err)?),
                 "tls_key" => c.tls_key = Some(absolute(value).map_err(err)?),
                 "smarthost_auth_plaintext" => {
@@ -639,6 +698,7 @@ impl Config {
                 c.max_connections, c.workers
             ));
         }
+        c.lines = seen;
         Ok(c)
     }
 
@@ -680,6 +740,21 @@ impl Config {
             }
         );
         let _ = writeln!(s, "max_hops {}", self.max_hops);
+        let _ = writeln!(
+            s,
+            "add_missing_headers {}",
+            if self.add_missing_headers {
+                "yes"
+            } else {
+                "no"
+            }
+        );
+        match self.min_data_rate {
+            0 => s.push_str("min_data_rate none\n"),
+            r => {
+                let _ = writeln!(s, "min_data_rate {r}");
+            }
+        }
         let _ = writeln!(s, "command_timeout {}", d(&self.command_timeout));
         let _ = writeln!(s, "data_timeout {}", d(&self.data_timeout));
         let _ = writeln!(s, "retry_min {}", d(&self.retry_min));
@@ -773,6 +848,12 @@ impl Config {
             "max_connections_per_ip {}",
             self.max_connections_per_ip()
         );
+        if self.connection_limit_exempt.is_empty() {
+            s.push_str("connection_limit_exempt none\n");
+        }
+        for a in &self.connection_limit_exempt {
+            let _ = writeln!(s, "connection_limit_exempt {a}");
+        }
         let _ = writeln!(s, "max_recipients {}", self.max_recipients);
         match self.max_messages_per_connection {
             0 => s.push_str("max_messages_per_connection none\n"),
@@ -825,6 +906,19 @@ impl Config {
             max_messages_per_connection: self.max_messages_per_connection,
             rate: self.rate_limit.map(crate::policy::RateTable::new),
         })
+    }
+
+    /// The line `key` was first given on (0: not given).
+    pub fn line_of(&self, key: &str) -> usize {
+        self.lines
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map_or(0, |(_, l)| *l)
+    }
+
+    /// `FILE:LINE: what` for a problem with `key`, found after parsing.
+    pub fn error_at(&self, key: &str, what: &str) -> String {
+        format!("{}:{}: {what}", self.path.display(), self.line_of(key))
     }
 
     pub fn relay_allowed(&self, ip: IpAddr) -> bool {

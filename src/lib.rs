@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod config;
 pub mod logger;
+pub mod longlines;
 pub mod notify;
 pub mod policy;
 pub mod privileges;

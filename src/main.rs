@@ -136,6 +136,11 @@ fn sendmail_main(args: &[String]) -> ExitCode {
 }
 
 fn queue_main(args: &[String]) -> ExitCode {
+    // Usage needs no configuration.
+    if args.iter().any(|a| a == "-h" || a == "--help") {
+        println!("{QUEUE_USAGE}");
+        return ExitCode::SUCCESS;
+    }
     let (explicit, rest) = match args {
         [c, file, rest @ ..] if c == "-c" => (Some(PathBuf::from(file)), rest),
         rest => (None, rest),
@@ -273,6 +278,10 @@ fn main() -> ExitCode {
             return ExitCode::from(EX_CONFIG);
         }
     };
+    if let Err(e) = check_user(&config, args.check) {
+        eprintln!("{e}");
+        return ExitCode::from(EX_CONFIG);
+    }
     let policy = match config.policy() {
         Ok(p) => Arc::new(p),
         Err(e) => {
@@ -306,6 +315,46 @@ fn main() -> ExitCode {
     }
 }
 
+/// `user NAME` must exist, and be able to read what it reads after the drop: the
+/// smarthost password file, read at each connection (0600 or stricter, so NAME must
+/// own it). Checked at `--check`, and at a start as root (without root there is no
+/// drop: `user` is then ignored).
+fn check_user(config: &Config, checking: bool) -> Result<(), String> {
+    let Some(user) = &config.user else {
+        return Ok(());
+    };
+    let passwd = std::fs::read_to_string("/etc/passwd").map_err(|e| format!("/etc/passwd: {e}"))?;
+    let ids = smtp_relayd::privileges::lookup(&passwd, user)
+        .ok_or_else(|| config.error_at("user", &format!("user '{user}' is not in /etc/passwd")))?;
+    if let Some(path) = config
+        .smarthost_password_file
+        .as_ref()
+        .filter(|_| checking || smtp_relayd::privileges::is_root())
+    {
+        use std::os::unix::fs::MetadataExt;
+        let owner = std::fs::metadata(path)
+            .map_err(|e| {
+                config.error_at(
+                    "smarthost_password_file",
+                    &format!("{}: {e}", path.display()),
+                )
+            })?
+            .uid();
+        if ids.uid != 0 && owner != ids.uid {
+            return Err(config.error_at(
+                "smarthost_password_file",
+                &format!(
+                    "{} is owned by uid {owner}, so user {user} (uid {}) will not be able to read it                      after dropping root: chown {user} {}",
+                    path.display(),
+                    ids.uid,
+                    path.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// `user NAME`: give the spool to NAME, then become NAME (listeners are bound).
 fn become_user(user: &str, config: &Config) -> Result<(), String> {
     use smtp_relayd::privileges;
@@ -327,9 +376,14 @@ fn become_user(user: &str, config: &Config) -> Result<(), String> {
 fn smarthost_tls(config: &Config) -> Result<Option<TlsClient>, String> {
     #[cfg(feature = "tls")]
     if config.smarthost_tls != SmarthostTls::None {
-        return TlsClient::new(config)
-            .map(Some)
-            .map_err(|e| format!("{}: {e}", config.path.display()));
+        return TlsClient::new(config).map(Some).map_err(|e| {
+            let key = if config.smarthost_ca_file.is_some() {
+                "smarthost_ca_file"
+            } else {
+                "smarthost_tls"
+            };
+            config.error_at(key, &e)
+        });
     }
     let _ = (config, SmarthostTls::None);
     Ok(None)
@@ -339,9 +393,14 @@ fn smarthost_tls(config: &Config) -> Result<Option<TlsClient>, String> {
 fn server_tls(config: &Config) -> Result<Option<TlsServer>, String> {
     #[cfg(feature = "tls")]
     if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {
-        return TlsServer::new(cert, key)
-            .map(Some)
-            .map_err(|e| format!("{}: {e}", config.path.display()));
+        return TlsServer::new(cert, key).map(Some).map_err(|e| {
+            let which = if e.starts_with(&key.display().to_string()) {
+                "tls_key"
+            } else {
+                "tls_cert"
+            };
+            config.error_at(which, &e)
+        });
     }
     let _ = config;
     Ok(None)
@@ -371,6 +430,8 @@ fn serve(
 ) -> Result<(), String> {
     let trust = describe_tls(&tls);
     let config = Arc::new(config);
+    // First of all: a second daemon on this spool stops here, having changed nothing.
+    let _lock = smtp_relayd::spool::DaemonLock::take(&config.spool)?;
     let spool = Arc::new(
         Spool::open(&config.spool)
             .map_err(|e| format!("cannot open spool {}: {e}", config.spool.display()))?,
@@ -498,6 +559,7 @@ fn serve(
         shared: Arc::clone(&shared),
         max_connections: config.max_connections,
         max_connections_per_ip: config.max_connections_per_ip(),
+        exempt: config.connection_limit_exempt.clone(),
     };
     let acceptor = std::thread::Builder::new()
         .name("acceptor".into())

@@ -53,6 +53,7 @@ impl Pattern {
         let local = match local {
             "*" => None,
             "" => return Err(bad("empty user part")),
+            l if l.contains('@') => return Err(bad("more than one @")),
             l => Some(l.to_ascii_lowercase()),
         };
         let domain = match domain {
@@ -391,6 +392,10 @@ mod tests {
         // A '*' inside a user part is a character of it (RFC 5322 atext), not a wildcard.
         assert!(Pattern::parse("a*b@x.org").unwrap().matches(b"a*b@x.org"));
         assert!(!Pattern::parse("a*b@x.org").unwrap().matches(b"axb@x.org"));
+        // One @ only: `*@@example.com` is a typo, not the user `*@`.
+        for bad in ["*@@example.com", "a@b@example.com", "@@x.org"] {
+            assert!(Pattern::parse(bad).is_err(), "{bad}");
+        }
         let cases: &[(&str, &str, bool)] = &[
             ("cam1@example.net", "cam1@example.net", true),
             ("cam1@example.net", "CAM1@Example.NET", true),

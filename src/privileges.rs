@@ -2,7 +2,8 @@
 //! that starts daemons as root. The user is looked up in /etc/passwd (what small
 //! devices have); the drop is checked, and running on as root is refused.
 
-// The only unsafe code of the crate: three libc calls that std does not wrap.
+// The only unsafe code of the crate: the libc calls that std does not wrap (dropping
+// root, and the free space of the spool's filesystem).
 #![allow(unsafe_code)]
 
 use std::path::Path;
@@ -95,6 +96,22 @@ pub fn current_user() -> Option<String> {
         let name = f.next()?;
         (f.nth(1)? == uid).then(|| name.to_string())
     })
+}
+
+/// Octets an unprivileged process may still write on the filesystem holding `path`.
+pub fn free_space(path: &Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a properly sized out-value.
+    let st = unsafe {
+        let mut st: libc::statvfs = std::mem::zeroed();
+        if libc::statvfs(c.as_ptr(), &mut st) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        st
+    };
+    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
 }
 
 /// Whether the process runs as root.

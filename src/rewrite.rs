@@ -45,7 +45,7 @@ pub fn header_len(content: &[u8], complete: bool) -> Option<usize> {
 
 /// The field name of a line that starts a header field (`name:`, RFC 5322 §2.2:
 /// printable ASCII but ':', then optional WSP as obsolete syntax allows).
-fn field_name(line: &[u8]) -> Option<&[u8]> {
+pub(crate) fn field_name(line: &[u8]) -> Option<&[u8]> {
     let colon = line.iter().position(|&b| b == b':')?;
     let name = line[..colon].trim_ascii_end();
     (!name.is_empty() && name.iter().all(|&b| (33..=126).contains(&b))).then_some(name)

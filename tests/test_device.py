@@ -86,8 +86,10 @@ def test_unknown_user_refuses_to_start(sink, make_relay):
         pytest.skip("needs root")
     relay = make_relay(sink.port, user="no-such-user-here")
     relay.start(wait=False)
-    assert relay.proc.wait(15) == 1
-    assert "fatal: user 'no-such-user-here' is not in /etc/passwd" in relay.log()
+    # A configuration error, named by file and line, before anything is bound.
+    assert relay.proc.wait(15) == 78
+    assert f"{relay.conf_path}:" in relay.log()
+    assert "user 'no-such-user-here' is not in /etc/passwd" in relay.log()
 
 
 def test_sysvinit_script_starts_and_stops(sink, make_relay):

@@ -97,7 +97,7 @@ def stream_line(sock, total, chunk=1 << 20):
 
 
 def test_hundred_megabyte_lines(sink, make_relay):
-    relay = make_relay(sink.port, max_message_size="200M").start()
+    relay = make_relay(sink.port, max_message_size="50M").start()
     idle = rss_kib(relay.proc.pid)
     with PeakRss(relay.proc.pid) as rss:
         c = Client(relay.port, timeout=60)
@@ -107,14 +107,15 @@ def test_hundred_megabyte_lines(sink, make_relay):
         c.send(b"\r\n")
         assert c.reply().startswith("500 5.5.2")
         assert c.cmd("NOOP")[:3] == "250"
-        # A 100 MB text line in DATA: refused after the end of data, nothing stored.
+        # A 100 MB text line in DATA (a long line is taken, but not one over
+        # max_message_size): refused after the end of data, nothing stored.
         c.cmd("MAIL FROM:<a@example.net>")
         c.cmd("RCPT TO:<b@example.org>")
         assert c.cmd("DATA")[:3] == "354"
         c.send(b"Subject: x\r\n\r\n")
         stream_line(c.sock, 100 << 20)
         r = c.cmd(b"\r\n.\r\n")
-        assert r.startswith("500 5.5.2") or r.startswith("552"), r
+        assert r.startswith("552 5.3.4"), r
         assert c.cmd("QUIT")[:3] == "221"
     assert relay.files("queue") == [] and relay.files("tmp") == []
     if not RUNNER:

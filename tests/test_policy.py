@@ -157,8 +157,10 @@ def test_rate_limit_per_address(sink, make_relay):
 
 
 def test_idle_connections_from_one_address_do_not_starve_another(sink, make_relay):
-    # The defaults: workers 4, so at most 2 connections per address.
-    relay = make_relay(sink.port, max_connections_per_ip=None, max_connections=300).start()
+    # The defaults: workers 4, so at most 2 connections per address (loopback, exempt
+    # by default as the box itself, is made subject to it here).
+    relay = make_relay(sink.port, max_connections_per_ip=None, max_connections=300,
+                       connection_limit_exempt="none").start()
     relay.wait_log(r"disconnect from")
     hogs, greetings = [], []
     for _ in range(200):
@@ -193,6 +195,32 @@ def test_idle_connections_from_one_address_do_not_starve_another(sink, make_rela
     assert greeting.startswith("220"), greeting
 
 
+def test_loopback_is_exempt_from_the_per_address_limit_by_default(sink, make_relay):
+    """Scripts on the box talk SMTP at the same moment: a third one is not refused,
+    as Postfix exempts mynetworks; another address still has the limit."""
+    relay = make_relay(sink.port, max_connections_per_ip=None,
+                       connection_limit_exempt=["127.0.0.1", "::1"]).start()
+    clients = [Client(relay.port) for _ in range(3)]
+    try:
+        assert [c.greeting[:3] for c in clients] == ["220"] * 3
+        others = []
+        for _ in range(3):
+            s = socket.socket()
+            s.settimeout(10)
+            s.bind(("127.0.0.2", 0))
+            s.connect(("127.0.0.1", relay.port))
+            others.append(s)
+        # 127.0.0.2 is not exempt: 2 (half of 4 workers), and the third gets 421 at once.
+        assert others[2].recv(200).startswith(b"421 4.7.0")
+        for s in others:
+            s.close()
+    finally:
+        for c in clients:
+            c.close()
+    out = subprocess.run(RUNNER + [BINARY, "-c", relay.conf_path, "--check"], capture_output=True, text=True)
+    assert "connection_limit_exempt 127.0.0.1/32" in out.stdout, out.stdout
+
+
 def test_check_prints_the_policy(sink, make_relay, tmp_path):
     aliases = tmp_path / "aliases"
     aliases.write_text("ops: a@example.org\n")
@@ -205,7 +233,8 @@ def test_check_prints_the_policy(sink, make_relay, tmp_path):
     for key, value, why in [("allow_sender", "a@*x.org", "bad address pattern"),
                             ("rate_limit", "10", "expected N/MINUTES"),
                             ("alias", "root", "expected NAME ADDRESS"),
-                            ("max_recipients", "101", "from 1 to 100")]:
+                            ("max_recipients", "101", "from 1 to 100"),
+                            ("allow_sender", "*@@example.com", "more than one @")]:
         conf = tmp_path / f"bad-{key}.conf"
         conf.write_text(f"smarthost 127.0.0.1:25\nspool {tmp_path}/s\n{key} {value}\n")
         out = subprocess.run(RUNNER + [BINARY, "-c", str(conf), "--check"], capture_output=True, text=True)

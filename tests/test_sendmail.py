@@ -73,8 +73,12 @@ def test_sendmail_with_daemon_running_is_picked_up_at_once(tools, sink, make_rel
     start = time.time()
     r = sendmail(tools, relay, ["ops@example.com"], b"Subject: now\n\nx\n")
     assert r.returncode == 0, r.stderr
-    sink.wait_for(1, timeout=10)
+    [msg] = sink.wait_for(1, timeout=10)
     assert time.time() - start < 10, "woken by the control socket, not the 60 s rescan"
+    # The daemon's log names it as it names a message from a client, with its size.
+    qid = re.search(rb"id ([0-9A-F]{23})", msg["content"]).group(1).decode()
+    relay.wait_log(rf"{qid}: from=<[^>]+>, to=<ops@example\.com>, size={len(msg['content'])}, nrcpt=1, "
+                   rf"client=local uid=\d+\n")
 
 
 @pytest.mark.parametrize("args,stdin,check", [

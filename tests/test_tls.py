@@ -101,6 +101,8 @@ def test_auth_refused_keeps_mail_queued(make_relay, aiosmtpd_tls, pki, tmp_path)
     send(relay)
     relay.wait_log(r"refused our credentials \(535 5\.7\.8 .*\): check smarthost_user and smarthost_password_file; mail stays queued")
     relay.wait_log(r"status=deferred \(535 5\.7\.8")
+    # One line says it, not a second warning beside it.
+    assert not re.search(r"warning: relay: 535", relay.log()), relay.log()
     assert rec.messages == [] and relay.files("failed") == [] and len(relay.files("queue")) == 1
     assert "not the password" not in relay.log()
     # Fix the password: the next try delivers, without a restart.

@@ -38,6 +38,7 @@ fn run(input: &[u8], chunk: usize, passthrough: bool) -> (Vec<u8>, Vec<Vec<u8>>)
             ..Policy::open("relay.test")
         }),
         passthrough,
+        add_missing_headers: true,
     });
     s.start(Peer {
         ip: [127, 0, 0, 1].into(),
@@ -69,7 +70,10 @@ fn run(input: &[u8], chunk: usize, passthrough: bool) -> (Vec<u8>, Vec<Vec<u8>>)
                     } else {
                         Ok(())
                     });
+                    s.add_missing("ID", "Thu, 3 Dec 2026 14:00:00 +0000");
                 }
+                // Room for messages up to 150 octets.
+                Step::CheckSpace(size) => s.space_checked(size <= 150),
                 Step::WriteBody => {
                     body.extend_from_slice(s.body());
                     s.clear_body();
@@ -106,6 +110,7 @@ fn run(input: &[u8], chunk: usize, passthrough: bool) -> (Vec<u8>, Vec<Vec<u8>>)
                         Ask::Data => {
                             body.clear();
                             s.upstream_replied(&upstream(asked, 354));
+                            s.add_missing("ID", "Thu, 3 Dec 2026 14:00:00 +0000");
                         }
                         Ask::End => {
                             body.extend_from_slice(s.body());

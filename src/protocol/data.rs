@@ -34,7 +34,6 @@ enum State {
 pub enum Verdict {
     Accept,
     TooBig,
-    LineTooLong,
     BareNewline,
     TooManyHops,
 }
@@ -49,25 +48,32 @@ pub enum Progress {
     End,
 }
 
-/// Counts `Received:` header fields in the header section of the content (RFC 5321 §6.3).
+/// Reads the header section of the content as it passes (RFC 5322 §2.2): counts the
+/// `Received:` fields (RFC 5321 §6.3) and notes whether `Date:` and `Message-ID:` are
+/// there. A field name is compared on its first `NAME_PEEK` octets, lower-cased.
 #[derive(Debug, Clone, Copy)]
 struct HeaderScan {
     in_header: bool,
-    /// Octets seen so far on this line, while they still match "received:".
-    matched: usize,
+    /// The start of this line, lower-cased, while it may still be a field name.
+    name: [u8; NAME_PEEK],
     line_len: usize,
     received: u32,
+    date: bool,
+    message_id: bool,
 }
 
-const RECEIVED: &[u8] = b"received:";
+/// Long enough for the longest name compared, with its colon.
+const NAME_PEEK: usize = b"message-id:".len();
 
 impl HeaderScan {
     fn new() -> Self {
         Self {
             in_header: true,
-            matched: 0,
+            name: [0; NAME_PEEK],
             line_len: 0,
             received: 0,
+            date: false,
+            message_id: false,
         }
     }
 
@@ -82,17 +88,18 @@ impl HeaderScan {
                     self.in_header = false;
                 }
                 self.line_len = 0;
-                self.matched = 0;
             }
             b'\r' => {}
             _ => {
-                if self.matched == self.line_len
-                    && self.matched < RECEIVED.len()
-                    && b.to_ascii_lowercase() == RECEIVED[self.matched]
-                {
-                    self.matched += 1;
-                    if self.matched == RECEIVED.len() {
-                        self.received += 1;
+                if self.line_len < NAME_PEEK {
+                    self.name[self.line_len] = b.to_ascii_lowercase();
+                    if b == b':' {
+                        match &self.name[..=self.line_len] {
+                            b"received:" => self.received += 1,
+                            b"date:" => self.date = true,
+                            b"message-id:" => self.message_id = true,
+                            _ => {}
+                        }
                     }
                 }
                 self.line_len += 1;
@@ -100,6 +107,10 @@ impl HeaderScan {
         }
     }
 }
+
+/// The fields added where a message has none (RFC 6409 §8, as Postfix does for local
+/// clients): `Date:` and `Message-ID:`, written in full, CRLF included, by the shell.
+pub const MISSING_CAP: usize = 512;
 
 /// The decoder of one message. Create one per DATA command.
 #[derive(Debug, Clone)]
@@ -113,6 +124,10 @@ pub struct DataDecoder {
     long_line: bool,
     bare_newline: bool,
     headers: HeaderScan,
+    /// `Date:` and `Message-ID:` lines to add at the end of the header section, each
+    /// only if the message has none; empty when nothing is to be added.
+    date: heapless::String<MISSING_CAP>,
+    message_id: heapless::String<MISSING_CAP>,
 }
 
 /// The most octets one input octet can produce (a bare CR becomes CRLF, then the octet).
@@ -130,7 +145,38 @@ impl DataDecoder {
             long_line: false,
             bare_newline: false,
             headers: HeaderScan::new(),
+            date: heapless::String::new(),
+            message_id: heapless::String::new(),
         }
+    }
+
+    /// Adds these fields (each a whole line with its CRLF) at the end of the header
+    /// section where the message has no `Date:` / no `Message-ID:` of its own. A line
+    /// that does not fit `MISSING_CAP` is not added. They do not count in `size`.
+    pub fn add_missing(&mut self, date: &str, message_id: &str) {
+        self.date.clear();
+        self.message_id.clear();
+        let _ = self.date.push_str(date);
+        let _ = self.message_id.push_str(message_id);
+    }
+
+    /// The octets still to be added at the end of the header section.
+    #[inline]
+    fn pending_insert(&self) -> usize {
+        self.date.len() + self.message_id.len()
+    }
+
+    /// The fields the header lacked, written where it ends (before its empty line, or
+    /// at the end of a message that has no body).
+    fn insert_missing(&mut self, out: &mut Vec<u8>) {
+        if !self.headers.date && !self.too_big {
+            out.extend_from_slice(self.date.as_bytes());
+        }
+        if !self.headers.message_id && !self.too_big {
+            out.extend_from_slice(self.message_id.as_bytes());
+        }
+        self.date.clear();
+        self.message_id.clear();
     }
 
     /// Content octets seen so far (also those over the limit, which are not kept).
@@ -147,8 +193,6 @@ impl DataDecoder {
     pub fn verdict(&self, reject_bare: bool, max_hops: u32) -> Verdict {
         if self.too_big {
             Verdict::TooBig
-        } else if self.long_line {
-            Verdict::LineTooLong
         } else if reject_bare && self.bare_newline {
             Verdict::BareNewline
         } else if self.headers.received > max_hops {
@@ -160,6 +204,13 @@ impl DataDecoder {
 
     pub fn saw_bare_newline(&self) -> bool {
         self.bare_newline
+    }
+
+    /// A text line of the content was longer than RFC 5321 §4.5.3.1.6 allows (998
+    /// octets and CRLF; the leading dot of transparency not counted). Such a message is
+    /// taken all the same, as Postfix takes it, and re-encoded on its way out.
+    pub fn saw_long_line(&self) -> bool {
+        self.long_line
     }
 
     #[inline]
@@ -185,6 +236,11 @@ impl DataDecoder {
         if self.line_len > limits::TEXT_LINE - 2 {
             self.long_line = true;
         }
+        if self.line_len == 0 && self.headers.in_header && self.pending_insert() > 0 {
+            // The empty line that ends the header section: the missing fields go
+            // before it.
+            self.insert_missing(out);
+        }
         self.line_len = 0;
         self.bare_newline |= bare;
         self.emit(out, b"\r\n");
@@ -197,7 +253,7 @@ impl DataDecoder {
     pub fn decode(&mut self, input: &[u8], out: &mut Vec<u8>) -> (usize, Progress) {
         let mut i = 0;
         while i < input.len() {
-            if out.capacity() - out.len() < MAX_EXPANSION && !self.too_big {
+            if out.capacity() - out.len() < MAX_EXPANSION + self.pending_insert() && !self.too_big {
                 return (i, Progress::OutputFull);
             }
             if self.state == State::Text {
@@ -220,6 +276,10 @@ impl DataDecoder {
             i += 1;
             self.state = self.step(b, out);
             if self.state == State::Done {
+                if self.headers.in_header && self.pending_insert() > 0 {
+                    // No body: the content is all header, and it ends here.
+                    self.insert_missing(out);
+                }
                 return (i, Progress::End);
             }
         }
@@ -229,10 +289,9 @@ impl DataDecoder {
     fn step(&mut self, b: u8, out: &mut Vec<u8>) -> State {
         match self.state {
             State::LineStart { bare } => match b {
-                b'.' => {
-                    self.line_len = 1;
-                    State::Dot { bare }
-                }
+                // The dot is either the end of data or the one added for
+                // transparency, which the line limit does not count (§4.5.3.1.6).
+                b'.' => State::Dot { bare },
                 _ => self.text(b, out),
             },
             State::Dot { bare } => match b {
@@ -371,19 +430,23 @@ pub(crate) mod tests {
         assert_eq!(d.size(), 12);
         assert_eq!(d.verdict(false, 30), Verdict::TooBig);
 
-        // 998 octets plus CRLF is the longest text line (RFC 5321 §4.5.3.1.6).
-        let mut wire = vec![b'x'; 998];
-        wire.extend_from_slice(b"\r\n.\r\n");
-        assert_eq!(
-            decode_all(&wire, 100, u64::MAX).2.verdict(false, 30),
-            Verdict::Accept
-        );
-        let mut wire = vec![b'x'; 999];
-        wire.extend_from_slice(b"\r\n.\r\n");
-        assert_eq!(
-            decode_all(&wire, 100, u64::MAX).2.verdict(false, 30),
-            Verdict::LineTooLong
-        );
+        // 998 octets plus CRLF is the longest text line (RFC 5321 §4.5.3.1.6); a
+        // longer one is taken, and noted for the re-encoding on the way out.
+        let line = |n: usize, prefix: &[u8]| {
+            let mut wire = prefix.to_vec();
+            wire.extend(std::iter::repeat_n(b'x', n));
+            wire.extend_from_slice(b"\r\n.\r\n");
+            let (content, _, d) = decode_all(&wire, 100, u64::MAX);
+            assert_eq!(d.verdict(false, 30), Verdict::Accept);
+            (content.len(), d.saw_long_line())
+        };
+        assert_eq!(line(998, b""), (1000, false));
+        assert_eq!(line(999, b""), (1001, true));
+        assert_eq!(line(100_000, b""), (100_002, true));
+        // The leading dot added for transparency is not counted: 1001 octets on the
+        // wire, a 998-octet line of content.
+        assert_eq!(line(997, b".."), (1000, false));
+        assert_eq!(line(998, b".."), (1001, true));
 
         let (_, _, d) = decode_all(b"a\nb\r\n.\r\n", 3, u64::MAX);
         assert_eq!(d.verdict(false, 30), Verdict::Accept);
@@ -395,5 +458,73 @@ pub(crate) mod tests {
         assert_eq!(d.received_count(), 3);
         assert_eq!(d.verdict(false, 3), Verdict::Accept);
         assert_eq!(d.verdict(false, 2), Verdict::TooManyHops);
+    }
+
+    /// Decodes with `add_missing` set, through an output buffer of 600 octets.
+    fn with_missing(wire: &[u8], chunk: usize) -> Vec<u8> {
+        let mut d = DataDecoder::new(u64::MAX);
+        d.add_missing("Date: D\r\n", "Message-ID: <M>\r\n");
+        let mut out: Vec<u8> = Vec::with_capacity(600);
+        let mut content = Vec::new();
+        let mut pos = 0;
+        while pos < wire.len() {
+            let end = (pos + chunk).min(wire.len());
+            let (n, progress) = d.decode(&wire[pos..end], &mut out);
+            pos += n;
+            assert!(out.capacity() == 600, "the output buffer grew");
+            content.extend_from_slice(&out);
+            out.clear();
+            if progress == Progress::End {
+                break;
+            }
+        }
+        content
+    }
+
+    #[test]
+    fn missing_date_and_message_id_are_added_at_the_end_of_the_header() {
+        let cases: &[(&[u8], &[u8])] = &[
+            (
+                b"Subject: x\r\n\r\nbody\r\n.\r\n",
+                b"Subject: x\r\nDate: D\r\nMessage-ID: <M>\r\n\r\nbody\r\n",
+            ),
+            // Present (any case, obsolete space before the colon not needed): kept.
+            (
+                b"DATE: y\r\nmessage-id: <z>\r\n\r\nb\r\n.\r\n",
+                b"DATE: y\r\nmessage-id: <z>\r\n\r\nb\r\n",
+            ),
+            (
+                b"Message-Id: <z>\r\n\r\nb\r\n.\r\n",
+                b"Message-Id: <z>\r\nDate: D\r\n\r\nb\r\n",
+            ),
+            // Only the header counts: the same names in the body do not.
+            (
+                b"S: x\r\n\r\nDate: y\r\n.\r\n",
+                b"S: x\r\nDate: D\r\nMessage-ID: <M>\r\n\r\nDate: y\r\n",
+            ),
+            // X-Date is another field.
+            (
+                b"X-Date: y\r\n\r\n.\r\n",
+                b"X-Date: y\r\nDate: D\r\nMessage-ID: <M>\r\n\r\n",
+            ),
+            // No body, no empty line: added at the end.
+            (b"S: x\r\n.\r\n", b"S: x\r\nDate: D\r\nMessage-ID: <M>\r\n"),
+            // No header at all.
+            (
+                b"\r\nbody\r\n.\r\n",
+                b"Date: D\r\nMessage-ID: <M>\r\n\r\nbody\r\n",
+            ),
+            (b".\r\n", b"Date: D\r\nMessage-ID: <M>\r\n"),
+        ];
+        for &(wire, want) in cases {
+            for chunk in [1, 2, 5, wire.len()] {
+                assert_eq!(
+                    String::from_utf8_lossy(&with_missing(wire, chunk)),
+                    String::from_utf8_lossy(want),
+                    "wire {:?} chunk {chunk}",
+                    String::from_utf8_lossy(wire)
+                );
+            }
+        }
     }
 }

@@ -21,8 +21,6 @@ pub const START_DATA: &str = "354 End data with <CR><LF>.<CR><LF>\r\n";
 
 pub const UNRECOGNIZED: &str = "500 5.5.2 Error: command not recognized\r\n";
 pub const LINE_TOO_LONG: &str = "500 5.5.2 Error: line too long\r\n";
-pub const TEXT_LINE_TOO_LONG: &str =
-    "500 5.5.2 Error: message text line longer than 1000 octets\r\n";
 pub const BAD_CHARACTERS: &str = "500 5.5.2 Error: bad characters in command\r\n";
 pub const SYNTAX: &str = "501 5.5.4 Syntax error in parameters or arguments\r\n";
 pub const HELO_SYNTAX: &str = "501 5.5.4 Syntax: HELO hostname\r\n";
@@ -93,7 +91,6 @@ mod tests {
             START_DATA,
             UNRECOGNIZED,
             LINE_TOO_LONG,
-            TEXT_LINE_TOO_LONG,
             BAD_CHARACTERS,
             SYNTAX,
             HELO_SYNTAX,

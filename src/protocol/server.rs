@@ -42,6 +42,9 @@ pub struct Settings {
     /// `mode passthrough`: MAIL, RCPT, DATA and the end of data are answered with the
     /// smarthost's replies (`Step::Upstream`), and nothing is spooled.
     pub passthrough: bool,
+    /// `add_missing_headers yes`: a message without `Date:` or `Message-ID:` gets one
+    /// (see `add_missing`).
+    pub add_missing_headers: bool,
 }
 
 /// The client as the worker knows it.
@@ -94,6 +97,8 @@ enum State {
     AuthCheck,
     /// Passthrough: the worker is asking the smarthost.
     Upstream(Ask),
+    /// MAIL with `SIZE=`: the worker checks the spool's free space.
+    SpaceCheck,
     Closed,
 }
 
@@ -135,6 +140,9 @@ pub enum Step {
     /// STARTTLS: call `start_tls(nothing_else_buffered)`; if it returns true, send the
     /// replies, run the TLS handshake, then call `tls_established`.
     StartTls,
+    /// MAIL declared `SIZE=` this large: check that the spool has room for it
+    /// (RFC 1870 §6.1) and call `space_checked`.
+    CheckSpace(u64),
     /// Send the queued replies and close the connection.
     Close,
 }
@@ -165,7 +173,9 @@ pub struct ServerSession {
     esmtp: bool,
     helo: heapless::String<{ limits::DOMAIN }>,
     envelope: Envelope,
-    line: heapless::Vec<u8, { limits::COMMAND_LINE }>,
+    /// A command line up to its LF, which is not kept: 512 octets with the CRLF
+    /// (§4.5.3.1.4) leave 511 here, the CR included.
+    line: heapless::Vec<u8, { limits::COMMAND_LINE - 1 }>,
     /// The current command line overflowed; octets are dropped until its LF.
     discarding: bool,
     decoder: DataDecoder,
@@ -380,6 +390,9 @@ impl ServerSession {
                 State::TlsCheck => return (i, Step::StartTls),
                 State::AuthCheck => return (i, Step::Authenticate),
                 State::Upstream(ask) => return (i, Step::Upstream(ask)),
+                State::SpaceCheck => {
+                    return (i, Step::CheckSpace(self.envelope.size.unwrap_or(0)));
+                }
                 State::Data => {
                     let (n, progress) = self.decoder.decode(&input[i..], &mut self.body);
                     i += n;
@@ -401,7 +414,6 @@ impl ServerSession {
                             }
                             self.reply(match verdict {
                                 Verdict::TooBig => reply::MESSAGE_TOO_BIG,
-                                Verdict::LineTooLong => reply::TEXT_LINE_TOO_LONG,
                                 Verdict::BareNewline => reply::BARE_NEWLINE,
                                 Verdict::TooManyHops | Verdict::Accept => reply::MAIL_LOOP,
                             });
@@ -622,8 +634,47 @@ impl ServerSession {
             self.state = State::Upstream(Ask::Mail);
             return;
         }
+        if mail.size.is_some() {
+            // Disk full is told now, not after the whole body (RFC 1870 §6.1).
+            self.state = State::SpaceCheck;
+            return;
+        }
         self.state = State::Rcpt;
         self.reply(reply::SENDER_OK);
+    }
+
+    /// The worker's answer to `Step::CheckSpace`: whether the spool has room for the
+    /// declared size. Without room the sender is refused with `452 4.3.1`.
+    pub fn space_checked(&mut self, room: bool) {
+        debug_assert_eq!(self.state, State::SpaceCheck);
+        if room {
+            self.state = State::Rcpt;
+            self.reply(reply::SENDER_OK);
+        } else {
+            self.reset_transaction();
+            self.state = State::Mail;
+            self.reply(reply::NO_STORAGE);
+        }
+    }
+
+    /// Right after the 354 (`spool_opened`, or the smarthost's 354 in passthrough):
+    /// the queue id and RFC 5322 date of the message, for the `Date:` and
+    /// `Message-ID: <ID@HOSTNAME>` fields a message without them gets
+    /// (`add_missing_headers`).
+    pub fn add_missing(&mut self, id: &str, date: &str) {
+        if !self.settings.add_missing_headers {
+            return;
+        }
+        let mut d = heapless::String::<{ super::data::MISSING_CAP }>::new();
+        let mut m = heapless::String::<{ super::data::MISSING_CAP }>::new();
+        let _ = write!(d, "Date: {date}\r\n");
+        let _ = write!(m, "Message-ID: <{id}@{}>\r\n", self.settings.hostname);
+        self.decoder.add_missing(&d, &m);
+    }
+
+    /// The message had a text line over 998 octets (it is re-encoded when sent).
+    pub fn saw_long_line(&self) -> bool {
+        self.decoder.saw_long_line()
     }
 
     /// RCPT from a client that may relay: the recipient is qualified and mapped by
@@ -986,6 +1037,7 @@ mod tests {
             require_auth: false,
             policy: Arc::new(Policy::open("relay.test")),
             passthrough: false,
+            add_missing_headers: false,
         }
     }
 
@@ -998,6 +1050,8 @@ mod tests {
         body: Vec<u8>,
         closed: bool,
         open_result: Result<(), StoreError>,
+        /// The spool's room, in octets, for `Step::CheckSpace`.
+        room: u64,
         store_result: Result<&'static str, StoreError>,
         /// What the users file says `user` may send as.
         user_senders: Option<Senders>,
@@ -1026,6 +1080,7 @@ mod tests {
                 closed: false,
                 open_result: Ok(()),
                 store_result: Ok("ID1"),
+                room: u64::MAX,
                 user_senders: None,
                 upstream: Default::default(),
                 asked: vec![],
@@ -1043,8 +1098,12 @@ mod tests {
                         Step::NeedInput | Step::Flush => {}
                         Step::OpenMessage => {
                             self.body.clear();
-                            self.s.spool_opened(self.open_result)
+                            self.s.spool_opened(self.open_result);
+                            if self.open_result.is_ok() {
+                                self.s.add_missing("ID1", "DATE");
+                            }
                         }
+                        Step::CheckSpace(size) => self.s.space_checked(size <= self.room),
                         Step::WriteBody => {
                             self.body.extend_from_slice(self.s.body());
                             self.s.clear_body();
@@ -1427,20 +1486,83 @@ mod tests {
     }
 
     #[test]
+    fn long_text_lines_are_taken_and_noted() {
+        let txn = b"HELO x\r\nMAIL FROM:<>\r\nRCPT TO:<d@e.f>\r\nDATA\r\n";
+        let mut h = Harness::new(
+            Settings {
+                max_message_size: 5000,
+                ..settings()
+            },
+            true,
+        );
+        h.run(txn, 100);
+        let r = h.run(&[&[b'x'; 1200][..], b"\r\n.\r\n"].concat(), 7);
+        assert_eq!(codes(&r), ["250"], "{r}");
+        assert!(h.s.saw_long_line());
+        assert_eq!(h.stored[0].len(), 1202);
+        h.run(txn, 100);
+        h.run(b"short\r\n.\r\n", 7);
+        assert!(!h.s.saw_long_line());
+    }
+
+    #[test]
+    fn missing_date_and_message_id_are_added_when_configured() {
+        let txn =
+            b"EHLO x\r\nMAIL FROM:<>\r\nRCPT TO:<d@e.f>\r\nDATA\r\nSubject: s\r\n\r\nb\r\n.\r\n";
+        let mut h = Harness::new(
+            Settings {
+                add_missing_headers: true,
+                ..settings()
+            },
+            true,
+        );
+        h.run(txn, 5);
+        assert_eq!(
+            String::from_utf8_lossy(&h.stored[0]),
+            "Subject: s\r\nDate: DATE\r\nMessage-ID: <ID1@relay.test>\r\n\r\nb\r\n"
+        );
+        // Off: the message is stored as sent.
+        let mut h = Harness::new(settings(), true);
+        h.run(txn, 5);
+        assert_eq!(h.stored[0], b"Subject: s\r\n\r\nb\r\n");
+    }
+
+    #[test]
+    fn declared_size_is_checked_against_free_space_at_mail() {
+        // RFC 1870 §6.1: 452 at MAIL when the declared size does not fit.
+        let mut h = Harness::new(settings(), true);
+        h.room = 500;
+        let r = h.run(
+            b"EHLO x\r\nMAIL FROM:<a@b.c> SIZE=900\r\nRCPT TO:<d@e.f>\r\nMAIL FROM:<a@b.c> SIZE=400\r\nRCPT TO:<d@e.f>\r\nMAIL FROM:<a@b.c>\r\n",
+            3,
+        );
+        assert_eq!(codes(&r), ["250", "452", "503", "250", "250", "503"], "{r}");
+        assert!(r.contains("452 4.3.1 "));
+    }
+
+    #[test]
+    fn command_line_limit_counts_the_crlf() {
+        // RFC 5321 §4.5.3.1.4: 512 octets with the CRLF; one more is too long.
+        let noop = |total: usize| {
+            let mut line = b"NOOP ".to_vec();
+            line.resize(total - 2, b'x');
+            line.extend_from_slice(b"\r\n");
+            assert_eq!(line.len(), total);
+            let mut h = Harness::new(settings(), true);
+            codes(&h.run(&line, 64)).concat()
+        };
+        assert_eq!(noop(512), "250");
+        assert_eq!(noop(513), "500");
+        assert_eq!(noop(100_000), "500");
+    }
+
+    #[test]
     fn refusals_after_data() {
         let mut big = settings();
         big.max_message_size = 10;
         let txn = b"HELO x\r\nMAIL FROM:<>\r\nRCPT TO:<d@e.f>\r\nDATA\r\n";
         let cases: &[(Settings, &[u8], &str)] = &[
             (big.clone(), b"0123456789abcdef\r\n.\r\n", "552"),
-            (
-                Settings {
-                    max_message_size: 5000,
-                    ..settings()
-                },
-                &[&[b'x'; 1200][..], b"\r\n.\r\n"].concat(),
-                "500",
-            ),
             (
                 Settings {
                     reject_bare_newline: true,
@@ -1915,6 +2037,7 @@ mod tests_support {
             require_auth: false,
             policy: Arc::new(Policy::open("relay.test")),
             passthrough,
+            add_missing_headers: false,
         });
         s.start(Peer {
             ip: IpAddr::from([127, 0, 0, 1]),
@@ -1933,6 +2056,7 @@ mod tests_support {
                 assert!(s.output().len() <= OUT_CAP && s.body().len() <= BODY_CAP);
                 match step {
                     Step::OpenMessage => s.spool_opened(Ok(())),
+                    Step::CheckSpace(size) => s.space_checked(size <= 100),
                     Step::WriteBody => {
                         body.extend_from_slice(s.body());
                         s.clear_body();

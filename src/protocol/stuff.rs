@@ -3,11 +3,25 @@
 //! A dot that starts a line is doubled (RFC 5321 §4.5.2), every line end is written as
 //! CRLF (a bare CR or LF in a damaged spool file too), and `finish` writes the final
 //! `CRLF.CRLF`. Whatever the content, the output holds exactly one end of data.
+//!
+//! No line goes out longer than RFC 5321 §4.5.3.1.6 allows (998 octets of text, the
+//! dot of transparency not counted): a longer one is folded with CRLF and a space
+//! after 998 octets, as Postfix's `smtp_line_length_limit` does. That changes the
+//! text, so it is the last resort: the relay re-encodes what it can first
+//! (`crate::longlines`); this catches the rest, and passthrough, which cannot look
+//! ahead.
+
+use super::limits;
+
+/// The longest line of text sent.
+const LINE_MAX: usize = limits::TEXT_LINE - 2;
 
 #[derive(Debug, Clone)]
 pub struct DotStuffer {
     line_start: bool,
     pending_cr: bool,
+    /// Octets of text on the current line, the stuffing dot not counted.
+    line_len: usize,
 }
 
 impl Default for DotStuffer {
@@ -21,10 +35,12 @@ impl DotStuffer {
         Self {
             line_start: true,
             pending_cr: false,
+            line_len: 0,
         }
     }
 
     /// Appends the wire form of `input` to `out` (at most twice its length, plus 2).
+    #[inline]
     pub fn encode(&mut self, input: &[u8], out: &mut Vec<u8>) {
         let mut i = 0;
         while i < input.len() {
@@ -33,6 +49,7 @@ impl DotStuffer {
                 self.pending_cr = false;
                 out.extend_from_slice(b"\r\n");
                 self.line_start = true;
+                self.line_len = 0;
                 if b == b'\n' {
                     i += 1;
                     continue;
@@ -46,6 +63,7 @@ impl DotStuffer {
                 b'\n' => {
                     out.extend_from_slice(b"\r\n");
                     self.line_start = true;
+                    self.line_len = 0;
                     i += 1;
                 }
                 _ => {
@@ -54,8 +72,18 @@ impl DotStuffer {
                     }
                     self.line_start = false;
                     let run = super::scan::line_end(&input[i..]).unwrap_or(input.len() - i);
-                    out.extend_from_slice(&input[i..i + run]);
-                    i += run;
+                    let room = LINE_MAX - self.line_len;
+                    if run > room {
+                        // Folded: the continuation starts with a space, never a dot.
+                        out.extend_from_slice(&input[i..i + room]);
+                        out.extend_from_slice(b"\r\n ");
+                        self.line_len = 1;
+                        i += room;
+                    } else {
+                        out.extend_from_slice(&input[i..i + run]);
+                        self.line_len += run;
+                        i += run;
+                    }
                 }
             }
         }
@@ -99,6 +127,41 @@ mod tests {
             (b"\r\n.\r\n", b"\r\n..\r\n.\r\n"),
             (b"x\r\r\n", b"x\r\n\r\n.\r\n"),
         ];
+        // 998 octets pass as they are, with or without a stuffing dot.
+        let x998 = [b'x'; 998];
+        let dot998 = [&b"."[..], &[b'x'; 997]].concat();
+        let x1000 = [b'x'; 1000];
+        let long = [b'y'; 2500];
+        let folded_long = [
+            &[b'y'; 998][..],
+            b"\r\n ",
+            &[b'y'; 997],
+            b"\r\n ",
+            &[b'y'; 505],
+            b"\r\n.\r\n",
+        ]
+        .concat();
+        let long_cases: Vec<(Vec<u8>, Vec<u8>)> = vec![
+            (
+                [&x998[..], b"\r\n"].concat(),
+                [&x998[..], b"\r\n.\r\n"].concat(),
+            ),
+            (
+                [&dot998[..], b"\r\n"].concat(),
+                [&b"."[..], &dot998, b"\r\n.\r\n"].concat(),
+            ),
+            // Longer: folded after 998 octets, with CRLF and a space.
+            (
+                [&x1000[..], b"\r\n"].concat(),
+                [&x998[..], b"\r\n xx\r\n.\r\n"].concat(),
+            ),
+            (long.to_vec(), folded_long),
+        ];
+        for (content, wire) in &long_cases {
+            for chunk in [1, 7, 1000, content.len()] {
+                assert_eq!(&stuff(content, chunk), wire, "chunk {chunk}");
+            }
+        }
         for &(content, wire) in cases {
             for chunk in [1, 2, 5, content.len()] {
                 assert_eq!(

@@ -392,6 +392,10 @@ impl Relay {
     fn deliver(&mut self, id: QueueId) {
         let Some(msg) = self.read(&id) else { return };
         let now = now_unix();
+        if msg.attempts == 0 && msg.envelope.client.starts_with("local ") {
+            // No worker logged it: the daemon's log names it before its first try.
+            log_local(&msg);
+        }
         let pending: Vec<usize> = (0..msg.rcpt_state.len())
             .filter(|&i| msg.rcpt_state[i] == RcptState::Pending)
             .collect();
@@ -416,10 +420,19 @@ impl Relay {
             .rewrite_from
             .as_deref()
             .and_then(|new| rewritten_header(&msg, new));
-        let size = match &header {
-            Some(h) => msg.size - h.skip + h.text.len() as u64,
-            None => msg.size,
+        // Lines over 998 octets: the parts that allow it go re-encoded (two passes
+        // over the file, only for such messages), the rest folded by the stuffer.
+        let plan = if msg.long_lines {
+            plan_long_lines(&msg, header.as_ref())
+        } else {
+            None
         };
+        let size = match (&plan, &header) {
+            (Some((_, encoded)), _) => *encoded,
+            (None, Some(h)) => msg.size - h.skip + h.text.len() as u64,
+            (None, None) => msg.size,
+        };
+        let plan = plan.map(|(p, _)| p);
         let tx = Transaction {
             sender,
             recipients: &rcpts,
@@ -435,7 +448,6 @@ impl Relay {
             let conn = match self.connection() {
                 Ok(c) => c,
                 Err(reply) => {
-                    log::warn!("relay: {reply}");
                     self.defer_everything_due(msg, &reply);
                     return;
                 }
@@ -444,7 +456,7 @@ impl Relay {
                 results = Some(vec![RcptResult::Failed(reply); rcpts.len()]);
                 break;
             }
-            match conn.send(&tx, &msg, header.as_ref()) {
+            match conn.send(&tx, &msg, header.as_ref(), plan.as_ref()) {
                 Ok(r) => {
                     results = Some(r);
                     break;
@@ -462,9 +474,11 @@ impl Relay {
         }
         self.idle_since = Instant::now();
         let results = results.unwrap_or_default();
-        self.apply(msg, &pending, &results, now);
+        // Results and their delay= are of the moment the smarthost answered.
+        self.apply(msg, &pending, &results, now_unix());
     }
 
+    /// The open connection, or a new one. A failure is logged here, in one line.
     fn connection(&mut self) -> Result<&mut Upstream, Reply> {
         if self.conn.is_none() {
             let c = Upstream::connect(&self.config, self.tls.as_ref()).map_err(|e| {
@@ -475,6 +489,8 @@ impl Relay {
                         self.config.smarthost,
                         e.reply
                     );
+                } else {
+                    log::warn!("relay: {}", e.reply);
                 }
                 e.reply
             })?;
@@ -618,6 +634,86 @@ impl Relay {
         }
         self.forget(&msg.id);
     }
+}
+
+/// The re-encoding of a message with lines over 998 octets, and its size as sent;
+/// `None` when the file cannot be read (it is then folded by the stuffer).
+fn plan_long_lines(
+    msg: &Message,
+    header: Option<&upstream::Header>,
+) -> Option<(crate::longlines::Plan, u64)> {
+    use crate::longlines::{Encoder, Planner};
+    use std::io::Read;
+    let run = || -> std::io::Result<(crate::longlines::Plan, u64)> {
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut planner = Planner::new();
+        let mut r = upstream::outgoing(msg, header)?;
+        loop {
+            let n = r.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            planner.feed(&buf[..n]);
+        }
+        let plan = planner.finish();
+        let mut encoder = Encoder::new(plan.clone());
+        let (mut out, mut size) = (Vec::new(), 0u64);
+        let mut r = upstream::outgoing(msg, header)?;
+        loop {
+            let n = r.read(&mut buf)?;
+            out.clear();
+            if n == 0 {
+                encoder.finish(&mut out);
+                size += out.len() as u64;
+                break;
+            }
+            encoder.feed(&buf[..n], &mut out);
+            size += out.len() as u64;
+        }
+        Ok((plan, size))
+    };
+    match run() {
+        Ok((plan, size)) => {
+            match plan.reencoded() {
+                0 => log::info!(
+                    "{}: lines over 998 octets, folded (no part could be re-encoded)",
+                    msg.id
+                ),
+                n => log::info!(
+                    "{}: lines over 998 octets: {n} part(s) sent as quoted-printable",
+                    msg.id
+                ),
+            }
+            Some((plan, size))
+        }
+        Err(e) => {
+            log::warn!(
+                "{}: cannot read the message to re-encode it: {e}; long lines folded",
+                msg.id
+            );
+            None
+        }
+    }
+}
+
+/// The line a worker writes for a message from a client, for one that `sendmail`
+/// queued: `ID: from=<S>, to=<R>,..., size=N, nrcpt=N, client=local uid=N`.
+fn log_local(msg: &Message) {
+    let to: Vec<String> = msg
+        .envelope
+        .recipients
+        .iter()
+        .map(|r| format!("<{r}>"))
+        .collect();
+    log::info!(
+        "{}: from=<{}>, to={}, size={}, nrcpt={}, client={}",
+        msg.id,
+        msg.envelope.sender,
+        to.join(","),
+        msg.size,
+        msg.envelope.recipients.len(),
+        msg.envelope.client
+    );
 }
 
 /// The header section of a message with `From:` rewritten to `new`, and how many

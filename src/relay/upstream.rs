@@ -9,6 +9,7 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
 use crate::config::{Config, SmarthostTls};
+use crate::longlines::{Encoder, Plan};
 use crate::protocol::client::{
     Client, Event, Options, RcptResult, Reply, ReplyReader, Single, Transaction,
 };
@@ -97,6 +98,31 @@ pub struct ConnectError {
 fn local(text: &str) -> Reply {
     Reply::new(451, text)
 }
+
+/// The content as it leaves: the rewritten header section, if any, then the rest of
+/// the spooled content.
+pub fn outgoing<'a>(
+    msg: &Message,
+    header: Option<&'a Header>,
+) -> io::Result<io::Chain<&'a [u8], io::Take<std::fs::File>>> {
+    let mut content = msg.open_content()?;
+    let text: &[u8] = match header {
+        Some(h) => {
+            use std::io::Seek;
+            content
+                .get_mut()
+                .seek(io::SeekFrom::Current(h.skip as i64))?;
+            content.set_limit(msg.size - h.skip);
+            &h.text
+        }
+        None => b"",
+    };
+    Ok(text.chain(content))
+}
+
+/// Spool content is read this much at a time when it is re-encoded (quoted-printable
+/// can triple it), so the wire buffer stays within its size.
+const ENCODED_CHUNK: usize = 16 * 1024;
 
 /// A replacement for the start of a message's content (`rewrite_from`).
 pub struct Header {
@@ -306,6 +332,7 @@ impl Upstream {
         tx: &Transaction<'_>,
         msg: &Message,
         header: Option<&Header>,
+        plan: Option<&Plan>,
     ) -> Result<Vec<RcptResult>, Vec<RcptResult>> {
         self.client.start(tx);
         let mut timeout = COMMAND;
@@ -320,7 +347,7 @@ impl Upstream {
             match self.client.on_reply(reply, caps) {
                 Event::Continue => {}
                 Event::SendBody => {
-                    if let Err(reason) = self.send_body(msg, header) {
+                    if let Err(reason) = self.send_body(msg, header, plan) {
                         break Err(self.client.connection_lost(&reason));
                     }
                     self.client.body_sent();
@@ -354,40 +381,52 @@ impl Upstream {
         }
     }
 
-    /// Streams the content, dot-stuffed, with large reads and writes.
-    fn send_body(&mut self, msg: &Message, header: Option<&Header>) -> Result<(), Reply> {
+    /// Streams the content, dot-stuffed, with large reads and writes; re-encoded on
+    /// the way when it has lines over 998 octets (`plan`).
+    fn send_body(
+        &mut self,
+        msg: &Message,
+        header: Option<&Header>,
+        plan: Option<&Plan>,
+    ) -> Result<(), Reply> {
         let cannot_read = |e: io::Error| local(&format!("4.3.0 cannot read spool file: {e}"));
-        let mut content = msg.open_content().map_err(cannot_read)?;
+        let mut content = outgoing(msg, header).map_err(cannot_read)?;
         self.write_timeout(DATA_BLOCK);
         let mut stuffer = DotStuffer::new();
         if self.chunk.len() < CHUNK {
             self.chunk = vec![0u8; CHUNK];
             self.wire = Vec::with_capacity(2 * CHUNK + 8);
         }
+        let mut encoder = plan.map(|p| Encoder::new(p.clone()));
+        let mut encoded = Vec::new();
+        let read_len = if encoder.is_some() {
+            ENCODED_CHUNK
+        } else {
+            CHUNK
+        };
         let (chunk, wire) = (&mut self.chunk, &mut self.wire);
         let lost = |e: io::Error| local(&format!("4.4.2 lost connection while sending data: {e}"));
-        if let Some(h) = header {
-            // The rewritten header replaces the first `skip` octets of the content.
-            use std::io::Seek;
-            content
-                .get_mut()
-                .seek(io::SeekFrom::Current(h.skip as i64))
-                .map_err(cannot_read)?;
-            content.set_limit(msg.size - h.skip);
-            wire.clear();
-            stuffer.encode(&h.text, wire);
-            self.stream.write_all(wire).map_err(lost)?;
-        }
         loop {
-            let n = content.read(&mut chunk[..]).map_err(cannot_read)?;
+            let n = content.read(&mut chunk[..read_len]).map_err(cannot_read)?;
+            wire.clear();
+            match encoder.as_mut() {
+                Some(e) if n == 0 => {
+                    encoded.clear();
+                    e.finish(&mut encoded);
+                    stuffer.encode(&encoded, wire);
+                }
+                Some(e) => {
+                    encoded.clear();
+                    e.feed(&chunk[..n], &mut encoded);
+                    stuffer.encode(&encoded, wire);
+                }
+                None => stuffer.encode(&chunk[..n], wire),
+            }
             if n == 0 {
                 break;
             }
-            wire.clear();
-            stuffer.encode(&chunk[..n], wire);
             self.stream.write_all(wire).map_err(lost)?;
         }
-        wire.clear();
         stuffer.finish(wire);
         self.stream
             .write_all(wire)

@@ -21,6 +21,8 @@ pub struct Context<'a> {
     pub message_id: &'a str,
     pub extract_recipients: bool,
     pub ignore_dots: bool,
+    /// `add_missing_headers`: add Date and Message-ID where they are missing.
+    pub add_missing: bool,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -182,10 +184,10 @@ pub fn prepare(input: &[u8], ctx: &Context<'_>) -> Result<Prepared, DataError> {
             None => push(format!("From: {}", ctx.sender).as_bytes()),
         }
     }
-    if !has("date") {
+    if !has("date") && ctx.add_missing {
         push(format!("Date: {}", ctx.date).as_bytes());
     }
-    if !has("message-id") {
+    if !has("message-id") && ctx.add_missing {
         push(format!("Message-ID: {}", ctx.message_id).as_bytes());
     }
     push(b"");
@@ -215,6 +217,7 @@ mod tests {
             sender: "root@box.lan",
             full_name: None,
             date: "Mon, 30 Nov 2026 22:00:00 +0000",
+            add_missing: true,
             message_id: "<ID@box.lan>",
             extract_recipients: extract,
             ignore_dots,

@@ -72,14 +72,10 @@ pub fn serve(config: &Config) -> ExitCode {
                         crate::time::now_unix(),
                         client,
                     );
+                    let date = crate::time::rfc5322(record.created);
                     let opened = spool.create(&id, &record).and_then(|mut w| {
                         let mut trace = String::new();
-                        let _ = received_header(
-                            &mut trace,
-                            &session,
-                            &id,
-                            &crate::time::rfc5322(record.created),
-                        );
+                        let _ = received_header(&mut trace, &session, &id, &date);
                         w.write(trace.as_bytes()).map(|()| w)
                     });
                     failed = false;
@@ -92,10 +88,17 @@ pub fn serve(config: &Config) -> ExitCode {
                         Err(_) => Err(StoreError::Local),
                     };
                     session.spool_opened(result);
+                    if let Some((id, _)) = &message {
+                        session.add_missing(id, &date);
+                    }
                 }
+                Step::CheckSpace(size) => session.space_checked(spool.has_room(size)),
                 Step::WriteBody | Step::StoreMessage => {
                     if let Some((_, w)) = message.as_mut() {
                         failed |= w.write(session.body()).is_err();
+                        if step == Step::StoreMessage && session.saw_long_line() {
+                            w.set_long_lines();
+                        }
                     }
                     session.clear_body();
                     if step == Step::StoreMessage {

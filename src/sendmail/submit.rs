@@ -131,6 +131,7 @@ pub fn submit(config: &Config, opts: &Options, mut input: impl Read) -> Result<Q
         message_id: &format!("<{id}@{}>", config.hostname),
         extract_recipients: opts.extract_recipients,
         ignore_dots: opts.ignore_dots,
+        add_missing: config.add_missing_headers,
     };
     let prepared = message::prepare(&raw, &ctx)?;
     for r in prepared.header_recipients {
@@ -174,6 +175,9 @@ pub fn submit(config: &Config, opts: &Options, mut input: impl Read) -> Result<Q
     w.write(trace.as_bytes())
         .and_then(|()| w.write(&prepared.content))
         .map_err(|e| spool_failure(&e, "cannot write the spool"))?;
+    if crate::longlines::has_long_line(&prepared.content) {
+        w.set_long_lines();
+    }
     spool
         .commit(&id, w)
         .map_err(|e| spool_failure(&e, "cannot commit to the spool"))?;

@@ -26,6 +26,8 @@ pub struct Acceptor {
     pub shared: Arc<Shared>,
     pub max_connections: usize,
     pub max_connections_per_ip: u32,
+    /// Addresses `max_connections_per_ip` does not apply to (`connection_limit_exempt`).
+    pub exempt: Vec<crate::config::Cidr>,
 }
 
 impl Acceptor {
@@ -83,7 +85,13 @@ impl Acceptor {
 
     fn hand_off(&mut self, mut stream: TcpStream, addr: std::net::SocketAddr, tls: bool) {
         let ip = addr.ip().to_canonical();
-        if !self.shared.per_ip.enter(ip, self.max_connections_per_ip) {
+        // Exempt addresses are counted all the same, so that every leave has its enter.
+        let limit = if self.exempt.iter().any(|c| c.contains(ip)) {
+            u32::MAX
+        } else {
+            self.max_connections_per_ip
+        };
+        if !self.shared.per_ip.enter(ip, limit) {
             log::warn!(
                 "too many connections from [{ip}] (max_connections_per_ip {}): refused [{ip}]:{} with 421 4.7.0",
                 self.max_connections_per_ip,

@@ -6,6 +6,7 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
@@ -77,6 +78,63 @@ pub fn settings(config: &Config, policy: Arc<crate::policy::Policy>) -> Settings
         require_auth: config.require_auth,
         policy,
         passthrough: config.mode == crate::config::Mode::Passthrough,
+        add_missing_headers: config.add_missing_headers,
+    }
+}
+
+/// A socket timeout off by less than this from the deadline is left as it is: a
+/// client that keeps up costs no syscall per read, and a deadline is missed by at
+/// most this much.
+const SLACK: Duration = Duration::from_secs(1);
+
+/// The time by which the client must have finished what it is sending: a whole
+/// command line within `command_timeout` of the last one (RFC 5321 §4.5.3.2.7), and
+/// the message text within `data_timeout` of its last progress, where progress is
+/// measured at `min_data_rate` (Postfix's `smtpd_min_data_rate`): a client that sends
+/// one octet every few seconds cannot hold a worker for ever, as a timeout per read
+/// would let it.
+struct Deadline {
+    at: Instant,
+    /// The socket's read timeout as last set.
+    socket: Duration,
+}
+
+impl Deadline {
+    fn new(now: Instant, limit: Duration) -> Self {
+        Self {
+            at: now + limit,
+            socket: limit,
+        }
+    }
+
+    fn restart(&mut self, now: Instant, limit: Duration) {
+        self.at = now + limit;
+    }
+
+    /// `n` octets of message text came: the deadline moves by their worth at `rate`
+    /// octets a second, never past `limit` from now (0: every read restarts it).
+    fn data(&mut self, now: Instant, n: usize, rate: u64, limit: Duration) {
+        let earned = match rate {
+            0 => limit,
+            r => Duration::from_micros((n as u64).saturating_mul(1_000_000) / r),
+        };
+        self.at = (self.at + earned).min(now + limit);
+    }
+
+    /// Before a read: sets the socket's timeout to what is left, when it is off by
+    /// more than `SLACK`. False when the deadline has passed.
+    fn arm(&mut self, stream: &Stream, now: Instant) -> bool {
+        let left = self.at.saturating_duration_since(now);
+        if left.is_zero() {
+            return false;
+        }
+        if (self.socket > left + SLACK || left > self.socket + SLACK)
+            && let Some(tcp) = stream.tcp()
+        {
+            let _ = tcp.set_read_timeout(Some(left));
+            self.socket = left;
+        }
+        true
     }
 }
 
@@ -212,33 +270,35 @@ impl Worker {
     ) -> End {
         let slot = &self.shared.slots[self.index];
         let mut message: Option<(QueueId, spool::Writer)> = None;
-        // Passthrough: the id and start of the message going out.
-        let mut passing: Option<(QueueId, std::time::Instant)> = None;
+        // Passthrough: the id, start and trace-line size of the message going out.
+        let mut passing: Option<Passing> = None;
         let mut write_error: Option<StoreError> = None;
         let mut in_data = false;
         let phase = |s: &ServerSession| if s.in_data() { "DATA" } else { "command" };
+        let (command_timeout, data_timeout) =
+            (self.config.command_timeout, self.config.data_timeout);
+        let mut deadline = Deadline::new(Instant::now(), command_timeout);
         loop {
             if send(stream, session).is_err() {
                 return End::Lost(phase(session));
             }
-            // (Only when the two timeouts differ: by default they do not, and a
-            // syscall per phase change is saved.)
-            if session.in_data() != in_data
-                && self.config.data_timeout != self.config.command_timeout
-            {
+            if session.in_data() != in_data {
                 in_data = session.in_data();
-                let t = if in_data {
-                    self.config.data_timeout
+                let limit = if in_data {
+                    data_timeout
                 } else {
-                    self.config.command_timeout
+                    command_timeout
                 };
-                if let Some(tcp) = stream.tcp() {
-                    let _ = tcp.set_read_timeout(Some(t));
-                }
+                deadline.restart(Instant::now(), limit);
             }
             slot.in_transaction
                 .store(session.in_transaction(), Ordering::Relaxed);
-            let n = match stream.read(buf) {
+            let read = if deadline.arm(stream, Instant::now()) {
+                stream.read(buf)
+            } else {
+                Err(io::ErrorKind::TimedOut.into())
+            };
+            let n = match read {
                 Ok(0) if self.shared.shutting_down.load(Ordering::Relaxed) => {
                     let _ = stream.write_all(reply::SHUTTING_DOWN.as_bytes());
                     abort(&mut message);
@@ -249,6 +309,9 @@ impl Worker {
                     return End::Lost(phase(session));
                 }
                 Ok(n) => n,
+                // The socket's timeout was shorter than what is left (the deadline
+                // moved since it was set): wait on.
+                Err(e) if crate::is_timeout(&e) && Instant::now() < deadline.at => continue,
                 Err(e) if crate::is_timeout(&e) => {
                     let _ = stream.write_all(reply::TIMEOUT.as_bytes());
                     abort(&mut message);
@@ -264,6 +327,12 @@ impl Worker {
             if buf[..n].starts_with(b"XPANIC") {
                 panic!("fault injection: XPANIC");
             }
+            if in_data {
+                deadline.data(Instant::now(), n, self.config.min_data_rate, data_timeout);
+            } else if buf[..n].contains(&b'\n') {
+                // A command line is whole: the next one has command_timeout from now.
+                deadline.restart(Instant::now(), command_timeout);
+            }
             let mut pos = 0;
             loop {
                 let (used, step) = session.feed(&buf[pos..n]);
@@ -278,8 +347,23 @@ impl Worker {
                     }
                     Step::OpenMessage => {
                         write_error = None;
-                        let result = self.open_message(session).map(|m| message = Some(m));
+                        let opened = self.open_message(session);
+                        let result = opened.as_ref().map(|_| ()).map_err(|e| *e);
                         session.spool_opened(result);
+                        if let Ok((id, w, date)) = opened {
+                            session.add_missing(&id, &date);
+                            message = Some((id, w));
+                        }
+                    }
+                    Step::CheckSpace(size) => {
+                        let room = self.spool.has_room(size);
+                        if !room {
+                            log::warn!(
+                                "reject: MAIL from [{}]: 452 4.3.1 not enough disk space for SIZE={size}",
+                                addr.ip()
+                            );
+                        }
+                        session.space_checked(room);
                     }
                     Step::WriteBody => {
                         match pass.as_deref_mut() {
@@ -301,17 +385,23 @@ impl Worker {
                     Step::StoreMessage => {
                         write_body(session, &mut message, &mut write_error);
                         match (message.take(), write_error.take()) {
-                            (Some((id, w)), None) => match self.spool.commit(&id, w) {
-                                Ok(()) => {
-                                    *messages += 1;
-                                    self.accepted(session, &id);
-                                    session.stored(Ok(&id));
+                            (Some((id, mut w)), None) => {
+                                if session.saw_long_line() {
+                                    w.set_long_lines();
                                 }
-                                Err(e) => {
-                                    log::error!("{id}: cannot commit to spool: {e}");
-                                    session.stored(Err(store_error(&e)));
+                                let size = w.size();
+                                match self.spool.commit(&id, w) {
+                                    Ok(()) => {
+                                        *messages += 1;
+                                        self.accepted(session, &id, size);
+                                        session.stored(Ok(&id));
+                                    }
+                                    Err(e) => {
+                                        log::error!("{id}: cannot commit to spool: {e}");
+                                        session.stored(Err(store_error(&e)));
+                                    }
                                 }
-                            },
+                            }
                             (m, err) => {
                                 if let Some((_, w)) = m {
                                     w.abort();
@@ -324,7 +414,7 @@ impl Worker {
                         let id = message
                             .as_ref()
                             .map(|(id, _)| id.clone())
-                            .or(passing.take().map(|(id, _)| id))
+                            .or(passing.take().map(|(id, ..)| id))
                             .unwrap_or_default();
                         abort(&mut message);
                         if let Some(p) = pass.as_deref_mut() {
@@ -332,7 +422,6 @@ impl Worker {
                         }
                         let why = match session.last_verdict() {
                             Verdict::TooBig => "552 5.3.4 message too big",
-                            Verdict::LineTooLong => "500 5.5.2 text line too long",
                             Verdict::BareNewline => "550 5.6.0 bare CR or LF",
                             Verdict::TooManyHops | Verdict::Accept => "554 5.4.6 too many hops",
                         };
@@ -438,10 +527,11 @@ impl Worker {
         false
     }
 
+    /// The message's spool file with its `Received:` line, and the date written there.
     fn open_message(
         &self,
         session: &ServerSession,
-    ) -> Result<(QueueId, spool::Writer), StoreError> {
+    ) -> Result<(QueueId, spool::Writer, String), StoreError> {
         let now = time::now_unix();
         let id = self.spool.new_id();
         let record = envelope_record(session, now, session.peer().ip.to_string());
@@ -449,13 +539,14 @@ impl Worker {
             log::error!("cannot create spool file: {e}");
             store_error(&e)
         })?;
+        let date = time::rfc5322(now);
         let mut trace = String::with_capacity(256);
-        let _ = received_header(&mut trace, session, &id, &time::rfc5322(now));
+        let _ = received_header(&mut trace, session, &id, &date);
         if let Err(e) = w.write(trace.as_bytes()) {
             w.abort();
             return Err(store_error(&e));
         }
-        Ok((id, w))
+        Ok((id, w, date))
     }
 
     /// Passthrough: asks the smarthost what `ask` needs and gives the session its
@@ -465,7 +556,7 @@ impl Worker {
         session: &mut ServerSession,
         p: &mut Passthrough,
         ask: Ask,
-        passing: &mut Option<(QueueId, std::time::Instant)>,
+        passing: &mut Option<Passing>,
     ) -> bool {
         match ask {
             Ask::Mail => {
@@ -486,24 +577,26 @@ impl Worker {
             Ask::Data => {
                 let now = time::now_unix();
                 let id = self.spool.new_id();
+                let date = time::rfc5322(now);
                 let mut trace = String::with_capacity(256);
-                let _ = received_header(&mut trace, session, &id, &time::rfc5322(now));
+                let _ = received_header(&mut trace, session, &id, &date);
                 let r = p.data(trace.as_bytes());
+                session.upstream_replied(&r);
                 if r.code == 354 {
-                    *passing = Some((id, std::time::Instant::now()));
+                    session.add_missing(&id, &date);
+                    *passing = Some((id, std::time::Instant::now(), trace.len() as u64));
                 } else {
                     log::info!("reject: DATA from [{}]: {r} (smarthost)", session.peer().ip);
                 }
-                session.upstream_replied(&r);
             }
             Ask::End => {
                 p.body(session.body());
                 session.clear_body();
                 let r = p.end();
-                let (id, started) = passing
+                let (id, started, trace) = passing
                     .take()
-                    .unwrap_or_else(|| (self.spool.new_id(), std::time::Instant::now()));
-                self.log_message(session, &id);
+                    .unwrap_or_else(|| (self.spool.new_id(), std::time::Instant::now(), 0));
+                self.log_message(session, &id, trace + session.message_size());
                 let status = if r.code / 100 == 2 { "sent" } else { "refused" };
                 for rcpt in &session.envelope().recipients {
                     log::info!(
@@ -520,8 +613,9 @@ impl Worker {
         false
     }
 
-    /// The line that records a message taken from a client.
-    fn log_message(&self, session: &ServerSession, id: &str) {
+    /// The line that records a message taken from a client. `size`: the message as
+    /// stored and sent on, its `Received:` line included (as `mailq` shows it).
+    fn log_message(&self, session: &ServerSession, id: &str, size: u64) {
         let env = session.envelope();
         let to: Vec<String> = env
             .recipients
@@ -536,15 +630,15 @@ impl Worker {
             "{id}: from=<{}>, to={}, size={}, nrcpt={}, client=[{}], helo={}{sasl}",
             String::from_utf8_lossy(&env.sender),
             to.join(","),
-            session.message_size(),
+            size,
             env.recipients.len(),
             session.peer().ip,
             session.helo()
         );
     }
 
-    fn accepted(&self, session: &ServerSession, id: &str) {
-        self.log_message(session, id);
+    fn accepted(&self, session: &ServerSession, id: &str, size: u64) {
+        self.log_message(session, id, size);
         let id = QueueId::try_from(id).unwrap_or_default();
         if self.relay.try_send(Control::Queued(id)).is_err() {
             // The relay is busy; it will find the message in queue/.
@@ -552,6 +646,9 @@ impl Worker {
         }
     }
 }
+
+/// Passthrough: the message going out, its start, and the size of its trace line.
+type Passing = (QueueId, Instant, u64);
 
 /// The spool envelope of the session's transaction.
 pub fn envelope_record(session: &ServerSession, created: u64, client: String) -> spool::Envelope {

@@ -90,11 +90,16 @@ pub struct Message {
     /// Where the content starts in the file.
     pub content_offset: u64,
     pub rcpt_state: Vec<RcptState>,
-    /// Deferred attempts so far.
+    /// Delivery attempts so far (since the last `retry-failed`), whatever their end.
     pub attempts: u32,
+    /// The time of the last attempt's records, to count each attempt once.
+    last_attempt: Option<u64>,
     /// The next try recorded by the last deferral, if any.
     pub next_try: Option<u64>,
     pub last_reply: Option<String>,
+    /// The content has lines over 998 octets (an `L` record): it is re-encoded on
+    /// its way out (`crate::longlines`).
+    pub long_lines: bool,
     /// The file it was read from, kept open for the content: no second lookup in
     /// `queue/` (whose directory lock every commit and removal also takes).
     file: File,
@@ -141,6 +146,50 @@ const POOL_MAX: usize = 64;
 /// True when an error means the disk (or a quota) is full.
 pub fn is_no_space(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+}
+
+/// A daemon's hold on its spool (`SPOOL/daemon.lock`, an exclusive lock that the
+/// kernel drops with the process, so a daemon that died leaves nothing stale).
+/// Only one daemon may serve a spool: a second one would clear the first one's
+/// `tmp/` and take over its control socket.
+#[derive(Debug)]
+pub struct DaemonLock(#[allow(dead_code)] File);
+
+impl DaemonLock {
+    /// Takes the lock, or says which process holds it. Nothing else is touched.
+    pub fn take(root: &Path) -> Result<DaemonLock, String> {
+        let path = root.join("daemon.lock");
+        let fail = |e: io::Error| format!("cannot lock {}: {e}", path.display());
+        match fs::DirBuilder::new().mode(0o700).create(root) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(format!("cannot create spool {}: {e}", root.display())),
+        }
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(fail)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                let mut pid = String::new();
+                let _ = file.read_to_string(&mut pid);
+                return Err(format!(
+                    "spool {} is in use by another smtp-relayd (pid {}); stop it first, or give this one a spool of its own",
+                    root.display(),
+                    pid.trim()
+                ));
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(fail(e)),
+        }
+        file.set_len(0).map_err(fail)?;
+        writeln!(file, "{}", std::process::id()).map_err(fail)?;
+        Ok(DaemonLock(file))
+    }
 }
 
 impl Spool {
@@ -259,6 +308,7 @@ impl Spool {
             tmp,
             size_offset,
             written: 0,
+            long_lines: false,
             committed: false,
         };
         if let Err(e) = w.file.write_all(head.as_bytes()) {
@@ -272,10 +322,23 @@ impl Spool {
         self.root.join("tmp").join(format!("free.{id}"))
     }
 
+    /// Whether the spool can take a message of `size` octets: free space of at least
+    /// one and a half times that, as Postfix's smtpd asks at MAIL ... SIZE= (the rest
+    /// is room for the envelope, the records and the other messages arriving). When
+    /// the free space cannot be read the answer is yes: the write will tell.
+    pub fn has_room(&self, size: u64) -> bool {
+        crate::privileges::free_space(&self.root)
+            .map_or(true, |free| free >= size.saturating_add(size / 2))
+    }
+
     /// Makes a written message durable and visible to the relay. Only after this
     /// returns may the client be told 250.
     /// On an error nothing stays queued (the client is told 4xx and sends again).
     pub fn commit(&self, id: &str, mut w: Writer) -> io::Result<()> {
+        if w.long_lines {
+            // After the content, like the delivery records: an older reader skips it.
+            w.file.write_all(b"L\t\n")?;
+        }
         w.file.flush()?;
         let file = w.file.get_ref();
         let size = format!("{:0w$}", w.written, w = SIZE_WIDTH);
@@ -453,8 +516,10 @@ impl Spool {
             size,
             content_offset,
             attempts: 0,
+            last_attempt: None,
             next_try: None,
             last_reply: None,
+            long_lines: false,
             file,
         };
         // A record cut short by a crash has no TAB LF: it never happened.
@@ -553,10 +618,21 @@ fn sanitize(s: &str) -> String {
         .collect()
 }
 
+/// The records of one attempt share its time: an attempt is counted once, at the
+/// first record with a new time (delivered, failed and deferred ones alike).
+fn count_attempt(msg: &mut Message, time: &str) {
+    let t = time.parse().ok();
+    if t.is_none() || t != msg.last_attempt {
+        msg.attempts += 1;
+        msg.last_attempt = t;
+    }
+}
+
 fn apply_record(msg: &mut Message, rec: &str) {
     let mut f = rec.splitn(4, ' ');
     match (f.next(), f.next(), f.next(), f.next()) {
-        (Some("D" | "F"), Some(idx), Some(_), reply) => {
+        (Some("D" | "F"), Some(idx), Some(time), reply) => {
+            count_attempt(msg, time);
             if let Some(state) = idx
                 .parse::<usize>()
                 .ok()
@@ -581,10 +657,12 @@ fn apply_record(msg: &mut Message, rec: &str) {
                 *state = RcptState::Pending;
             }
             msg.attempts = 0;
+            msg.last_attempt = None;
             msg.next_try = None;
         }
-        (Some("T"), Some(_), Some(next), reply) => {
-            msg.attempts += 1;
+        (Some("L"), None, ..) => msg.long_lines = true,
+        (Some("T"), Some(time), Some(next), reply) => {
+            count_attempt(msg, time);
             msg.next_try = next.parse().ok();
             msg.last_reply = reply.map(str::to_string);
         }
@@ -598,6 +676,7 @@ pub struct Writer {
     tmp: PathBuf,
     size_offset: u64,
     written: u64,
+    long_lines: bool,
     committed: bool,
 }
 
@@ -613,6 +692,17 @@ impl Writer {
     pub fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.written += bytes.len() as u64;
         self.file.write_all(bytes)
+    }
+
+    /// Octets of content written so far (the message's `size` once committed).
+    pub fn size(&self) -> u64 {
+        self.written
+    }
+
+    /// The content has a line over 998 octets: `commit` records it (`L`), so that the
+    /// relay re-encodes the message as it sends it, without reading it twice first.
+    pub fn set_long_lines(&mut self) {
+        self.long_lines = true;
     }
 
     /// Drops the message (the file is removed by `Drop`).
