@@ -7,7 +7,7 @@ PYTHON ?= python3
 PREFIX ?= /usr/local
 DESTDIR ?=
 SHELL_SCRIPTS = benches/micro.sh cross/build.sh cross/test.sh cross/size.sh cross/init.d/smtp-relayd cross/runit/run \
-	cross/runit/log/run cross/openwrt/files/smtp-relayd.init tests/demo.sh .ci/run fuzz/run.sh
+	cross/runit/log/run cross/openwrt/files/smtp-relayd.init tests/demo.sh tests/deps.sh .ci/run fuzz/run.sh
 
 all: build
 
@@ -26,7 +26,8 @@ unit:
 	$(CARGO) test
 
 integration: build
-	$(PYTHON) -m pytest -q tests
+	PYTHON=$(PYTHON) sh tests/deps.sh
+	$(PYTHON) -m pytest -q -rs tests
 
 lint:
 	shellcheck $(SHELL_SCRIPTS)
