@@ -16,6 +16,7 @@ fuzz_target!(|data: &[u8]| {
         message_id: "<ID@box.lan>",
         extract_recipients: flags & 1 != 0,
         ignore_dots: flags & 2 != 0,
+        add_missing: flags & 8 == 0,
     };
     if let Ok(p) = prepare(input, &ctx) {
         let c = &p.content;
