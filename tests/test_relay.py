@@ -799,32 +799,37 @@ def test_second_daemon_on_the_same_spool_refuses_to_start(sink, make_relay, tmp_
     assert first.stop() == 0
 
 
-def test_slow_drip_command_times_out_per_command(sink, make_relay):
-    """One octet every 0.4 s kept a NOOP alive for ever under a per-read timeout."""
-    relay = make_relay(sink.port, command_timeout="2s").start()
-    c = Client(relay.port)
-    c.cmd("EHLO x")
+def drip(sock, data, interval):
+    """Sends `data` one octet every `interval` seconds until the server answers or
+    closes; returns what it answered and how long that took."""
     t0 = time.monotonic()
     reply = b""
-    c.sock.settimeout(10)
-    for b in b"NOOP NOOP NOOP NOOP NOOP NOOP NOOP NOOP NOOP\r\n":
+    for b in data:
         try:
-            c.sock.sendall(bytes([b]))
+            sock.sendall(bytes([b]))
         except OSError:
             break
-        time.sleep(0.4)
+        time.sleep(interval)
+        sock.setblocking(False)
         try:
-            c.sock.setblocking(False)
-            reply += c.sock.recv(200)
+            reply += sock.recv(200)
         except BlockingIOError:
             pass
         except OSError:
             break
         finally:
-            c.sock.settimeout(10)
+            sock.settimeout(10)
         if reply:
             break
-    elapsed = time.monotonic() - t0
+    return reply, time.monotonic() - t0
+
+
+def test_slow_drip_command_times_out_per_command(sink, make_relay):
+    """One octet every 0.4 s kept a NOOP alive for ever under a per-read timeout."""
+    relay = make_relay(sink.port, command_timeout="2s").start()
+    c = Client(relay.port)
+    c.cmd("EHLO x")
+    reply, elapsed = drip(c.sock, b"NOOP NOOP NOOP NOOP NOOP NOOP NOOP NOOP NOOP\r\n", 0.4)
     assert reply.startswith(b"421 4.4.2"), reply
     assert elapsed < 5, elapsed
     relay.wait_log(r"timeout after command from")
@@ -835,26 +840,7 @@ def test_slow_drip_data_is_bounded_by_min_data_rate(sink, make_relay):
     c = Client(relay.port)
     for line in ["EHLO x", "MAIL FROM:<a@b.c>", "RCPT TO:<d@e.f>", "DATA"]:
         c.cmd(line)
-    t0 = time.monotonic()
-    reply = b""
-    for _ in range(60):
-        try:
-            c.sock.sendall(b"x")
-        except OSError:
-            break
-        time.sleep(0.3)
-        c.sock.setblocking(False)
-        try:
-            reply += c.sock.recv(200)
-        except BlockingIOError:
-            pass
-        except OSError:
-            break
-        finally:
-            c.sock.settimeout(10)
-        if reply:
-            break
-    elapsed = time.monotonic() - t0
+    reply, elapsed = drip(c.sock, b"x" * 60, 0.3)
     # 500 octets a second is asked for: one every 0.3 s earns 2 ms, so the deadline
     # is data_timeout from the start, give or take the one second of slack.
     assert reply.startswith(b"421 4.4.2"), reply
