@@ -347,15 +347,25 @@ pub(crate) mod tests {
         chunk: usize,
         limit: u64,
     ) -> (Vec<u8>, Option<Vec<u8>>, DataDecoder) {
-        let mut d = DataDecoder::new(limit);
-        let mut out: Vec<u8> = Vec::with_capacity(16);
+        run(DataDecoder::new(limit), wire, chunk, 16)
+    }
+
+    /// Runs `d` over `wire` in chunks of `chunk` octets through an output buffer of
+    /// `cap` octets, which must never grow.
+    fn run(
+        mut d: DataDecoder,
+        wire: &[u8],
+        chunk: usize,
+        cap: usize,
+    ) -> (Vec<u8>, Option<Vec<u8>>, DataDecoder) {
+        let mut out: Vec<u8> = Vec::with_capacity(cap);
         let mut content = Vec::new();
         let mut pos = 0;
         while pos < wire.len() {
             let end = (pos + chunk).min(wire.len());
             let (n, progress) = d.decode(&wire[pos..end], &mut out);
             pos += n;
-            assert!(out.capacity() == 16, "the output buffer grew");
+            assert!(out.capacity() == cap, "the output buffer grew");
             content.extend_from_slice(&out);
             out.clear();
             if progress == Progress::End {
@@ -464,21 +474,7 @@ pub(crate) mod tests {
     fn with_missing(wire: &[u8], chunk: usize) -> Vec<u8> {
         let mut d = DataDecoder::new(u64::MAX);
         d.add_missing("Date: D\r\n", "Message-ID: <M>\r\n");
-        let mut out: Vec<u8> = Vec::with_capacity(600);
-        let mut content = Vec::new();
-        let mut pos = 0;
-        while pos < wire.len() {
-            let end = (pos + chunk).min(wire.len());
-            let (n, progress) = d.decode(&wire[pos..end], &mut out);
-            pos += n;
-            assert!(out.capacity() == 600, "the output buffer grew");
-            content.extend_from_slice(&out);
-            out.clear();
-            if progress == Progress::End {
-                break;
-            }
-        }
-        content
+        run(d, wire, chunk, 600).0
     }
 
     #[test]
