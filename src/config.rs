@@ -400,15 +400,7 @@ impl Config {
                     c.hostname = value.to_string();
                 }
                 "allow" => {
-                    if !exempt_given {
-                        c.connection_limit_exempt = vec![
-                            Cidr::parse("127.0.0.0/8").unwrap(),
-                            Cidr::parse("::1").unwrap(),
-                        ];
-                    }
-                    if !allow_given {
-                        allow_given = true;
-                    }
+                    allow_given = true;
                     if value != "none" {
                         c.allow.push(Cidr::parse(value).map_err(err)?);
                     }
@@ -636,6 +628,12 @@ impl Config {
                 "{file}:{}: this smtp-relayd was built without TLS",
                 line_of("tls_cert")
             ));
+        }
+        if !exempt_given {
+            c.connection_limit_exempt = vec![
+                Cidr::parse("127.0.0.0/8").unwrap(),
+                Cidr::parse("::1").unwrap(),
+            ];
         }
         if !allow_given {
             c.allow = vec![
@@ -1170,6 +1168,33 @@ mod tests {
             !c.relay_allowed("127.0.0.1".parse().unwrap()),
             "an empty list allows nobody"
         );
+    }
+
+    /// `connection_limit_exempt`: loopback by default, with or without `allow` lines;
+    /// a list replaces the default; `none` empties it; each prints back the same.
+    #[test]
+    fn connection_limit_exempt_default_and_round_trip() {
+        let loopback = vec![
+            Cidr::parse("127.0.0.0/8").unwrap(),
+            Cidr::parse("::1").unwrap(),
+        ];
+        let cases: &[(&str, &[Cidr])] = &[
+            ("smarthost a.b:25\n", &loopback),
+            ("allow 10.0.0.0/8\nsmarthost a.b:25\n", &loopback),
+            ("connection_limit_exempt none\nsmarthost a.b:25\n", &[]),
+            (
+                "connection_limit_exempt 10.0.0.0/8\nallow 10.0.0.0/8\nsmarthost a.b:25\n",
+                &[Cidr::parse("10.0.0.0/8").unwrap()],
+            ),
+        ];
+        for (text, want) in cases {
+            let c = parse(text).unwrap();
+            assert_eq!(&c.connection_limit_exempt, want, "{text}");
+            let printed = c.effective();
+            let again = parse(&printed).unwrap();
+            assert_eq!(&again.connection_limit_exempt, want, "reparsed {text}");
+            assert_eq!(again.effective(), printed);
+        }
     }
 
     #[test]
