@@ -5,7 +5,9 @@ use std::hint::black_box;
 use smtp_relayd::protocol::client::ReplyReader;
 use smtp_relayd::protocol::command;
 use smtp_relayd::protocol::data::DataDecoder;
-use smtp_relayd::protocol::server::{Peer, ServerSession, Settings, Step};
+use smtp_relayd::protocol::driver::{self, Gone, Id, Input, Opened, Shell};
+use smtp_relayd::protocol::policy::{Policy, Senders};
+use smtp_relayd::protocol::server::{Peer, Refusal, ServerSession, Settings, StoreError};
 use smtp_relayd::protocol::stuff::DotStuffer;
 
 /// A 1 KiB message body as a device sends it, already dot-stuffed, with a few dot lines.
@@ -21,6 +23,59 @@ fn wire_1k() -> Vec<u8> {
     }
     v.extend_from_slice(b".\r\n");
     v
+}
+
+/// The session's shell for the bench: two reads, and a spool that keeps nothing.
+struct Bench<'a> {
+    reads: [&'a [u8]; 2],
+    next: usize,
+}
+
+impl Shell for Bench<'_> {
+    type Message = ();
+    fn read(&mut self, buf: &mut [u8], _: &ServerSession) -> Input {
+        let Some(r) = self.reads.get(self.next) else {
+            return Input::Closed;
+        };
+        self.next += 1;
+        buf[..r.len()].copy_from_slice(r);
+        Input::Bytes(r.len())
+    }
+    fn write(&mut self, replies: &[u8]) -> Result<(), Gone> {
+        black_box(replies);
+        Ok(())
+    }
+    fn open(&mut self, _: &ServerSession) -> Result<Opened<()>, StoreError> {
+        Ok(Opened {
+            message: (),
+            id: Id::try_from("ID").unwrap(),
+            date: heapless::String::try_from("Thu, 3 Dec 2026 14:00:00 +0000").unwrap(),
+        })
+    }
+    fn write_body(&mut self, _: &mut (), body: &[u8]) -> Result<(), StoreError> {
+        black_box(body);
+        Ok(())
+    }
+    fn commit(&mut self, _: (), _: &str, _: &ServerSession) -> Result<(), StoreError> {
+        Ok(())
+    }
+    fn discard(&mut self, _: ()) {}
+    fn check_space(&mut self, _: u64) -> bool {
+        true
+    }
+    fn check_rate(&mut self, _: std::net::IpAddr) -> bool {
+        true
+    }
+    fn authenticate(&mut self, _: &ServerSession) -> Option<Option<Senders>> {
+        None
+    }
+    fn tls_available(&self) -> bool {
+        false
+    }
+    fn handshake(&mut self) -> bool {
+        false
+    }
+    fn refused(&mut self, _: &Refusal, _: &ServerSession, _: Option<&str>) {}
 }
 
 fn main() {
@@ -58,12 +113,10 @@ fn main() {
         }
         "session" => {
             // A whole pipelined transaction through the server session (line reader,
-            // parser, state machine, DATA decoder), as one worker read delivers it.
-            let mut input =
-                b"EHLO cam1\r\nMAIL FROM:<a@example.net>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n"
-                    .to_vec();
-            let head = input.len();
-            input.extend_from_slice(&wire);
+            // parser, state machine, DATA decoder) and the one driver every shell
+            // uses, as a worker's two reads deliver it.
+            let head =
+                b"EHLO cam1\r\nMAIL FROM:<a@example.net>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n";
             let mut s = ServerSession::new(Settings {
                 hostname: heapless::String::try_from("relay.test").unwrap(),
                 max_message_size: 1 << 20,
@@ -72,10 +125,11 @@ fn main() {
                 tls_available: false,
                 auth_available: false,
                 require_auth: false,
-                policy: std::sync::Arc::new(smtp_relayd::policy::Policy::open("relay.test")),
+                policy: std::sync::Arc::new(Policy::open("relay.test")),
                 passthrough: false,
                 add_missing_headers: true,
             });
+            let mut buf = vec![0u8; 16 * 1024];
             for _ in 0..n {
                 s.start(Peer {
                     ip: [127, 0, 0, 1].into(),
@@ -83,22 +137,11 @@ fn main() {
                     tls: false,
                     auth_plaintext: false,
                 });
-                let mut pos = 0;
-                while pos < input.len() {
-                    let end = if pos < head { head } else { input.len() };
-                    let (used, step) = s.feed(&input[pos..end]);
-                    pos += used;
-                    match step {
-                        Step::OpenMessage => {
-                            s.spool_opened(Ok(()));
-                            s.add_missing("ID", "Thu, 3 Dec 2026 14:00:00 +0000");
-                        }
-                        Step::StoreMessage => s.stored(Ok("ID")),
-                        Step::WriteBody => s.clear_body(),
-                        _ => {}
-                    }
-                    s.clear_output();
-                }
+                let mut shell = Bench {
+                    reads: [head, &wire],
+                    next: 0,
+                };
+                black_box(driver::run(&mut s, &mut shell, &mut buf));
                 black_box(&s);
             }
         }

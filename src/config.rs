@@ -181,9 +181,9 @@ pub struct Config {
     /// The envelope sender sendmail uses without -f (default: the caller at hostname).
     pub sendmail_from: Option<String>,
     /// Envelope senders clients may use (empty: any).
-    pub allow_sender: Vec<crate::policy::Pattern>,
+    pub allow_sender: Vec<crate::protocol::policy::Pattern>,
     /// Recipients clients may send to, after aliases (empty: any).
-    pub allow_recipient: Vec<crate::policy::Pattern>,
+    pub allow_recipient: Vec<crate::protocol::policy::Pattern>,
     /// Replaces every non-null envelope sender when a message is sent upstream.
     pub rewrite_sender: Option<String>,
     /// Replaces the address in the From: header when a message is sent upstream.
@@ -199,7 +199,7 @@ pub struct Config {
     pub max_recipients: usize,
     /// 0: no limit.
     pub max_messages_per_connection: u32,
-    pub rate_limit: Option<crate::policy::Rate>,
+    pub rate_limit: Option<crate::server::limits::Rate>,
     /// Client networks `max_connections_per_ip` does not apply to (default loopback:
     /// the box itself, as Postfix exempts `mynetworks`).
     pub connection_limit_exempt: Vec<Cidr>,
@@ -330,7 +330,7 @@ impl Config {
             max_connections_per_ip: None,
             max_recipients: crate::protocol::limits::RECIPIENTS,
             max_messages_per_connection: 1000,
-            rate_limit: Some(crate::policy::Rate {
+            rate_limit: Some(crate::server::limits::Rate {
                 messages: 1000,
                 per: Duration::from_secs(600),
             }),
@@ -515,10 +515,10 @@ impl Config {
                 }
                 "allow_sender" => c
                     .allow_sender
-                    .extend(crate::policy::parse_patterns(value).map_err(err)?),
+                    .extend(crate::protocol::policy::parse_patterns(value).map_err(err)?),
                 "allow_recipient" => c
                     .allow_recipient
-                    .extend(crate::policy::parse_patterns(value).map_err(err)?),
+                    .extend(crate::protocol::policy::parse_patterns(value).map_err(err)?),
                 "rewrite_sender" | "rewrite_from" => {
                     crate::protocol::address::check_mailbox(value.as_bytes(), false)
                         .map_err(|_| err(format!("{key} '{value}' is not an address")))?;
@@ -535,7 +535,8 @@ impl Config {
                     c.qualify_domain = Some(value.to_ascii_lowercase());
                 }
                 "alias" => {
-                    let (name, targets) = crate::policy::parse_alias(value).map_err(err)?;
+                    let (name, targets) =
+                        crate::protocol::policy::parse_alias(value).map_err(err)?;
                     if c.alias.iter().any(|(n, _)| *n == name) {
                         return Err(err(format!("alias '{name}' given twice")));
                     }
@@ -557,7 +558,9 @@ impl Config {
                         parse_count(value, 1, 1_000_000).map_err(err)? as u32
                     }
                 }
-                "rate_limit" => c.rate_limit = crate::policy::Rate::parse(value).map_err(err)?,
+                "rate_limit" => {
+                    c.rate_limit = crate::server::limits::Rate::parse(value).map_err(err)?
+                }
                 "connection_limit_exempt" => {
                     exempt_given = true;
                     if value != "none" {
@@ -884,17 +887,17 @@ impl Config {
     }
 
     /// The policy the sessions apply, with the aliases file read.
-    pub fn policy(&self) -> Result<crate::policy::Policy, String> {
+    pub fn policy(&self) -> Result<crate::protocol::policy::Policy, String> {
         let mut aliases = std::collections::HashMap::new();
         let from_file = match &self.aliases {
-            Some(p) => crate::policy::load_aliases(p)?,
+            Some(p) => load_aliases(p)?,
             None => Vec::new(),
         };
         // `alias` lines win over the file.
         for (name, targets) in from_file.into_iter().chain(self.alias.iter().cloned()) {
             aliases.insert(name, targets);
         }
-        Ok(crate::policy::Policy {
+        Ok(crate::protocol::policy::Policy {
             senders: self.allow_sender.clone(),
             recipients: self.allow_recipient.clone(),
             qualify_domain: self.qualify_domain().to_string(),
@@ -902,7 +905,7 @@ impl Config {
             aliases,
             max_recipients: self.max_recipients,
             max_messages_per_connection: self.max_messages_per_connection,
-            rate: self.rate_limit.map(crate::policy::RateTable::new),
+            rate_limited: self.rate_limit.is_some(),
         })
     }
 
@@ -1095,6 +1098,25 @@ fn edit_distance(a: &str, b: &str) -> usize {
         prev = cur;
     }
     prev[b.len()]
+}
+
+/// Reads an aliases file: `name: address[, address...]` lines, `#` comments.
+fn load_aliases(
+    path: &Path,
+) -> Result<Vec<(String, Vec<crate::protocol::address::Mailbox>)>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.split_once('#').map_or(line, |(a, _)| a).trim();
+        if line.is_empty() {
+            continue;
+        }
+        out.push(
+            crate::protocol::policy::parse_alias(line)
+                .map_err(|e| format!("{}:{}: {e}", path.display(), n + 1))?,
+        );
+    }
+    Ok(out)
 }
 
 /// The kernel's host name, the default `hostname`.

@@ -5,10 +5,10 @@
 #[cfg(feature = "tls")]
 pub mod auth;
 pub mod config;
+pub mod header;
 pub mod logger;
 pub mod longlines;
 pub mod notify;
-pub mod policy;
 pub mod privileges;
 pub mod protocol;
 pub mod relay;

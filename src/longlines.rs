@@ -22,7 +22,7 @@
 //! writes the result. The relay runs them only for messages whose spool file says
 //! they have a long line.
 
-use crate::rewrite::field_name;
+use crate::header::field_name;
 
 /// RFC 5321 §4.5.3.1.6: a text line is at most 998 octets and CRLF.
 pub const LINE_MAX: usize = 998;

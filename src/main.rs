@@ -161,7 +161,8 @@ const QUEUE_USAGE: &str =
     "usage: smtp-relayd queue [-c FILE] [list | show ID | flush | delete ID | retry-failed ID|all]";
 
 fn queue_run(config: &Config, tls: Option<TlsClient>, args: &[String]) -> ExitCode {
-    use smtp_relayd::relay::Request;
+    use QueueOutput::{Listing, Told};
+    use smtp_relayd::relay::{Answer, Request};
     use smtp_relayd::sendmail::queue;
     let spool = match smtp_relayd::spool::Spool::attach(&config.spool) {
         Ok(s) => s,
@@ -170,25 +171,22 @@ fn queue_run(config: &Config, tls: Option<TlsClient>, args: &[String]) -> ExitCo
             return ExitCode::from(73);
         }
     };
-    let id = |s: &String| {
-        smtp_relayd::spool::QueueId::try_from(s.as_str())
-            .ok()
-            .filter(|i| smtp_relayd::spool::valid_id(i))
-    };
+    let id = |s: &String| smtp_relayd::spool::QueueId::parse(s);
     let args: Vec<&String> = args.iter().collect();
     let result = match args.as_slice() {
-        [] => queue::list(&spool),
-        [c] if *c == "list" => queue::list(&spool),
-        [c, i] if *c == "show" => queue::show(&spool, i),
-        [c] if *c == "flush" => queue::command(config, tls, spool, Request::Flush),
+        // Listings are printed as they are.
+        [] => queue::list(&spool).map(Listing),
+        [c] if *c == "list" => queue::list(&spool).map(Listing),
+        [c, i] if *c == "show" => queue::show(&spool, i).map(Listing),
+        [c] if *c == "flush" => queue::command(config, tls, spool, Request::Flush).map(Told),
         [c, i] if *c == "delete" && id(i).is_some() => {
-            queue::command(config, tls, spool, Request::Delete(id(i).unwrap()))
+            queue::command(config, tls, spool, Request::Delete(id(i).unwrap())).map(Told)
         }
         [c, a] if *c == "retry-failed" && *a == "all" => {
-            queue::command(config, tls, spool, Request::RetryFailed(None))
+            queue::command(config, tls, spool, Request::RetryFailed(None)).map(Told)
         }
         [c, i] if *c == "retry-failed" && id(i).is_some() => {
-            queue::command(config, tls, spool, Request::RetryFailed(id(i)))
+            queue::command(config, tls, spool, Request::RetryFailed(id(i))).map(Told)
         }
         _ => {
             eprintln!("{QUEUE_USAGE}");
@@ -196,24 +194,25 @@ fn queue_run(config: &Config, tls: Option<TlsClient>, args: &[String]) -> ExitCo
         }
     };
     match result {
-        Ok(text) if text.starts_with("error") => {
-            eprintln!("queue: {}", &text[6..]);
-            ExitCode::from(1)
-        }
-        Ok(text) => {
-            print!(
-                "{}",
-                text.strip_prefix("ok ")
-                    .map(|t| format!("{t}\n"))
-                    .unwrap_or(text)
-            );
+        Ok(Listing(text)) => {
+            print!("{text}");
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprintln!("queue: {e}");
+        Ok(Told(Answer::Done(text))) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Ok(Told(Answer::Failed(text))) | Err(text) => {
+            eprintln!("queue: {text}");
             ExitCode::from(1)
         }
     }
+}
+
+/// What a queue command prints: a listing, or the relay's answer to a command.
+enum QueueOutput {
+    Listing(String),
+    Told(smtp_relayd::relay::Answer),
 }
 
 fn main() -> ExitCode {
@@ -423,7 +422,7 @@ type Users = Option<()>;
 
 fn serve(
     config: Config,
-    policy: Arc<smtp_relayd::policy::Policy>,
+    policy: Arc<smtp_relayd::protocol::policy::Policy>,
     tls: Option<TlsClient>,
     tls_server: Option<TlsServer>,
     users: Users,
@@ -454,7 +453,7 @@ fn serve(
     let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])
         .map_err(|e| format!("cannot set up signals: {e}"))?;
 
-    let shared = Arc::new(Shared::new(config.workers));
+    let shared = Arc::new(Shared::new(config.workers, config.rate_limit));
     let stop_relay = Arc::new(AtomicBool::new(false));
     let rescan = Arc::new(AtomicBool::new(false));
     // Every slot is made (and its memory touched) when the channel is: 256 ids is

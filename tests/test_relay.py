@@ -217,6 +217,34 @@ def test_550_goes_to_failed_area(make_relay):
         sink.stop()
 
 
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
+
+
+def test_spool_written_by_the_previous_version_is_delivered(sink, make_relay):
+    # Two files as the previous release wrote them (sendmail, with the daemon
+    # stopped), one with delivery records appended as its relay did: recipient 0
+    # delivered, then a deferred attempt. The other has the L record of a long line.
+    relay = make_relay(sink.port, hostname="old.example")
+    os.makedirs(os.path.join(relay.spool, "queue"))
+    src = os.path.join(FIXTURES, "spool-v1")
+    for name in sorted(os.listdir(src)):
+        with open(os.path.join(src, name), "rb") as f, \
+                open(os.path.join(relay.spool, "queue", name), "wb") as g:
+            g.write(f.read())
+    relay.start()
+    msgs = sorted(sink.wait_for(2, timeout=30), key=lambda m: m["rcpts"])
+    assert [m["rcpts"] for m in msgs] == [["long@example.com"], ["pending@example.com"]], \
+        "the recipient delivered before is not sent again"
+    assert all(m["sender"] == "cam1@old.example" for m in msgs)
+    long_msg, first = msgs
+    assert first["content"].endswith(b"\r\nfirst line\r\n.dot line\r\n")
+    assert b"Subject: written by the previous version\r\n" in first["content"]
+    assert max(len(line) for line in long_msg["content"].split(b"\r\n")) <= 998
+    assert b"Content-Transfer-Encoding: quoted-printable" in long_msg["content"]
+    relay.wait_log(r"661BE699124E70000007966: to=<pending@example\.com>.*status=sent")
+    assert relay.files("queue") == []
+
+
 def test_mixed_recipients_each_get_their_fate(make_relay):
     plan = Plan(rcpt={"later@x.org": ["450 4.2.1 mailbox busy", "250 2.1.5 ok"],
                       "never@x.org": ["550 5.1.1 unknown"]})

@@ -174,6 +174,28 @@ def test_sendmail_bs_speaks_smtp_on_stdio(tools, sink, make_relay):
     assert msg["sender"] == "s@box.lan" and msg["content"].endswith(b"Subject: bs\r\n\r\nover stdio\r\n")
 
 
+def test_sendmail_bs_offers_no_starttls_or_auth(tools, sink, make_relay, pki, tmp_path):
+    # With a certificate and a users file configured, the daemon offers STARTTLS and
+    # AUTH; on stdin there is no connection to secure, and the caller is local: neither
+    # is offered, STARTTLS is refused, and the session goes on (it used to spin).
+    users = tmp_path / "users"
+    users.write_text("cam1:$6$salt$hash\n")
+    users.chmod(0o600)
+    relay = make_relay(sink.port, tls_cert=pki["cert"], tls_key=pki["key"], auth_users=str(users),
+                       auth_plaintext="yes").start()
+    session = (b"EHLO x\r\nSTARTTLS\r\nAUTH PLAIN AGNhbTEAeA==\r\nMAIL FROM:<s@box.lan>\r\n"
+               b"RCPT TO:<a@x.org>\r\nDATA\r\nSubject: bs\r\n\r\nafter STARTTLS\r\n.\r\nQUIT\r\n")
+    r = sendmail(tools, relay, ["-bs"], session)
+    assert r.returncode == 0, r
+    lines = r.stdout.decode().split("\r\n")
+    ehlo = [line for line in lines if line.startswith("250-") or line.startswith("250 ")]
+    assert ehlo and not any("STARTTLS" in line or "AUTH" in line for line in ehlo), lines
+    codes = [line[:3] for line in lines if line]
+    assert codes == ["220"] + ["250"] * 6 + ["502", "502", "250", "250", "354", "250", "221"], lines
+    [msg] = sink.wait_for(1)
+    assert msg["content"].endswith(b"after STARTTLS\r\n")
+
+
 def queued_ids(relay):
     return relay.files("queue")
 

@@ -1,15 +1,18 @@
-//! The server session fed arbitrary bytes cut into chunks: it never panics, its
-//! buffers stay within their bounds, and its replies and stored messages are the same
-//! for every split of the input (the first byte picks the chunk size, and its top bit
-//! passthrough mode, with a scripted smarthost whose replies vary, odd ones included).
+//! The server session fed arbitrary bytes cut into chunks, through the one driver
+//! every shell uses: it never panics, its buffers stay within their bounds, and its
+//! replies and stored messages are the same for every split of the input (the first
+//! byte picks the chunk size, and its top bit passthrough mode, with a scripted
+//! smarthost whose replies vary, odd ones included).
 #![no_main]
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
-use smtp_relayd::policy::Policy;
 use smtp_relayd::protocol::client::Reply;
+use smtp_relayd::protocol::driver::{self, Driver, Id, Input, Opened, Shell};
+use smtp_relayd::protocol::policy::{Policy, Senders};
 use smtp_relayd::protocol::server::{
-    Ask, BODY_CAP, OUT_CAP, Peer, ServerSession, Settings, Step, StoreError,
+    BODY_CAP, OUT_CAP, Peer, Refusal, ServerSession, Settings, StoreError,
 };
 
 /// The scripted smarthost's reply number `n`: mostly yes, sometimes not, sometimes
@@ -20,6 +23,136 @@ fn upstream(n: u32, yes: u16) -> Reply {
         5 => Reply::new(550, "no enhanced code \x01"),
         6 if n % 3 == 0 => Reply::new(if yes == 354 { 250 } else { 354 }, "odd"),
         _ => Reply::new(yes, "ok"),
+    }
+}
+
+#[derive(Default)]
+struct Script {
+    out: Vec<u8>,
+    stored: Vec<Vec<u8>>,
+    body: Vec<u8>,
+    opens: u32,
+    asked: u32,
+    rate_asked: u32,
+}
+
+fn stamp() -> (Id, heapless::String<40>) {
+    (
+        Id::try_from("ID").unwrap(),
+        heapless::String::try_from("Thu, 3 Dec 2026 14:00:00 +0000").unwrap(),
+    )
+}
+
+impl Shell for Script {
+    type Message = ();
+
+    fn read(&mut self, _: &mut [u8], _: &ServerSession) -> Input {
+        Input::Closed
+    }
+
+    fn write(&mut self, replies: &[u8]) -> Result<(), driver::Gone> {
+        assert!(replies.len() <= OUT_CAP);
+        self.out.extend_from_slice(replies);
+        Ok(())
+    }
+
+    fn open(&mut self, _: &ServerSession) -> Result<Opened<()>, StoreError> {
+        self.body.clear();
+        // Every third open fails, as a full disk would.
+        self.opens += 1;
+        if self.opens % 3 == 0 {
+            return Err(StoreError::NoSpace);
+        }
+        let (id, date) = stamp();
+        Ok(Opened {
+            message: (),
+            id,
+            date,
+        })
+    }
+
+    fn write_body(&mut self, _: &mut (), body: &[u8]) -> Result<(), StoreError> {
+        assert!(body.len() <= BODY_CAP);
+        self.body.extend_from_slice(body);
+        Ok(())
+    }
+
+    fn commit(&mut self, _: (), _: &str, _: &ServerSession) -> Result<(), StoreError> {
+        self.stored.push(std::mem::take(&mut self.body));
+        Ok(())
+    }
+
+    fn discard(&mut self, _: ()) {
+        self.body.clear();
+    }
+
+    // Room for messages up to 150 octets.
+    fn check_space(&mut self, size: u64) -> bool {
+        size <= 150
+    }
+
+    // Every fifth MAIL is over the rate.
+    fn check_rate(&mut self, _: IpAddr) -> bool {
+        self.rate_asked += 1;
+        self.rate_asked % 5 != 0
+    }
+
+    fn authenticate(&mut self, s: &ServerSession) -> Option<Option<Senders>> {
+        let ok = s.credentials() == Some(("user", &b"pass"[..]));
+        ok.then_some(None)
+    }
+
+    fn tls_available(&self) -> bool {
+        true
+    }
+
+    fn handshake(&mut self) -> bool {
+        true
+    }
+
+    fn refused(&mut self, why: &Refusal, s: &ServerSession, id: Option<&str>) {
+        // Every refusal has a one-line description.
+        let mut line = String::new();
+        why.describe(&mut line, s.peer().ip, Some(25), id.unwrap_or(""), None)
+            .unwrap();
+        assert!(!line.contains('\n'), "{line:?}");
+    }
+
+    fn upstream_mail(&mut self, _: &ServerSession) -> Option<Reply> {
+        self.asked += 1;
+        Some(upstream(self.asked, 250))
+    }
+
+    fn upstream_rcpt(&mut self, s: &ServerSession, first: usize) -> Option<Vec<Reply>> {
+        self.asked += 1;
+        let n = s.envelope().recipients.len() - first;
+        let asked = self.asked;
+        let replies: Vec<Reply> = (0..n as u32).map(|i| upstream(asked + i, 250)).collect();
+        // Sometimes fewer replies than recipients, as when the connection fails.
+        let keep = replies.len().min(1 + asked as usize % 3);
+        Some(replies[..keep].to_vec())
+    }
+
+    fn upstream_data(&mut self, _: &ServerSession) -> Option<(Reply, Id, heapless::String<40>)> {
+        self.asked += 1;
+        self.body.clear();
+        let (id, date) = stamp();
+        Some((upstream(self.asked, 354), id, date))
+    }
+
+    fn upstream_body(&mut self, body: &[u8]) {
+        assert!(body.len() <= BODY_CAP);
+        self.body.extend_from_slice(body);
+    }
+
+    fn upstream_end(&mut self, _: &ServerSession) -> Option<Reply> {
+        self.asked += 1;
+        self.stored.push(std::mem::take(&mut self.body));
+        Some(upstream(self.asked, 250))
+    }
+
+    fn upstream_abandon(&mut self) {
+        self.body.clear();
     }
 }
 
@@ -35,6 +168,7 @@ fn run(input: &[u8], chunk: usize, passthrough: bool) -> (Vec<u8>, Vec<Vec<u8>>)
         policy: Arc::new(Policy {
             max_recipients: 5,
             max_messages_per_connection: 3,
+            rate_limited: true,
             ..Policy::open("relay.test")
         }),
         passthrough,
@@ -46,89 +180,17 @@ fn run(input: &[u8], chunk: usize, passthrough: bool) -> (Vec<u8>, Vec<Vec<u8>>)
         tls: false,
         auth_plaintext: true,
     });
-    let mut out = s.output().to_vec();
-    s.clear_output();
-    let (mut stored, mut body) = (Vec::new(), Vec::new());
-    let mut stores = 0u32;
-    let mut asked = 0u32;
-    'outer: for part in input.chunks(chunk) {
-        let mut pos = 0;
-        loop {
-            let (n, step) = s.feed(&part[pos..]);
-            pos += n;
-            assert!(pos <= part.len());
-            assert!(s.output().len() <= OUT_CAP);
-            assert!(s.body().len() <= BODY_CAP);
-            match step {
-                Step::NeedInput | Step::Flush => {}
-                Step::OpenMessage => {
-                    body.clear();
-                    // Every third open fails, as a full disk would.
-                    stores += 1;
-                    s.spool_opened(if stores % 3 == 0 {
-                        Err(StoreError::NoSpace)
-                    } else {
-                        Ok(())
-                    });
-                    s.add_missing("ID", "Thu, 3 Dec 2026 14:00:00 +0000");
-                }
-                // Room for messages up to 150 octets.
-                Step::CheckSpace(size) => s.space_checked(size <= 150),
-                Step::WriteBody => {
-                    body.extend_from_slice(s.body());
-                    s.clear_body();
-                }
-                Step::StoreMessage => {
-                    body.extend_from_slice(s.body());
-                    stored.push(std::mem::take(&mut body));
-                    s.stored(Ok("ID"));
-                }
-                Step::DiscardMessage => body.clear(),
-                Step::StartTls => {
-                    if s.start_tls(pos == part.len()) {
-                        s.tls_established();
-                    }
-                }
-                Step::Authenticate => {
-                    let ok = s.credentials() == Some(("user", &b"pass"[..]));
-                    s.authenticated(ok.then_some(None));
-                }
-                Step::Close => {
-                    out.extend_from_slice(s.output());
-                    break 'outer;
-                }
-                Step::Upstream(ask) => {
-                    asked += 1;
-                    match ask {
-                        Ask::Mail => s.upstream_replied(&upstream(asked, 250)),
-                        Ask::Rcpt { first } => {
-                            let n = s.envelope().recipients.len() - first;
-                            let replies: Vec<Reply> =
-                                (0..n as u32).map(|i| upstream(asked + i, 250)).collect();
-                            s.upstream_rcpt(&replies[..replies.len().min(1 + asked as usize % 3)]);
-                        }
-                        Ask::Data => {
-                            body.clear();
-                            s.upstream_replied(&upstream(asked, 354));
-                            s.add_missing("ID", "Thu, 3 Dec 2026 14:00:00 +0000");
-                        }
-                        Ask::End => {
-                            body.extend_from_slice(s.body());
-                            s.clear_body();
-                            stored.push(std::mem::take(&mut body));
-                            s.upstream_replied(&upstream(asked, 250));
-                        }
-                    }
-                }
-            }
-            out.extend_from_slice(s.output());
-            s.clear_output();
-            if step == Step::NeedInput {
-                break;
-            }
+    let mut script = Script::default();
+    let mut driver = Driver::new();
+    let _ = driver.flush(&mut s, &mut script);
+    for part in input.chunks(chunk) {
+        let end = driver.feed(&mut s, &mut script, part);
+        let _ = driver.flush(&mut s, &mut script);
+        if end.is_some() {
+            break;
         }
     }
-    (out, stored)
+    (script.out, script.stored)
 }
 
 fuzz_target!(|data: &[u8]| {

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::policy::Senders;
+use crate::protocol::policy::Senders;
 
 /// Compares in time that depends only on the lengths.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -56,7 +56,7 @@ impl Users {
             let senders = match fields.next().map(str::trim) {
                 None | Some("") => None,
                 Some(list) => Some(Senders::from(
-                    crate::policy::parse_patterns(list).map_err(|e| bad(&e))?,
+                    crate::protocol::policy::parse_patterns(list).map_err(|e| bad(&e))?,
                 )),
             };
             if user.is_empty() || user.len() > 255 || user.bytes().any(|b| b <= b' ' || b == 0x7f) {
@@ -182,9 +182,18 @@ mod tests {
         assert!(users.check("cam1", b"pw two").is_none());
         let printer = users.check("printer", b"p2").unwrap().unwrap();
         assert_eq!(printer.len(), 2);
-        assert!(crate::policy::allowed(&printer, b"printer@example.net"));
-        assert!(crate::policy::allowed(&printer, b"x@cams.example.net"));
-        assert!(!crate::policy::allowed(&printer, b"boss@example.net"));
+        assert!(crate::protocol::policy::allowed(
+            &printer,
+            b"printer@example.net"
+        ));
+        assert!(crate::protocol::policy::allowed(
+            &printer,
+            b"x@cams.example.net"
+        ));
+        assert!(!crate::protocol::policy::allowed(
+            &printer,
+            b"boss@example.net"
+        ));
         assert!(users.check("nobody", b"p2").is_none());
         assert!(!format!("{users:?}").contains("$6$"));
         for bad in [

@@ -385,12 +385,40 @@ pub struct Options {
     pub auth_plaintext: bool,
 }
 
+/// Where a connection to the smarthost failed, for the log and for the relay's
+/// choices (a permanent refusal at `Auth` is a configuration error, not the message's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Before any reply: name resolution, TCP, implicit TLS.
+    Connect,
+    Greeting,
+    /// EHLO, or HELO after it was refused.
+    Hello,
+    StartTls,
+    Auth,
+    /// MAIL onwards.
+    Transaction,
+}
+
+impl core::fmt::Display for Stage {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            Stage::Connect => "connect",
+            Stage::Greeting => "greeting",
+            Stage::Hello => "EHLO/HELO",
+            Stage::StartTls => "STARTTLS",
+            Stage::Auth => "AUTH",
+            Stage::Transaction => "transaction",
+        })
+    }
+}
+
 pub struct Client {
     state: State,
     options: Options,
     tls: bool,
     /// The step at which the session last failed, for the log.
-    stage: &'static str,
+    stage: Stage,
     name: heapless::String<{ limits::DOMAIN }>,
     capabilities: Capabilities,
     out: Vec<u8>,
@@ -411,7 +439,7 @@ impl Client {
             state: State::Banner,
             tls: options.implicit_tls,
             options,
-            stage: "greeting",
+            stage: Stage::Greeting,
             name: n,
             capabilities: Capabilities::default(),
             out: Vec::with_capacity(1024),
@@ -568,7 +596,7 @@ impl Client {
         match self.state {
             State::Banner => {
                 if reply.code != 220 {
-                    return self.fail("greeting", reply);
+                    return self.fail(Stage::Greeting, reply);
                 }
                 let _ = write!(Out(&mut self.out), "EHLO {}\r\n", self.name);
                 self.state = State::Ehlo;
@@ -586,20 +614,20 @@ impl Client {
             }
             State::Helo => {
                 if reply.code != 250 {
-                    return self.fail("EHLO/HELO", reply);
+                    return self.fail(Stage::Hello, reply);
                 }
                 self.capabilities = Capabilities::default();
                 self.after_hello()
             }
             State::StartTls => {
                 if reply.code != 220 {
-                    return self.fail("STARTTLS", reply);
+                    return self.fail(Stage::StartTls, reply);
                 }
                 Event::StartTls
             }
             State::AuthPlain | State::AuthLoginPassword => {
                 if reply.code != 235 {
-                    return self.fail("AUTH", reply);
+                    return self.fail(Stage::Auth, reply);
                 }
                 self.options.credentials = None;
                 self.state = State::Ready;
@@ -607,10 +635,10 @@ impl Client {
             }
             State::AuthLogin | State::AuthLoginUser => {
                 if reply.code != 334 {
-                    return self.fail("AUTH", reply);
+                    return self.fail(Stage::Auth, reply);
                 }
                 let Some(c) = self.options.credentials.as_ref() else {
-                    return self.fail("AUTH", reply);
+                    return self.fail(Stage::Auth, reply);
                 };
                 let mut line = String::new();
                 if self.state == State::AuthLogin {
@@ -700,7 +728,7 @@ impl Client {
         if self.options.starttls && !self.tls {
             if !self.capabilities.starttls {
                 return self.give_up(
-                    "STARTTLS",
+                    Stage::StartTls,
                     "4.7.0 smarthost does not offer STARTTLS; nothing was sent",
                 );
             }
@@ -710,7 +738,10 @@ impl Client {
         }
         if let Some(c) = &self.options.credentials {
             if !self.tls && !self.options.auth_plaintext {
-                return self.give_up("AUTH", "4.7.0 refusing to send credentials without TLS");
+                return self.give_up(
+                    Stage::Auth,
+                    "4.7.0 refusing to send credentials without TLS",
+                );
             }
             let mut line = String::from("AUTH ");
             if self.capabilities.auth_plain {
@@ -728,7 +759,7 @@ impl Client {
                 self.state = State::AuthLogin;
             } else {
                 return self.give_up(
-                    "AUTH",
+                    Stage::Auth,
                     "4.7.0 smarthost offers neither AUTH PLAIN nor AUTH LOGIN",
                 );
             }
@@ -750,33 +781,33 @@ impl Client {
         self.state = State::Ehlo;
     }
 
-    /// The step at which the session last failed (`greeting`, `EHLO/HELO`, `STARTTLS`, `AUTH`...).
-    pub fn stage(&self) -> &'static str {
+    /// The step at which the session last failed.
+    pub fn stage(&self) -> Stage {
         self.stage
     }
 
-    /// The step the session is at now, named as `stage` names them.
-    pub fn stage_now(&self) -> &'static str {
+    /// The step the session is at now.
+    pub fn stage_now(&self) -> Stage {
         match self.state {
-            State::Banner => "greeting",
-            State::Ehlo | State::Helo => "EHLO/HELO",
-            State::StartTls => "STARTTLS",
+            State::Banner => Stage::Greeting,
+            State::Ehlo | State::Helo => Stage::Hello,
+            State::StartTls => Stage::StartTls,
             State::AuthPlain
             | State::AuthLogin
             | State::AuthLoginUser
-            | State::AuthLoginPassword => "AUTH",
-            _ => "transaction",
+            | State::AuthLoginPassword => Stage::Auth,
+            _ => Stage::Transaction,
         }
     }
 
-    fn fail(&mut self, stage: &'static str, reply: Reply) -> Event {
+    fn fail(&mut self, stage: Stage, reply: Reply) -> Event {
         self.stage = stage;
         self.state = State::Closed;
         Event::Closed(reply)
     }
 
     /// Ends a session the server cannot serve as required: QUIT, and a local reason.
-    fn give_up(&mut self, stage: &'static str, why: &str) -> Event {
+    fn give_up(&mut self, stage: Stage, why: &str) -> Event {
         self.out.extend_from_slice(b"QUIT\r\n");
         self.fail(stage, Reply::new(454, why))
     }
@@ -1170,7 +1201,7 @@ mod tests {
         let (sent, ev) = drive(&mut c, &["220 mx|", "250-mx|250 PIPELINING|"]);
         assert_eq!(sent, "EHLO relay.test\r\nQUIT\r\n");
         assert!(matches!(ev.last(), Some(Event::Closed(r)) if r.code == 454));
-        assert_eq!(c.stage(), "STARTTLS");
+        assert_eq!(c.stage(), Stage::StartTls);
         // STARTTLS refused.
         let mut c = Client::new(
             "relay.test",
@@ -1211,7 +1242,7 @@ mod tests {
         // AUTH refused: a session failure at AUTH (the relay keeps the mail queued).
         let (_, ev) = drive(&mut c, &["535 5.7.8 Authentication credentials invalid|"]);
         assert!(matches!(ev.last(), Some(Event::Closed(r)) if r.code == 535));
-        assert_eq!(c.stage(), "AUTH");
+        assert_eq!(c.stage(), Stage::Auth);
         // A server offering no usable mechanism.
         let opts = Options {
             implicit_tls: true,

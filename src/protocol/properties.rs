@@ -6,7 +6,7 @@ use proptest::prelude::*;
 use super::address::{PathKind, parse_path};
 use super::data::{DataDecoder, Progress};
 use super::stuff::DotStuffer;
-use crate::policy::Pattern;
+use crate::protocol::policy::Pattern;
 
 /// Decodes DATA wire bytes cut into `chunk`-sized reads; returns the content and how
 /// many input octets the end of data was found after.

@@ -12,6 +12,8 @@ pub const HELP: &str = "214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA RSET NOOP Q
 pub const VRFY: &str =
     "252 2.0.0 Cannot VRFY user, but will accept message and attempt delivery\r\n";
 pub const TLS_READY: &str = "220 2.0.0 Ready to start TLS\r\n";
+/// RFC 3207 §4: TLS cannot be started here (`sendmail -bs`, which never offers it).
+pub const TLS_UNAVAILABLE: &str = "454 4.7.0 TLS not available here\r\n";
 pub const AUTH_OK: &str = "235 2.7.0 Authentication successful\r\n";
 pub const AUTH_PLAIN_CHALLENGE: &str = "334 \r\n";
 /// base64("Username:") and base64("Password:"), as every LOGIN server says them.
@@ -125,6 +127,7 @@ mod tests {
             TOO_MANY_CONNECTIONS,
             SHUTTING_DOWN,
             TLS_READY,
+            TLS_UNAVAILABLE,
             TLS_ACTIVE,
             IN_TRANSACTION,
             DATA_AFTER_STARTTLS,

@@ -1,15 +1,22 @@
 //! The server side of an SMTP session as a sans-IO state machine.
 //!
-//! The worker feeds it the bytes it reads and obeys the `Step` it returns: send the
-//! queued replies, open a spool file, write decoded body bytes, store or discard the
-//! message, close. All storage is fixed when the session is made and reused for every
-//! connection the worker serves, so a client cannot grow it.
+//! A shell feeds it the bytes it reads and does what the `Step` it returns says: send
+//! the queued replies, open a spool file, write decoded body bytes, store or discard
+//! the message, close. A step that needs an answer carries a token that only the
+//! session mints and only its answer spends (`OpenMessage` is spent by
+//! `spool_opened`, and so on), so no answer can come out of turn. One loop drives it
+//! for every shell: `super::driver`. Nothing here reads a clock, takes a lock or
+//! writes a log line: the rate limit is a question (`Step::CheckRate`), and what the
+//! session refused is told (`Step::Refused`) for the shell to log.
+//!
+//! All storage is fixed when the session is made and reused for every connection the
+//! worker serves, so a client cannot grow it.
 
 use core::fmt::Write as _;
 use core::net::IpAddr;
 use std::sync::Arc;
 
-use crate::policy::{Policy, Senders};
+use super::policy::{self, Policy, Senders};
 
 use super::address::Mailbox;
 use super::client::Reply;
@@ -99,6 +106,8 @@ enum State {
     Upstream(Ask),
     /// MAIL with `SIZE=`: the worker checks the spool's free space.
     SpaceCheck,
+    /// MAIL under `rate_limit`: the worker checks the client's message rate.
+    RateCheck,
     Closed,
 }
 
@@ -117,34 +126,252 @@ pub enum Ask {
     End,
 }
 
-/// What the worker does next.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What the shell does next. A variant with a token asks a question: the token is
+/// spent by the session method that takes the answer, and by nothing else.
+#[derive(Debug, PartialEq, Eq)]
 pub enum Step {
     /// All input is consumed: send the queued replies, then read.
     NeedInput,
     /// The reply buffer is full: send it, then feed the rest of the input.
     Flush,
-    /// Open a spool file for a message and call `spool_opened`.
-    OpenMessage,
-    /// The body buffer is full: write `body()` to the spool, `clear_body`, feed on.
+    /// Open a spool file for a message; answer with `spool_opened`.
+    OpenMessage(OpenMessage),
+    /// The body buffer is full: write `body()` to the spool (passthrough: to the
+    /// smarthost), `clear_body`, feed on.
     WriteBody,
-    /// The message ended and is accepted: write `body()`, commit, and call `stored`.
-    StoreMessage,
+    /// The message ended and is accepted: write `body()`, commit, answer with `stored`.
+    StoreMessage(StoreMessage),
     /// The message ended and is refused (the reply is queued): drop the spool file
-    /// (passthrough: abandon the smarthost's DATA without ending it).
-    DiscardMessage,
-    /// Passthrough: ask the smarthost (see `Ask`), then answer the session.
-    Upstream(Ask),
-    /// AUTH: check `credentials()` and call `authenticated(result)`.
-    Authenticate,
-    /// STARTTLS: call `start_tls(nothing_else_buffered)`; if it returns true, send the
-    /// replies, run the TLS handshake, then call `tls_established`.
-    StartTls,
+    /// (passthrough: abandon the smarthost's DATA without ending it), log why.
+    DiscardMessage(Refusal),
+    /// Passthrough: ask the smarthost (see `Ask`), then answer with `upstream_*`.
+    Upstream(Upstream),
+    /// AUTH: check `credentials()`, answer with `authenticated`.
+    Authenticate(Authenticate),
+    /// STARTTLS: answer with `start_tls`; when that gives a `Handshake`, send the
+    /// replies, run the TLS handshake, then spend it with `tls_established`.
+    StartTls(StartTls),
     /// MAIL declared `SIZE=` this large: check that the spool has room for it
-    /// (RFC 1870 §6.1) and call `space_checked`.
-    CheckSpace(u64),
+    /// (RFC 1870 §6.1); answer with `space_checked`.
+    CheckSpace(CheckSpace),
+    /// MAIL under `rate_limit`: take one message from the client's allowance;
+    /// answer with `rate_checked`.
+    CheckRate(CheckRate),
+    /// A command was refused by policy (the reply is queued): log it, feed on.
+    Refused(Refusal),
     /// Send the queued replies and close the connection.
     Close,
+}
+
+/// Defines the question tokens: no field outside this module, so only the session
+/// makes one; not `Clone`, so one answer spends it.
+macro_rules! tokens {
+    ($($(#[$doc:meta])* $name:ident;)*) => {$(
+        $(#[$doc])*
+        #[derive(Debug, PartialEq, Eq)]
+        #[must_use = "the session waits for the answer this token is spent on"]
+        pub struct $name(());
+    )*};
+}
+
+tokens! {
+    /// `Step::OpenMessage`: spent by `spool_opened`.
+    OpenMessage;
+    /// `Step::StoreMessage`: spent by `stored`.
+    StoreMessage;
+    /// `Step::Authenticate`: spent by `authenticated`.
+    Authenticate;
+    /// `Step::StartTls`: spent by `start_tls`.
+    StartTls;
+    /// Given by `start_tls` when the handshake is to run: spent by `tls_established`.
+    Handshake;
+}
+
+/// `Step::CheckSpace`: spent by `space_checked`.
+#[derive(Debug, PartialEq, Eq)]
+#[must_use = "the session waits for the answer this token is spent on"]
+pub struct CheckSpace(u64);
+
+impl CheckSpace {
+    /// The size MAIL declared, in octets.
+    pub fn size(&self) -> u64 {
+        self.0
+    }
+}
+
+/// `Step::CheckRate`: spent by `rate_checked`.
+#[derive(Debug, PartialEq, Eq)]
+#[must_use = "the session waits for the answer this token is spent on"]
+pub struct CheckRate(IpAddr);
+
+impl CheckRate {
+    /// The client whose allowance is asked.
+    pub fn ip(&self) -> IpAddr {
+        self.0
+    }
+}
+
+/// `Step::Upstream`: spent by `upstream_replied`, `upstream_rcpt` or
+/// `upstream_unavailable`.
+#[derive(Debug, PartialEq, Eq)]
+#[must_use = "the session waits for the answer this token is spent on"]
+pub struct Upstream(Ask);
+
+impl Upstream {
+    pub fn ask(&self) -> Ask {
+        self.0
+    }
+}
+
+/// The answer to `Step::StartTls`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsAnswer {
+    /// Nothing followed STARTTLS in what the client sent, and TLS can be done here.
+    Ready,
+    /// More came after STARTTLS in the same read: refused, and the session ends.
+    Pipelined,
+    /// This shell cannot do TLS (`sendmail -bs`): 454, and the session goes on.
+    Unavailable,
+}
+
+/// The name and date a message gets if it has no `Message-ID:` or `Date:`
+/// (`add_missing_headers`): its queue id and the time it was received.
+#[derive(Debug, Clone, Copy)]
+pub struct Stamp<'a> {
+    pub id: &'a str,
+    /// RFC 5322 date-time.
+    pub date: &'a str,
+}
+
+/// What the session refused, for the shell's log: one wording for every shell
+/// (`describe`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// RCPT from a client outside `allow` that has not authenticated.
+    Relay { to: Mailbox },
+    /// MAIL from a sender that `allow_sender` or the user's own senders refuse.
+    Sender { from: Mailbox },
+    /// RCPT (or an alias target) that `allow_recipient` refuses.
+    Recipient { to: Mailbox },
+    /// `max_messages_per_connection` reached: the session ends.
+    TooManyMessages { count: u32 },
+    /// `rate_limit` reached.
+    Rate { from: Mailbox },
+    /// MAIL declared a size the spool has no room for.
+    NoSpace { size: u64 },
+    /// The message text was refused at its end.
+    Data { verdict: Verdict, size: u64 },
+    /// Data came after STARTTLS in the same read (CVE-2011-0411): the session ends.
+    DataAfterStartTls,
+    /// Passthrough: the smarthost refused `verb` (MAIL, RCPT or DATA) for `address`
+    /// (the sender or the recipient; empty for DATA).
+    Upstream {
+        verb: &'static str,
+        reply: Reply,
+        address: Mailbox,
+    },
+}
+
+impl Refusal {
+    /// A refusal that may point at trouble (an overload, an attack, a full disk)
+    /// rather than at a client's mistake.
+    pub fn is_warning(&self) -> bool {
+        matches!(
+            self,
+            Refusal::Rate { .. } | Refusal::NoSpace { .. } | Refusal::DataAfterStartTls
+        )
+    }
+
+    /// The log line, without the level: `reject: VERB from [IP]: REPLY; DETAIL`.
+    /// `port` and `id` name the connection and the message, where known; `user` is
+    /// the authenticated user.
+    pub fn describe(
+        &self,
+        out: &mut impl core::fmt::Write,
+        ip: IpAddr,
+        port: Option<u16>,
+        id: &str,
+        user: Option<&str>,
+    ) -> core::fmt::Result {
+        let lossy = |m: &Mailbox| String::from_utf8_lossy(m).into_owned();
+        let peer = |out: &mut dyn core::fmt::Write| match port {
+            Some(p) => write!(out, "[{ip}]:{p}"),
+            None => write!(out, "[{ip}]"),
+        };
+        match self {
+            Refusal::Relay { to } => {
+                out.write_str("reject: RCPT from ")?;
+                peer(out)?;
+                write!(out, ": 554 5.7.1 Relay access denied; to=<{}>", lossy(to))
+            }
+            Refusal::Recipient { to } => {
+                out.write_str("reject: RCPT from ")?;
+                peer(out)?;
+                write!(out, ": 553 5.7.1 recipient not allowed; to=<{}>", lossy(to))
+            }
+            Refusal::Sender { from } => {
+                out.write_str("reject: MAIL from ")?;
+                peer(out)?;
+                write!(
+                    out,
+                    ": 550 5.7.1 sender not allowed; from=<{}>",
+                    lossy(from)
+                )?;
+                match user {
+                    Some(u) => write!(out, ", sasl_username={}", u.escape_debug()),
+                    None => Ok(()),
+                }
+            }
+            Refusal::TooManyMessages { count } => {
+                out.write_str("reject: MAIL from ")?;
+                peer(out)?;
+                write!(out, ": 421 4.7.0 {count} messages in one connection")
+            }
+            Refusal::Rate { from } => {
+                out.write_str("reject: MAIL from ")?;
+                peer(out)?;
+                write!(
+                    out,
+                    ": 450 4.7.1 message rate limit exceeded; from=<{}>",
+                    lossy(from)
+                )
+            }
+            Refusal::NoSpace { size } => {
+                out.write_str("reject: MAIL from ")?;
+                peer(out)?;
+                write!(out, ": 452 4.3.1 not enough disk space for SIZE={size}")
+            }
+            Refusal::Data { verdict, size } => {
+                let why = match verdict {
+                    Verdict::TooBig => "552 5.3.4 message too big",
+                    Verdict::BareNewline => "550 5.6.0 bare CR or LF",
+                    Verdict::TooManyHops | Verdict::Accept => "554 5.4.6 too many hops",
+                };
+                write!(out, "{id}: reject: DATA from ")?;
+                peer(out)?;
+                write!(out, ": {why}; size={size}")
+            }
+            Refusal::DataAfterStartTls => {
+                out.write_str("data after STARTTLS from ")?;
+                peer(out)?;
+                out.write_str(" (possible command injection); closing")
+            }
+            Refusal::Upstream {
+                verb,
+                reply,
+                address,
+            } => {
+                write!(out, "reject: {verb} from ")?;
+                peer(out)?;
+                write!(out, ": {reply} (smarthost)")?;
+                match *verb {
+                    "MAIL" => write!(out, "; from=<{}>", lossy(address)),
+                    "RCPT" => write!(out, "; to=<{}>", lossy(address)),
+                    _ => Ok(()),
+                }
+            }
+        }
+    }
 }
 
 /// Why the worker could not open or commit a spool file.
@@ -186,6 +413,8 @@ pub struct ServerSession {
     auth: Auth,
     /// Messages stored in this connection (`max_messages_per_connection`).
     messages: u32,
+    /// A refusal not yet handed to the shell (`Step::Refused`).
+    notice: Option<Refusal>,
 }
 
 /// What AUTH has gathered. The password is wiped once it has been checked.
@@ -238,6 +467,7 @@ impl ServerSession {
             last_verdict: Verdict::Accept,
             auth: Auth::default(),
             messages: 0,
+            notice: None,
         }
     }
 
@@ -250,6 +480,7 @@ impl ServerSession {
         self.state = State::Hello;
         self.esmtp = false;
         self.messages = 0;
+        self.notice = None;
         self.helo.clear();
         self.reset_transaction();
         self.line.clear();
@@ -341,6 +572,11 @@ impl ServerSession {
         self.settings.auth_available && (self.tls || self.peer.auth_plaintext)
     }
 
+    /// `mode passthrough`: message text goes to the smarthost, not to a spool file.
+    pub fn passthrough(&self) -> bool {
+        self.settings.passthrough
+    }
+
     /// The session runs over TLS.
     pub fn is_tls(&self) -> bool {
         self.tls
@@ -383,16 +619,21 @@ impl ServerSession {
     pub fn feed(&mut self, input: &[u8]) -> (usize, Step) {
         let mut i = 0;
         loop {
+            if let Some(notice) = self.notice.take() {
+                return (i, Step::Refused(notice));
+            }
             match self.state {
                 State::Closed => return (i, Step::Close),
-                State::SpoolOpen => return (i, Step::OpenMessage),
-                State::SpoolCommit => return (i, Step::StoreMessage),
-                State::TlsCheck => return (i, Step::StartTls),
-                State::AuthCheck => return (i, Step::Authenticate),
-                State::Upstream(ask) => return (i, Step::Upstream(ask)),
+                State::SpoolOpen => return (i, Step::OpenMessage(OpenMessage(()))),
+                State::SpoolCommit => return (i, Step::StoreMessage(StoreMessage(()))),
+                State::TlsCheck => return (i, Step::StartTls(StartTls(()))),
+                State::AuthCheck => return (i, Step::Authenticate(Authenticate(()))),
+                State::Upstream(ask) => return (i, Step::Upstream(Upstream(ask))),
                 State::SpaceCheck => {
-                    return (i, Step::CheckSpace(self.envelope.size.unwrap_or(0)));
+                    let size = self.envelope.size.unwrap_or(0);
+                    return (i, Step::CheckSpace(CheckSpace(size)));
                 }
+                State::RateCheck => return (i, Step::CheckRate(CheckRate(self.peer.ip))),
                 State::Data => {
                     let (n, progress) = self.decoder.decode(&input[i..], &mut self.body);
                     i += n;
@@ -406,11 +647,11 @@ impl ServerSession {
                             self.last_verdict = verdict;
                             if verdict == Verdict::Accept && self.settings.passthrough {
                                 self.state = State::Upstream(Ask::End);
-                                return (i, Step::Upstream(Ask::End));
+                                return (i, Step::Upstream(Upstream(Ask::End)));
                             }
                             if verdict == Verdict::Accept {
                                 self.state = State::SpoolCommit;
-                                return (i, Step::StoreMessage);
+                                return (i, Step::StoreMessage(StoreMessage(())));
                             }
                             self.reply(match verdict {
                                 Verdict::TooBig => reply::MESSAGE_TOO_BIG,
@@ -419,7 +660,8 @@ impl ServerSession {
                             });
                             self.reset_transaction();
                             self.state = State::Mail;
-                            return (i, Step::DiscardMessage);
+                            let size = self.decoder.size();
+                            return (i, Step::DiscardMessage(Refusal::Data { verdict, size }));
                         }
                     }
                 }
@@ -530,12 +772,7 @@ impl ServerSession {
             Command::Rcpt(rcpt) => match self.state {
                 State::Hello | State::Mail => self.reply(reply::NEED_MAIL),
                 _ if !self.peer.relay_allowed && !self.auth.authenticated => {
-                    log::info!(
-                        "reject: RCPT from [{}]: 554 5.7.1 Relay access denied; to=<{}>",
-                        self.peer.ip,
-                        String::from_utf8_lossy(&rcpt)
-                    );
-                    self.reply(reply::RELAY_DENIED)
+                    self.refuse(Refusal::Relay { to: rcpt }, reply::RELAY_DENIED);
                 }
                 _ => self.rcpt(&rcpt),
             },
@@ -580,7 +817,8 @@ impl ServerSession {
     }
 
     /// MAIL in the right state: the sender is qualified, then checked against the
-    /// policy, the per-connection message limit and the client's message rate.
+    /// policy and the per-connection message limit; then the client's message rate
+    /// (the shell's answer), the spool's room, or the smarthost, when those apply.
     fn mail(&mut self, mail: command::Mail) {
         let policy = Arc::clone(&self.settings.policy);
         let Ok(sender) = policy.qualify(&mail.sender) else {
@@ -591,50 +829,36 @@ impl ServerSession {
             .auth
             .senders
             .as_deref()
-            .is_none_or(|own| crate::policy::allowed(own, &sender));
-        if !user_ok || !crate::policy::allowed(&policy.senders, &sender) {
-            log::info!(
-                "reject: MAIL from [{}]: 550 5.7.1 sender not allowed; from=<{}>{}",
-                self.peer.ip,
-                String::from_utf8_lossy(&sender),
-                self.authenticated_user()
-                    .map(|u| format!(", sasl_username={}", u.escape_debug()))
-                    .unwrap_or_default()
-            );
-            self.reply(reply::SENDER_DENIED);
+            .is_none_or(|own| policy::allowed(own, &sender));
+        if !user_ok || !policy::allowed(&policy.senders, &sender) {
+            self.refuse(Refusal::Sender { from: sender }, reply::SENDER_DENIED);
             return;
         }
         let limit = policy.max_messages_per_connection;
         if limit > 0 && self.messages >= limit {
-            log::info!(
-                "reject: MAIL from [{}]: 421 4.7.0 {} messages in one connection",
-                self.peer.ip,
-                self.messages
-            );
-            self.reply(reply::TOO_MANY_MESSAGES);
+            let count = self.messages;
+            self.refuse(Refusal::TooManyMessages { count }, reply::TOO_MANY_MESSAGES);
             self.state = State::Closed;
-            return;
-        }
-        if let Some(rate) = &policy.rate
-            && !rate.take(self.peer.ip, std::time::Instant::now())
-        {
-            log::warn!(
-                "reject: MAIL from [{}]: 450 4.7.1 message rate limit exceeded; from=<{}>",
-                self.peer.ip,
-                String::from_utf8_lossy(&sender)
-            );
-            self.reply(reply::RATE_LIMITED);
             return;
         }
         self.envelope.sender = sender;
         self.envelope.body = mail.body;
         self.envelope.smtputf8 = mail.smtputf8;
         self.envelope.size = mail.size;
+        if policy.rate_limited {
+            self.state = State::RateCheck;
+            return;
+        }
+        self.mail_accepted();
+    }
+
+    /// The sender passed every check of this server's.
+    fn mail_accepted(&mut self) {
         if self.settings.passthrough {
             self.state = State::Upstream(Ask::Mail);
             return;
         }
-        if mail.size.is_some() {
+        if self.envelope.size.is_some() {
             // Disk full is told now, not after the whole body (RFC 1870 §6.1).
             self.state = State::SpaceCheck;
             return;
@@ -643,9 +867,29 @@ impl ServerSession {
         self.reply(reply::SENDER_OK);
     }
 
-    /// The worker's answer to `Step::CheckSpace`: whether the spool has room for the
+    /// Queues `text` and tells the shell why (`Step::Refused`).
+    fn refuse(&mut self, why: Refusal, text: &str) {
+        self.notice = Some(why);
+        self.reply(text);
+    }
+
+    /// The shell's answer to `Step::CheckRate`: whether the client may send one more
+    /// message now. Without, the sender is refused with `450 4.7.1`.
+    pub fn rate_checked(&mut self, _: CheckRate, allowed: bool) {
+        debug_assert_eq!(self.state, State::RateCheck);
+        if allowed {
+            self.mail_accepted();
+        } else {
+            let from = core::mem::take(&mut self.envelope.sender);
+            self.reset_transaction();
+            self.state = State::Mail;
+            self.refuse(Refusal::Rate { from }, reply::RATE_LIMITED);
+        }
+    }
+
+    /// The shell's answer to `Step::CheckSpace`: whether the spool has room for the
     /// declared size. Without room the sender is refused with `452 4.3.1`.
-    pub fn space_checked(&mut self, room: bool) {
+    pub fn space_checked(&mut self, question: CheckSpace, room: bool) {
         debug_assert_eq!(self.state, State::SpaceCheck);
         if room {
             self.state = State::Rcpt;
@@ -653,7 +897,7 @@ impl ServerSession {
         } else {
             self.reset_transaction();
             self.state = State::Mail;
-            self.reply(reply::NO_STORAGE);
+            self.refuse(Refusal::NoSpace { size: question.0 }, reply::NO_STORAGE);
         }
     }
 
@@ -661,7 +905,7 @@ impl ServerSession {
     /// the queue id and RFC 5322 date of the message, for the `Date:` and
     /// `Message-ID: <ID@HOSTNAME>` fields a message without them gets
     /// (`add_missing_headers`).
-    pub fn add_missing(&mut self, id: &str, date: &str) {
+    fn add_missing(&mut self, Stamp { id, date }: Stamp<'_>) {
         if !self.settings.add_missing_headers {
             return;
         }
@@ -688,12 +932,8 @@ impl ServerSession {
         let targets = match policy.recipient(&addr) {
             Ok(targets) => targets,
             Err(refused) => {
-                log::info!(
-                    "reject: RCPT from [{}]: 553 5.7.1 recipient not allowed; to=<{}>",
-                    self.peer.ip,
-                    String::from_utf8_lossy(refused)
-                );
-                self.reply(reply::RECIPIENT_DENIED);
+                let to = refused.clone();
+                self.refuse(Refusal::Recipient { to }, reply::RECIPIENT_DENIED);
                 return;
             }
         };
@@ -807,7 +1047,7 @@ impl ServerSession {
 
     /// The worker's answer to `Step::Authenticate`: `None` for a failure, or the
     /// senders the user may use (`Some(None)`: any the policy allows).
-    pub fn authenticated(&mut self, result: Option<Option<Senders>>) {
+    pub fn authenticated(&mut self, _: Authenticate, result: Option<Option<Senders>>) {
         debug_assert_eq!(self.state, State::AuthCheck);
         self.auth.wipe();
         self.state = State::Mail;
@@ -826,25 +1066,33 @@ impl ServerSession {
         }
     }
 
-    /// The worker's answer to `Step::StartTls`. `clean`: nothing followed STARTTLS in
-    /// what the client sent. Pipelined data after STARTTLS would, once TLS is up, be
-    /// taken as if it came over TLS (CVE-2011-0411); it is never executed: the session
-    /// ends. Returns whether to go on with the handshake.
-    pub fn start_tls(&mut self, clean: bool) -> bool {
+    /// The shell's answer to `Step::StartTls`. Pipelined data after STARTTLS would,
+    /// once TLS is up, be taken as if it came over TLS (CVE-2011-0411); it is never
+    /// executed: the session ends. A `Handshake` comes back when the shell is to send
+    /// the `220` and run the handshake.
+    pub fn start_tls(&mut self, _: StartTls, answer: TlsAnswer) -> Option<Handshake> {
         debug_assert_eq!(self.state, State::TlsCheck);
-        if clean {
-            self.reply(reply::TLS_READY);
-            true
-        } else {
-            self.reply(reply::DATA_AFTER_STARTTLS);
-            self.state = State::Closed;
-            false
+        match answer {
+            TlsAnswer::Ready => {
+                self.reply(reply::TLS_READY);
+                Some(Handshake(()))
+            }
+            TlsAnswer::Pipelined => {
+                self.refuse(Refusal::DataAfterStartTls, reply::DATA_AFTER_STARTTLS);
+                self.state = State::Closed;
+                None
+            }
+            TlsAnswer::Unavailable => {
+                self.reply(reply::TLS_UNAVAILABLE);
+                self.state = State::Mail;
+                None
+            }
         }
     }
 
     /// The TLS handshake is done: everything known before is forgotten, and the
     /// client must say EHLO again (RFC 3207 §4.2).
-    pub fn tls_established(&mut self) {
+    pub fn tls_established(&mut self, _: Handshake) {
         self.tls = true;
         self.auth.authenticated = false;
         self.state = State::Hello;
@@ -855,12 +1103,14 @@ impl ServerSession {
         self.reset_transaction();
     }
 
-    /// The worker's answer to `Step::OpenMessage`.
-    pub fn spool_opened(&mut self, result: Result<(), StoreError>) {
+    /// The shell's answer to `Step::OpenMessage`: the new message's id and date, or
+    /// why there is none.
+    pub fn spool_opened(&mut self, _: OpenMessage, result: Result<Stamp<'_>, StoreError>) {
         debug_assert_eq!(self.state, State::SpoolOpen);
         match result {
-            Ok(()) => {
+            Ok(stamp) => {
                 self.decoder = DataDecoder::new(self.settings.max_message_size);
+                self.add_missing(stamp);
                 self.body.clear();
                 self.reply(reply::START_DATA);
                 self.state = State::Data;
@@ -873,9 +1123,14 @@ impl ServerSession {
         }
     }
 
-    /// Passthrough: the worker's answer to `Step::Upstream` for `Mail`, `Data` and
-    /// `End`: the smarthost's reply, or a local 4xx when it could not be asked.
-    pub fn upstream_replied(&mut self, answer: &Reply) {
+    /// Passthrough: the shell's answer to `Step::Upstream` for `Mail`, `Data` and
+    /// `End`: the smarthost's reply, or a local 4xx when it could not be asked. A
+    /// `354` to `Data` comes with the message's stamp.
+    pub fn upstream_replied(&mut self, _: Upstream, answer: &Reply, stamp: Option<Stamp<'_>>) {
+        self.upstream_answer(answer, stamp);
+    }
+
+    fn upstream_answer(&mut self, answer: &Reply, stamp: Option<Stamp<'_>>) {
         let State::Upstream(ask) = self.state else {
             debug_assert!(false, "no question was asked");
             return;
@@ -884,6 +1139,9 @@ impl ServerSession {
             Ask::Mail if answer.code / 100 == 2 => self.state = State::Rcpt,
             Ask::Data if answer.code == 354 => {
                 self.decoder = DataDecoder::new(self.settings.max_message_size);
+                if let Some(stamp) = stamp {
+                    self.add_missing(stamp);
+                }
                 self.body.clear();
                 self.reply(reply::START_DATA);
                 self.state = State::Data;
@@ -905,7 +1163,11 @@ impl ServerSession {
     /// connection failed). The client gets the first acceptance if there is one (an
     /// alias target the smarthost refused is logged and dropped), else the first
     /// refusal.
-    pub fn upstream_rcpt(&mut self, replies: &[Reply]) {
+    pub fn upstream_rcpt(&mut self, _: Upstream, replies: &[Reply]) {
+        self.upstream_rcpt_answer(replies);
+    }
+
+    fn upstream_rcpt_answer(&mut self, replies: &[Reply]) {
         let State::Upstream(Ask::Rcpt { first }) = self.state else {
             debug_assert!(false, "no RCPT was asked");
             return;
@@ -918,16 +1180,8 @@ impl ServerSession {
             .cloned()
             .unwrap_or_else(|| Reply::new(451, "4.4.2 no reply from the smarthost"));
         let mut i = 0;
-        let ip = self.peer.ip;
-        self.envelope.recipients.retain(|r| {
+        self.envelope.recipients.retain(|_| {
             let keep = i < first || replies.get(i - first).is_some_and(taken);
-            if !keep {
-                let why = replies.get(i - first).unwrap_or(&answer);
-                log::info!(
-                    "reject: RCPT from [{ip}]: {why} (smarthost); to=<{}>",
-                    String::from_utf8_lossy(r)
-                );
-            }
             i += 1;
             keep
         });
@@ -939,13 +1193,13 @@ impl ServerSession {
         self.forward(Ask::Rcpt { first }, &answer);
     }
 
-    /// Passthrough: the worker has no smarthost to ask (it cannot, outside
+    /// Passthrough: the shell has no smarthost to ask (it cannot, outside
     /// passthrough); whatever was asked is answered with a local error.
-    pub fn upstream_unavailable(&mut self) {
+    pub fn upstream_unavailable(&mut self, _: Upstream) {
         match self.state {
             // No reply for any recipient: each is dropped, the client gets a 451.
-            State::Upstream(Ask::Rcpt { .. }) => self.upstream_rcpt(&[]),
-            _ => self.upstream_replied(&Reply::new(451, "4.3.0 no smarthost to ask")),
+            State::Upstream(Ask::Rcpt { .. }) => self.upstream_rcpt_answer(&[]),
+            _ => self.upstream_answer(&Reply::new(451, "4.3.0 no smarthost to ask"), None),
         }
     }
 
@@ -978,8 +1232,8 @@ impl ServerSession {
         };
     }
 
-    /// The worker's answer to `Step::StoreMessage`: the queue id, or why it failed.
-    pub fn stored(&mut self, result: Result<&str, StoreError>) {
+    /// The shell's answer to `Step::StoreMessage`: the queue id, or why it failed.
+    pub fn stored(&mut self, _: StoreMessage, result: Result<&str, StoreError>) {
         debug_assert_eq!(self.state, State::SpoolCommit);
         match result {
             Ok(id) => {
@@ -1023,7 +1277,8 @@ pub fn received_header(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
+    use super::super::driver;
     use super::*;
 
     fn settings() -> Settings {
@@ -1041,158 +1296,455 @@ mod tests {
         }
     }
 
-    /// A tiny worker: runs the session over `input` in chunks, opening and storing
-    /// with the given results. Returns all replies, the stored messages and the steps.
-    struct Harness {
-        s: ServerSession,
+    /// A scripted shell: spool results, the spool's room, a users file, a message
+    /// rate table and a smarthost, all set by the test; it records what it was given.
+    pub(super) struct Script {
         replies: String,
+        /// Messages committed to the "spool".
         stored: Vec<Vec<u8>>,
+        /// Passthrough: messages whose end of data the smarthost took.
+        passed: Vec<Vec<u8>>,
         body: Vec<u8>,
         closed: bool,
         open_result: Result<(), StoreError>,
         /// The spool's room, in octets, for `Step::CheckSpace`.
         room: u64,
-        store_result: Result<&'static str, StoreError>,
+        store_result: Result<(), StoreError>,
         /// What the users file says `user` may send as.
         user_senders: Option<Senders>,
         /// Passthrough: the smarthost's next replies (when empty: 250, or 354 to DATA).
         upstream: std::collections::VecDeque<Reply>,
         /// Passthrough: what the smarthost was asked, in order.
         asked: Vec<String>,
+        /// Passthrough: there is no smarthost to ask.
+        no_smarthost: bool,
+        /// `rate_limit`, shared by the sessions of a test.
+        rate: Option<Arc<crate::server::limits::RateTable>>,
+        /// What the session refused, in order (what the shell logs).
+        refusals: Vec<Refusal>,
+        /// Every check asked, with its answer: `space SIZE yes`, `rate IP no`.
+        checks: Vec<String>,
+        /// The shell can run a TLS handshake.
+        tls: bool,
+        /// For `driver::run`: the reads to give, in order (then the client is gone).
+        reads: std::collections::VecDeque<Vec<u8>>,
+        /// Messages opened and then dropped.
+        discarded: u32,
     }
 
-    impl Harness {
-        fn new(settings: Settings, relay_allowed: bool) -> Self {
-            let mut s = ServerSession::new(settings);
-            s.start(Peer {
-                ip: IpAddr::from([192, 0, 2, 7]),
-                relay_allowed,
-                tls: false,
-                auth_plaintext: false,
-            });
-            let replies = String::from_utf8(s.output().to_vec()).unwrap();
-            s.clear_output();
-            Self {
-                s,
-                replies,
-                stored: vec![],
-                body: vec![],
-                closed: false,
-                open_result: Ok(()),
-                store_result: Ok("ID1"),
-                room: u64::MAX,
-                user_senders: None,
-                upstream: Default::default(),
-                asked: vec![],
-            }
-        }
-
-        fn run(&mut self, input: &[u8], chunk: usize) -> String {
-            let start = self.replies.len();
-            for part in input.chunks(chunk.max(1)) {
-                let mut pos = 0;
-                loop {
-                    let (n, step) = self.s.feed(&part[pos..]);
-                    pos += n;
-                    match step {
-                        Step::NeedInput | Step::Flush => {}
-                        Step::OpenMessage => {
-                            self.body.clear();
-                            self.s.spool_opened(self.open_result);
-                            if self.open_result.is_ok() {
-                                self.s.add_missing("ID1", "DATE");
-                            }
-                        }
-                        Step::CheckSpace(size) => self.s.space_checked(size <= self.room),
-                        Step::WriteBody => {
-                            self.body.extend_from_slice(self.s.body());
-                            self.s.clear_body();
-                        }
-                        Step::StoreMessage => {
-                            self.body.extend_from_slice(self.s.body());
-                            if self.store_result.is_ok() {
-                                self.stored.push(std::mem::take(&mut self.body));
-                            }
-                            self.s.stored(self.store_result);
-                        }
-                        Step::DiscardMessage => self.body.clear(),
-                        Step::StartTls => {
-                            if self.s.start_tls(pos == part.len()) {
-                                self.s.tls_established();
-                            }
-                        }
-                        Step::Authenticate => {
-                            let ok = self.s.credentials() == Some(("user", &b"pass"[..]));
-                            self.s.authenticated(ok.then(|| self.user_senders.clone()));
-                        }
-                        Step::Close => {
-                            self.closed = true;
-                        }
-                        Step::Upstream(ask) => self.upstream(ask),
-                    }
-                    self.replies
-                        .push_str(std::str::from_utf8(self.s.output()).unwrap());
-                    self.s.clear_output();
-                    if self.closed {
-                        return self.replies[start..].to_string();
-                    }
-                    if step == Step::NeedInput {
-                        break;
-                    }
-                }
-            }
-            self.replies[start..].to_string()
-        }
-    }
-
-    impl Harness {
+    impl Script {
         fn next_upstream(&mut self, default: u16) -> Reply {
             self.upstream
                 .pop_front()
                 .unwrap_or_else(|| Reply::new(default, "2.0.0 ok"))
         }
+    }
 
-        /// A scripted smarthost for `Step::Upstream`.
-        fn upstream(&mut self, ask: Ask) {
-            match ask {
-                Ask::Mail => {
-                    let from = String::from_utf8_lossy(&self.s.envelope().sender).into_owned();
-                    self.asked.push(format!("MAIL {from}"));
-                    let r = self.next_upstream(250);
-                    self.s.upstream_replied(&r);
+    impl driver::Shell for Script {
+        type Message = ();
+
+        fn read(&mut self, buf: &mut [u8], _: &ServerSession) -> driver::Input {
+            match self.reads.pop_front() {
+                Some(r) => {
+                    buf[..r.len()].copy_from_slice(&r);
+                    driver::Input::Bytes(r.len())
                 }
-                Ask::Rcpt { first } => {
-                    let to: Vec<String> = self.s.envelope().recipients[first..]
-                        .iter()
-                        .map(|r| String::from_utf8_lossy(r).into_owned())
-                        .collect();
-                    let replies: Vec<Reply> = to
-                        .iter()
-                        .map(|t| {
-                            self.asked.push(format!("RCPT {t}"));
-                            self.next_upstream(250)
-                        })
-                        .collect();
-                    self.s.upstream_rcpt(&replies);
-                }
-                Ask::Data => {
-                    self.asked.push("DATA".into());
-                    self.body.clear();
-                    let r = self.next_upstream(354);
-                    self.s.upstream_replied(&r);
-                }
-                Ask::End => {
-                    self.body.extend_from_slice(self.s.body());
-                    self.s.clear_body();
-                    self.asked.push(format!(
-                        "END {}",
-                        String::from_utf8_lossy(&std::mem::take(&mut self.body))
-                    ));
-                    let r = self.next_upstream(250);
-                    self.s.upstream_replied(&r);
-                }
+                None => driver::Input::Closed,
             }
         }
+
+        fn write(&mut self, replies: &[u8]) -> Result<(), driver::Gone> {
+            assert!(replies.len() <= OUT_CAP);
+            self.replies
+                .push_str(std::str::from_utf8(replies).expect("replies are ASCII"));
+            Ok(())
+        }
+
+        fn open(&mut self, _: &ServerSession) -> Result<driver::Opened<()>, StoreError> {
+            self.open_result?;
+            self.body.clear();
+            Ok(driver::Opened {
+                message: (),
+                id: driver::Id::try_from("ID1").unwrap(),
+                date: heapless::String::try_from("DATE").unwrap(),
+            })
+        }
+
+        fn write_body(&mut self, _: &mut (), body: &[u8]) -> Result<(), StoreError> {
+            assert!(body.len() <= BODY_CAP);
+            self.body.extend_from_slice(body);
+            Ok(())
+        }
+
+        fn commit(&mut self, _: (), _: &str, _: &ServerSession) -> Result<(), StoreError> {
+            let body = std::mem::take(&mut self.body);
+            self.store_result?;
+            self.stored.push(body);
+            Ok(())
+        }
+
+        fn discard(&mut self, _: ()) {
+            self.body.clear();
+            self.discarded += 1;
+        }
+
+        fn check_space(&mut self, size: u64) -> bool {
+            let room = size <= self.room;
+            self.checks.push(format!("space {size} {}", yes(room)));
+            room
+        }
+
+        fn check_rate(&mut self, ip: IpAddr) -> bool {
+            let now = std::time::Instant::now();
+            let ok = self.rate.as_ref().is_none_or(|r| r.take(ip, now));
+            self.checks.push(format!("rate {ip} {}", yes(ok)));
+            ok
+        }
+
+        fn authenticate(&mut self, s: &ServerSession) -> Option<Option<Senders>> {
+            let ok = s.credentials() == Some(("user", &b"pass"[..]));
+            ok.then(|| self.user_senders.clone())
+        }
+
+        fn tls_available(&self) -> bool {
+            self.tls
+        }
+
+        fn handshake(&mut self) -> bool {
+            true
+        }
+
+        fn refused(&mut self, why: &Refusal, _: &ServerSession, _: Option<&str>) {
+            self.refusals.push(why.clone());
+        }
+
+        fn upstream_mail(&mut self, s: &ServerSession) -> Option<Reply> {
+            if self.no_smarthost {
+                return None;
+            }
+            let from = String::from_utf8_lossy(&s.envelope().sender).into_owned();
+            self.asked.push(format!("MAIL {from}"));
+            Some(self.next_upstream(250))
+        }
+
+        fn upstream_rcpt(&mut self, s: &ServerSession, first: usize) -> Option<Vec<Reply>> {
+            if self.no_smarthost {
+                return None;
+            }
+            let to: Vec<String> = s.envelope().recipients[first..]
+                .iter()
+                .map(|r| String::from_utf8_lossy(r).into_owned())
+                .collect();
+            Some(
+                to.iter()
+                    .map(|t| {
+                        self.asked.push(format!("RCPT {t}"));
+                        self.next_upstream(250)
+                    })
+                    .collect(),
+            )
+        }
+
+        fn upstream_data(
+            &mut self,
+            _: &ServerSession,
+        ) -> Option<(Reply, driver::Id, heapless::String<40>)> {
+            if self.no_smarthost {
+                return None;
+            }
+            self.asked.push("DATA".into());
+            self.body.clear();
+            let r = self.next_upstream(354);
+            let id = driver::Id::try_from("ID1").unwrap();
+            Some((r, id, heapless::String::try_from("DATE").unwrap()))
+        }
+
+        fn upstream_body(&mut self, body: &[u8]) {
+            assert!(body.len() <= BODY_CAP);
+            self.body.extend_from_slice(body);
+        }
+
+        fn upstream_end(&mut self, _: &ServerSession) -> Option<Reply> {
+            if self.no_smarthost {
+                return None;
+            }
+            let body = std::mem::take(&mut self.body);
+            self.asked
+                .push(format!("END {}", String::from_utf8_lossy(&body)));
+            let r = self.next_upstream(250);
+            if r.code / 100 == 2 {
+                self.passed.push(body);
+            }
+            Some(r)
+        }
+
+        fn upstream_abandon(&mut self) {
+            self.body.clear();
+        }
+    }
+
+    fn yes(b: bool) -> &'static str {
+        if b { "yes" } else { "no" }
+    }
+
+    /// A session, the scripted shell, and the one driver between them. Derefs to the
+    /// script, so a test sets `h.room` and reads `h.stored`.
+    pub(super) struct Harness {
+        s: ServerSession,
+        script: Script,
+        driver: driver::Driver<()>,
+    }
+
+    impl core::ops::Deref for Harness {
+        type Target = Script;
+        fn deref(&self) -> &Script {
+            &self.script
+        }
+    }
+
+    impl core::ops::DerefMut for Harness {
+        fn deref_mut(&mut self) -> &mut Script {
+            &mut self.script
+        }
+    }
+
+    impl Harness {
+        fn new(settings: Settings, relay_allowed: bool) -> Self {
+            Self::with_peer(
+                settings,
+                Peer {
+                    ip: IpAddr::from([192, 0, 2, 7]),
+                    relay_allowed,
+                    tls: false,
+                    auth_plaintext: false,
+                },
+            )
+        }
+
+        pub(super) fn with_peer(settings: Settings, peer: Peer) -> Self {
+            let mut s = ServerSession::new(settings);
+            s.start(peer);
+            let replies = String::from_utf8(s.output().to_vec()).unwrap();
+            s.clear_output();
+            Self {
+                s,
+                script: Script {
+                    replies,
+                    stored: vec![],
+                    passed: vec![],
+                    body: vec![],
+                    closed: false,
+                    open_result: Ok(()),
+                    store_result: Ok(()),
+                    room: u64::MAX,
+                    user_senders: None,
+                    upstream: Default::default(),
+                    asked: vec![],
+                    no_smarthost: false,
+                    rate: None,
+                    refusals: vec![],
+                    checks: vec![],
+                    tls: true,
+                    reads: Default::default(),
+                    discarded: 0,
+                },
+                driver: driver::Driver::new(),
+            }
+        }
+
+        /// Feeds `input` in reads of `chunk` octets; the replies to it.
+        pub(super) fn run(&mut self, input: &[u8], chunk: usize) -> String {
+            let start = self.script.replies.len();
+            for part in input.chunks(chunk.max(1)) {
+                if self.script.closed {
+                    break;
+                }
+                let end = self.driver.feed(&mut self.s, &mut self.script, part);
+                let _ = self.driver.flush(&mut self.s, &mut self.script);
+                if end.is_some() {
+                    self.script.closed = true;
+                }
+            }
+            self.script.replies[start..].to_string()
+        }
+    }
+
+    /// Every refusal's log line, in the one wording all shells use.
+    #[test]
+    fn refusal_lines() {
+        let mb = |s: &[u8]| Mailbox::from_slice(s).unwrap();
+        let ip = IpAddr::from([192, 0, 2, 7]);
+        let cases: &[(Refusal, Option<u16>, Option<&str>, &str)] = &[
+            (
+                Refusal::Relay { to: mb(b"x@y.z") },
+                None,
+                None,
+                "reject: RCPT from [192.0.2.7]: 554 5.7.1 Relay access denied; to=<x@y.z>",
+            ),
+            (
+                Refusal::Recipient { to: mb(b"x@y.z") },
+                None,
+                None,
+                "reject: RCPT from [192.0.2.7]: 553 5.7.1 recipient not allowed; to=<x@y.z>",
+            ),
+            (
+                Refusal::Sender { from: mb(b"a@b.c") },
+                None,
+                Some("cam\"1"),
+                "reject: MAIL from [192.0.2.7]: 550 5.7.1 sender not allowed; from=<a@b.c>, \
+                 sasl_username=cam\\\"1",
+            ),
+            (
+                Refusal::TooManyMessages { count: 3 },
+                None,
+                None,
+                "reject: MAIL from [192.0.2.7]: 421 4.7.0 3 messages in one connection",
+            ),
+            (
+                Refusal::Rate { from: mb(b"") },
+                None,
+                None,
+                "reject: MAIL from [192.0.2.7]: 450 4.7.1 message rate limit exceeded; from=<>",
+            ),
+            (
+                Refusal::NoSpace { size: 9000 },
+                None,
+                None,
+                "reject: MAIL from [192.0.2.7]: 452 4.3.1 not enough disk space for SIZE=9000",
+            ),
+            (
+                Refusal::Data {
+                    verdict: Verdict::TooBig,
+                    size: 77,
+                },
+                Some(2525),
+                None,
+                "ID9: reject: DATA from [192.0.2.7]:2525: 552 5.3.4 message too big; size=77",
+            ),
+            (
+                Refusal::DataAfterStartTls,
+                Some(2525),
+                None,
+                "data after STARTTLS from [192.0.2.7]:2525 (possible command injection); closing",
+            ),
+            (
+                Refusal::Upstream {
+                    verb: "RCPT",
+                    reply: Reply::new(550, "5.1.1 no such user"),
+                    address: mb(b"x@y.z"),
+                },
+                None,
+                None,
+                "reject: RCPT from [192.0.2.7]: 550 5.1.1 no such user (smarthost); to=<x@y.z>",
+            ),
+            (
+                Refusal::Upstream {
+                    verb: "DATA",
+                    reply: Reply::new(451, "4.3.0 busy"),
+                    address: Mailbox::new(),
+                },
+                None,
+                None,
+                "reject: DATA from [192.0.2.7]: 451 4.3.0 busy (smarthost)",
+            ),
+        ];
+        for (why, port, user, want) in cases {
+            let mut line = String::new();
+            why.describe(&mut line, ip, *port, "ID9", *user).unwrap();
+            assert_eq!(line, *want);
+        }
+        assert!(Refusal::NoSpace { size: 1 }.is_warning());
+        assert!(!Refusal::Relay { to: mb(b"a@b.c") }.is_warning());
+    }
+
+    #[test]
+    fn refusals_are_told_to_the_shell() {
+        let policy = Policy {
+            senders: crate::protocol::policy::parse_patterns("*@example.net").unwrap(),
+            recipients: crate::protocol::policy::parse_patterns("*@example.org").unwrap(),
+            ..Policy::open("box.lan")
+        };
+        let mut h = Harness::new(with_policy(policy), false);
+        h.room = 10;
+        let r = h.run(
+            b"EHLO x\r\nMAIL FROM:<a@evil.com>\r\nMAIL FROM:<a@example.net> SIZE=11\r\n\
+              MAIL FROM:<a@example.net>\r\nRCPT TO:<b@example.org>\r\n",
+            7,
+        );
+        assert_eq!(codes(&r)[1..], ["550", "452", "250", "554"]);
+        let mb = |s: &[u8]| Mailbox::from_slice(s).unwrap();
+        assert_eq!(
+            h.refusals,
+            [
+                Refusal::Sender {
+                    from: mb(b"a@evil.com")
+                },
+                Refusal::NoSpace { size: 11 },
+                Refusal::Relay {
+                    to: mb(b"b@example.org")
+                },
+            ]
+        );
+        assert_eq!(h.checks, ["space 11 no"]);
+    }
+
+    /// A shell without TLS (`sendmail -bs`) answers STARTTLS with 454 and the session
+    /// goes on in plaintext; with TLS, the handshake starts the session anew.
+    #[test]
+    fn starttls_answers() {
+        let tls = Settings {
+            tls_available: true,
+            ..settings()
+        };
+        let mut h = Harness::new(tls.clone(), true);
+        h.tls = false;
+        let r = h.run(b"EHLO x\r\n", 100);
+        assert!(
+            r.contains("250-STARTTLS\r\n"),
+            "the session offers what its settings say"
+        );
+        assert_eq!(codes(&h.run(b"STARTTLS\r\n", 100)), ["454"]);
+        assert!(!h.s.is_tls());
+        assert_eq!(codes(&h.run(b"MAIL FROM:<a@b.c>\r\n", 100)), ["250"]);
+
+        let mut h = Harness::new(tls, true);
+        h.run(b"EHLO x\r\n", 100);
+        assert_eq!(codes(&h.run(b"STARTTLS\r\n", 100)), ["220"]);
+        assert!(h.s.is_tls());
+        assert_eq!(
+            codes(&h.run(b"MAIL FROM:<a@b.c>\r\n", 100)),
+            ["503"],
+            "EHLO again first"
+        );
+        // Pipelined after STARTTLS: refused, told, and the session ends.
+        let mut h = Harness::new(settings_with_tls(), true);
+        let r = h.run(b"EHLO x\r\nSTARTTLS\r\nMAIL FROM:<a@b.c>\r\n", 100);
+        assert!(r.ends_with(reply::DATA_AFTER_STARTTLS), "{r}");
+        assert!(h.closed);
+        assert_eq!(h.refusals, [Refusal::DataAfterStartTls]);
+    }
+
+    fn settings_with_tls() -> Settings {
+        Settings {
+            tls_available: true,
+            ..settings()
+        }
+    }
+
+    /// The driver owns the message being spooled: a client that goes away in the
+    /// middle of DATA leaves nothing behind, and `run` says where it went.
+    #[test]
+    fn driver_drops_a_message_the_client_left() {
+        let mut h = Harness::new(settings(), true);
+        h.reads
+            .push_back(b"HELO x\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\n".to_vec());
+        h.reads.push_back(b"DATA\r\nSubject: half\r\n".to_vec());
+        let mut buf = [0u8; 512];
+        let end = driver::run(&mut h.s, &mut h.script, &mut buf);
+        assert_eq!(end, driver::End::Lost("DATA"));
+        assert_eq!(h.discarded, 1);
+        assert!(h.stored.is_empty());
+        assert_eq!(codes(&h.replies)[1..], ["250", "250", "250", "354"]);
     }
 
     fn codes(replies: &str) -> Vec<&str> {
@@ -1408,11 +1960,9 @@ mod tests {
         // MAIL, then RCPT, each refused with a 451; the session goes on.
         let mut codes_seen = Vec::new();
         for line in [&b"MAIL FROM:<a@b.c>\r\n"[..], b"RCPT TO:<d@e.f>\r\n"] {
-            let (_, step) = h.s.feed(line);
-            assert!(matches!(step, Step::Upstream(_)), "{step:?}");
-            h.s.upstream_unavailable();
-            codes_seen.push(String::from_utf8(h.s.output().to_vec()).unwrap());
-            h.s.clear_output();
+            h.no_smarthost = true;
+            codes_seen.push(h.run(line, 100));
+            h.no_smarthost = false;
             if codes_seen.len() == 1 {
                 // The MAIL refusal leaves no transaction: open one to ask RCPT.
                 h.upstream.push_back(Reply::new(250, "2.1.0 ok"));
@@ -1432,7 +1982,7 @@ mod tests {
         // The policy, the size and the body checks answer without the smarthost.
         let mut settings = passthrough();
         settings.policy = Arc::new(Policy {
-            senders: crate::policy::parse_patterns("*@b.c").unwrap(),
+            senders: crate::protocol::policy::parse_patterns("*@b.c").unwrap(),
             ..Policy::open("relay.test")
         });
         let mut h = Harness::new(settings, true);
@@ -1638,8 +2188,8 @@ mod tests {
     #[test]
     fn sender_and_recipient_patterns() {
         let policy = Policy {
-            senders: crate::policy::parse_patterns("*@example.net, <>").unwrap(),
-            recipients: crate::policy::parse_patterns("*@*.example.org").unwrap(),
+            senders: crate::protocol::policy::parse_patterns("*@example.net, <>").unwrap(),
+            recipients: crate::protocol::policy::parse_patterns("*@*.example.org").unwrap(),
             ..Policy::open("example.net")
         };
         let mut h = Harness::new(with_policy(policy), true);
@@ -1667,7 +2217,7 @@ mod tests {
             "root admin@example.org",
             "ops a@example.org, admin@example.org",
         ] {
-            let (n, t) = crate::policy::parse_alias(line).unwrap();
+            let (n, t) = crate::protocol::policy::parse_alias(line).unwrap();
             policy.aliases.insert(n, t);
         }
         let mut h = Harness::new(with_policy(policy), true);
@@ -1705,7 +2255,7 @@ mod tests {
             max_recipients: 2,
             ..Policy::open("box.lan")
         };
-        let (n, t) = crate::policy::parse_alias("two a@x.org,b@x.org").unwrap();
+        let (n, t) = crate::protocol::policy::parse_alias("two a@x.org,b@x.org").unwrap();
         policy.aliases.insert(n, t);
         let mut h = Harness::new(with_policy(policy), true);
         let r = h.run(
@@ -1733,26 +2283,41 @@ mod tests {
         assert_eq!(h.stored.len(), 1);
 
         // rate_limit 2/60: the third MAIL from the address, in any connection, gets 450.
+        // The session asks the shell, which keeps one table for every connection.
         let policy = Arc::new(Policy {
-            rate: Some(crate::policy::RateTable::new(
-                crate::policy::Rate::parse("2/60").unwrap().unwrap(),
-            )),
+            rate_limited: true,
             ..Policy::open("box.lan")
         });
         let settings = Settings {
             policy,
             ..settings()
         };
+        let table = Arc::new(crate::server::limits::RateTable::new(
+            crate::server::limits::Rate::parse("2/60").unwrap().unwrap(),
+        ));
         let mut h = Harness::new(settings.clone(), true);
+        h.rate = Some(Arc::clone(&table));
         let r = h.run(
             b"EHLO x\r\nMAIL FROM:<a@b.c>\r\nRSET\r\nMAIL FROM:<a@b.c>\r\n",
             100,
         );
         assert_eq!(codes(&r), ["250", "250", "250", "250"]);
+        assert_eq!(h.checks, ["rate 192.0.2.7 yes", "rate 192.0.2.7 yes"]);
         let mut h = Harness::new(settings, true);
-        let r = h.run(b"EHLO x\r\nMAIL FROM:<a@b.c>\r\n", 100);
-        assert_eq!(codes(&r), ["250", "450"]);
+        h.rate = Some(table);
+        let r = h.run(b"EHLO x\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\n", 100);
+        assert_eq!(
+            codes(&r),
+            ["250", "450", "503"],
+            "no transaction after the 450"
+        );
         assert!(r.contains("450 4.7.1 "));
+        assert_eq!(
+            h.refusals,
+            [Refusal::Rate {
+                from: Mailbox::from_slice(b"a@b.c").unwrap()
+            }]
+        );
     }
 
     #[test]
@@ -1764,7 +2329,8 @@ mod tests {
         };
         let mut h = Harness::new(settings, false);
         h.user_senders = Some(Arc::from(
-            crate::policy::parse_patterns("cam1@example.net,*@*.cams.example.net").unwrap(),
+            crate::protocol::policy::parse_patterns("cam1@example.net,*@*.cams.example.net")
+                .unwrap(),
         ));
         h.run(b"EHLO x\r\nSTARTTLS\r\n", 100);
         let r = h.run(
@@ -1954,11 +2520,54 @@ mod tests {
             "Received: from cam1 ([192.0.2.7])\r\n\tby relay.test (smtp-relayd) with ESMTP id ABC\r\n\tfor <d@e.f>; Mon, 30 Nov 2026 22:00:00 +0000\r\n"
         );
     }
+
+    /// Runs a session over `input` in chunks; returns every reply and stored message.
+    pub(super) fn run_all(input: &[u8], chunk: usize) -> (String, Vec<Vec<u8>>) {
+        run_all_in(input, chunk, false)
+    }
+
+    /// The same, in passthrough with a smarthost that takes everything (a message
+    /// counts as stored when its end of data is answered).
+    pub(super) fn run_all_in(
+        input: &[u8],
+        chunk: usize,
+        passthrough: bool,
+    ) -> (String, Vec<Vec<u8>>) {
+        let settings = Settings {
+            hostname: heapless::String::try_from("relay.test").unwrap(),
+            max_message_size: 200,
+            reject_bare_newline: false,
+            max_hops: 1,
+            tls_available: true,
+            auth_available: true,
+            require_auth: false,
+            policy: Arc::new(Policy::open("relay.test")),
+            passthrough,
+            add_missing_headers: false,
+        };
+        let mut h = Harness::with_peer(
+            settings,
+            Peer {
+                ip: IpAddr::from([127, 0, 0, 1]),
+                relay_allowed: true,
+                tls: false,
+                auth_plaintext: true,
+            },
+        );
+        h.room = 100;
+        h.run(input, chunk);
+        let stored = if passthrough {
+            std::mem::take(&mut h.script.passed)
+        } else {
+            std::mem::take(&mut h.script.stored)
+        };
+        (std::mem::take(&mut h.script.replies), stored)
+    }
 }
 
 #[cfg(test)]
 mod random_input {
-    use super::tests_support::*;
+    use super::tests::{run_all, run_all_in};
 
     /// Arbitrary bytes, cut into arbitrary chunks, never panic the session, never
     /// overflow its buffers, and the replies do not depend on how input is chunked.
@@ -2012,94 +2621,5 @@ mod random_input {
             assert_eq!(pass, pass_chunked, "input {input:?}");
             assert_eq!(pass.1, whole.1, "input {input:?}");
         }
-    }
-}
-
-#[cfg(test)]
-mod tests_support {
-    use super::*;
-
-    /// Runs a session over `input` in chunks; returns every reply and stored message.
-    pub fn run_all(input: &[u8], chunk: usize) -> (String, Vec<Vec<u8>>) {
-        run_all_in(input, chunk, false)
-    }
-
-    /// The same, in passthrough with a smarthost that takes everything (a message
-    /// counts as stored when its end of data is answered).
-    pub fn run_all_in(input: &[u8], chunk: usize, passthrough: bool) -> (String, Vec<Vec<u8>>) {
-        let mut s = ServerSession::new(Settings {
-            hostname: heapless::String::try_from("relay.test").unwrap(),
-            max_message_size: 200,
-            reject_bare_newline: false,
-            max_hops: 1,
-            tls_available: true,
-            auth_available: true,
-            require_auth: false,
-            policy: Arc::new(Policy::open("relay.test")),
-            passthrough,
-            add_missing_headers: false,
-        });
-        s.start(Peer {
-            ip: IpAddr::from([127, 0, 0, 1]),
-            relay_allowed: true,
-            tls: false,
-            auth_plaintext: true,
-        });
-        let mut replies = String::new();
-        let (mut stored, mut body) = (Vec::new(), Vec::new());
-        'outer: for part in input.chunks(chunk) {
-            let mut pos = 0;
-            loop {
-                let (n, step) = s.feed(&part[pos..]);
-                assert!(n <= part.len() - pos);
-                pos += n;
-                assert!(s.output().len() <= OUT_CAP && s.body().len() <= BODY_CAP);
-                match step {
-                    Step::OpenMessage => s.spool_opened(Ok(())),
-                    Step::CheckSpace(size) => s.space_checked(size <= 100),
-                    Step::WriteBody => {
-                        body.extend_from_slice(s.body());
-                        s.clear_body();
-                    }
-                    Step::StoreMessage => {
-                        body.extend_from_slice(s.body());
-                        stored.push(std::mem::take(&mut body));
-                        s.stored(Ok("ID"));
-                    }
-                    Step::DiscardMessage => body.clear(),
-                    Step::StartTls => {
-                        if s.start_tls(pos == part.len()) {
-                            s.tls_established();
-                        }
-                    }
-                    Step::Authenticate => {
-                        let ok = s.credentials() == Some(("user", &b"pass"[..]));
-                        s.authenticated(ok.then_some(None));
-                    }
-                    Step::Upstream(Ask::Rcpt { first }) => {
-                        let n = s.envelope().recipients.len() - first;
-                        s.upstream_rcpt(&vec![Reply::new(250, "2.1.5 ok"); n]);
-                    }
-                    Step::Upstream(Ask::Data) => s.upstream_replied(&Reply::new(354, "go")),
-                    Step::Upstream(Ask::End) => {
-                        body.extend_from_slice(s.body());
-                        s.clear_body();
-                        stored.push(std::mem::take(&mut body));
-                        s.upstream_replied(&Reply::new(250, "2.0.0 ok"));
-                    }
-                    Step::Upstream(Ask::Mail) => s.upstream_replied(&Reply::new(250, "2.1.0 ok")),
-                    Step::NeedInput | Step::Flush | Step::Close => {}
-                }
-                replies.push_str(std::str::from_utf8(s.output()).expect("replies are ASCII"));
-                s.clear_output();
-                if step == Step::Close {
-                    break 'outer;
-                }
-                if step == Step::NeedInput {
-                    break;
-                }
-            }
-        }
-        (replies, stored)
     }
 }

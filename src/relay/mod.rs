@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use crate::config::Config;
-use crate::protocol::client::{RcptResult, Reply, Transaction};
-use crate::spool::{Message, QueueId, RcptState, ReadError, Spool};
+use crate::protocol::client::{RcptResult, Reply, Stage, Transaction};
+use crate::spool::{Message, QueueId, RcptState, ReadError, Record, Spool};
 use crate::time::now_unix;
 pub use upstream::{TlsClient, Upstream};
 
@@ -61,11 +61,7 @@ impl Request {
     }
 
     pub fn decode(text: &str) -> Option<Request> {
-        let id = |s: &str| {
-            crate::spool::valid_id(s)
-                .then(|| QueueId::try_from(s).ok())
-                .flatten()
-        };
+        let id = QueueId::parse;
         match text.split_once(' ').unwrap_or((text, "")) {
             ("queued", i) => id(i).map(Request::Queued),
             ("flush", "") => Some(Request::Flush),
@@ -73,6 +69,32 @@ impl Request {
             ("retry-failed", "all") => Some(Request::RetryFailed(None)),
             ("retry-failed", i) => id(i).map(|i| Request::RetryFailed(Some(i))),
             _ => None,
+        }
+    }
+}
+
+/// The relay's answer to a queue command: what was done, or why it could not be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    Done(String),
+    Failed(String),
+}
+
+impl Answer {
+    /// The datagram form: `ok TEXT` or `error TEXT`.
+    pub fn encode(&self) -> String {
+        match self {
+            Answer::Done(t) => format!("ok {t}"),
+            Answer::Failed(t) => format!("error {t}"),
+        }
+    }
+
+    /// Anything that is not `ok TEXT` is a failure, its text as it came.
+    pub fn decode(text: &str) -> Answer {
+        match text.split_once(' ') {
+            Some(("ok", t)) => Answer::Done(t.to_string()),
+            Some(("error", t)) => Answer::Failed(t.to_string()),
+            _ => Answer::Failed(format!("unexpected answer from the daemon: {text:?}")),
         }
     }
 }
@@ -260,7 +282,7 @@ impl Relay {
             Control::Wake => {}
             Control::Request(boxed) => {
                 let (req, reply_to) = *boxed;
-                let answer = self.handle(req);
+                let answer = self.handle(req).encode();
                 if let Some(addr) = reply_to {
                     let sent = std::os::unix::net::UnixDatagram::unbound()
                         .and_then(|s| s.send_to_addr(answer.as_bytes(), &addr));
@@ -279,13 +301,13 @@ impl Relay {
         }
     }
 
-    /// Carries out a queue command; the answer starts with `ok` or `error`.
-    pub fn handle(&mut self, req: Request) -> String {
+    /// Carries out a queue command.
+    pub fn handle(&mut self, req: Request) -> Answer {
         let now = now_unix();
         match req {
             Request::Queued(id) => {
                 self.enqueue(id);
-                "ok queued".into()
+                Answer::Done("queued".into())
             }
             Request::Flush => {
                 self.scan();
@@ -297,10 +319,10 @@ impl Relay {
                     "relay: flush requested: {} message(s) to try now",
                     self.due.len()
                 );
-                format!(
-                    "ok flushing {} message(s) ({n} were waiting for a retry)",
+                Answer::Done(format!(
+                    "flushing {} message(s) ({n} were waiting for a retry)",
                     self.due.len()
-                )
+                ))
             }
             Request::Delete(id) => {
                 self.due.retain(|d| *d != id);
@@ -309,10 +331,10 @@ impl Relay {
                 match self.spool.delete(&id) {
                     Ok(true) => {
                         log::info!("{id}: deleted by queue command");
-                        format!("ok deleted {id}")
+                        Answer::Done(format!("deleted {id}"))
                     }
-                    Ok(false) => format!("error no message {id}"),
-                    Err(e) => format!("error cannot delete {id}: {e}"),
+                    Ok(false) => Answer::Failed(format!("no message {id}")),
+                    Err(e) => Answer::Failed(format!("cannot delete {id}: {e}")),
                 }
             }
             Request::RetryFailed(which) => {
@@ -328,11 +350,11 @@ impl Relay {
                             moved += 1;
                             self.enqueue(id);
                         }
-                        Ok(false) => return format!("error no failed message {id}"),
-                        Err(e) => return format!("error cannot retry {id}: {e}"),
+                        Ok(false) => return Answer::Failed(format!("no failed message {id}")),
+                        Err(e) => return Answer::Failed(format!("cannot retry {id}: {e}")),
                     }
                 }
-                format!("ok {moved} message(s) back in the queue")
+                Answer::Done(format!("{moved} message(s) back in the queue"))
             }
         }
     }
@@ -357,7 +379,7 @@ impl Relay {
         self.waiting.push(Reverse((Instant::now() + delay, id)));
     }
 
-    fn forget(&mut self, id: &str) {
+    fn forget(&mut self, id: &QueueId) {
         self.known.remove(id);
     }
 
@@ -482,7 +504,7 @@ impl Relay {
     fn connection(&mut self) -> Result<&mut Upstream, Reply> {
         if self.conn.is_none() {
             let c = Upstream::connect(&self.config, self.tls.as_ref()).map_err(|e| {
-                if e.stage == "AUTH" && e.reply.is_permanent() {
+                if e.stage == Stage::Auth && e.reply.is_permanent() {
                     log::error!(
                         "relay: {} refused our credentials ({}): check smarthost_user and \
                          smarthost_password_file; mail stays queued",
@@ -523,10 +545,14 @@ impl Relay {
         }
         let delay = backoff(&self.config, msg.attempts + 1);
         let next = now + delay.as_secs();
-        if let Err(e) = self
-            .spool
-            .record_deferred(&msg.id, now, next, &reply.to_string())
-        {
+        if let Err(e) = self.spool.record(
+            &msg.id,
+            &Record::Deferred {
+                time: now,
+                next,
+                reply: reply.to_string(),
+            },
+        ) {
             log::error!("{}: cannot record deferral: {e}", msg.id);
         }
         for (i, r) in msg.envelope.recipients.iter().enumerate() {
@@ -563,9 +589,14 @@ impl Relay {
                     );
                     // Delivered to everyone at once, the file is removed: no record.
                     if !whole
-                        && let Err(e) =
-                            self.spool
-                                .record_delivered(&msg.id, i, now, &reply.to_string())
+                        && let Err(e) = self.spool.record(
+                            &msg.id,
+                            &Record::Delivered {
+                                rcpt: i,
+                                time: now,
+                                reply: reply.to_string(),
+                            },
+                        )
                     {
                         log::error!(
                             "{}: cannot record delivery (it may be sent again): {e}",
@@ -579,10 +610,14 @@ impl Relay {
                         "{}: to=<{rcpt}>, relay={relay}, delay={delay}s, status=failed ({reply})",
                         msg.id
                     );
-                    if let Err(e) = self
-                        .spool
-                        .record_failed(&msg.id, i, now, &reply.to_string())
-                    {
+                    if let Err(e) = self.spool.record(
+                        &msg.id,
+                        &Record::Failed {
+                            rcpt: i,
+                            time: now,
+                            reply: reply.to_string(),
+                        },
+                    ) {
                         log::error!("{}: cannot record failure: {e}", msg.id);
                     }
                     msg.rcpt_state[i] = RcptState::Failed;
@@ -768,5 +803,31 @@ mod tests {
         let secs: Vec<u64> = (1..=7).map(|a| backoff(&c, a).as_secs()).collect();
         assert_eq!(secs, [60, 120, 240, 480, 600, 600, 600]);
         assert_eq!(backoff(&c, 1000).as_secs(), 600);
+    }
+
+    /// The control socket's two datagram forms parse back to what was sent.
+    #[test]
+    fn requests_and_answers_round_trip() {
+        let id = QueueId::parse("19A2B3C4D5E6F7080001ABC").unwrap();
+        let requests = [
+            Request::Queued(id.clone()),
+            Request::Flush,
+            Request::Delete(id.clone()),
+            Request::RetryFailed(Some(id)),
+            Request::RetryFailed(None),
+        ];
+        for r in requests {
+            assert_eq!(Request::decode(&r.encode()), Some(r));
+        }
+        for bad in ["", "flush now", "delete ../x", "queued", "retry-failed"] {
+            assert_eq!(Request::decode(bad), None, "{bad}");
+        }
+        for a in [
+            Answer::Done("deleted X".into()),
+            Answer::Failed("no message X".into()),
+        ] {
+            assert_eq!(Answer::decode(&a.encode()), a);
+        }
+        assert!(matches!(Answer::decode("garbage"), Answer::Failed(_)));
     }
 }

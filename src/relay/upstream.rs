@@ -11,7 +11,7 @@ use std::time::Duration;
 use crate::config::{Config, SmarthostTls};
 use crate::longlines::{Encoder, Plan};
 use crate::protocol::client::{
-    Client, Event, Options, RcptResult, Reply, ReplyReader, Single, Transaction,
+    Client, Event, Options, RcptResult, Reply, ReplyReader, Single, Stage, Transaction,
 };
 use crate::protocol::stuff::DotStuffer;
 use crate::spool::Message;
@@ -90,8 +90,8 @@ const CHUNK: usize = 64 * 1024;
 #[derive(Debug)]
 pub struct ConnectError {
     pub reply: Reply,
-    /// Where it failed: `connect`, `greeting`, `EHLO/HELO`, `STARTTLS`, `AUTH`.
-    pub stage: &'static str,
+    /// Where it failed.
+    pub stage: Stage,
 }
 
 /// A failure that has no server reply: made into a 4xx so the message is retried.
@@ -135,14 +135,14 @@ impl Upstream {
     /// Connects, reads the greeting and says EHLO (or HELO). An `Err` is the reason
     /// to record for every message that was due.
     pub fn connect(config: &Config, tls: Option<&TlsClient>) -> Result<Upstream, ConnectError> {
-        let mut stage = "connect";
+        let mut stage = Stage::Connect;
         Self::open(config, tls, &mut stage).map_err(|reply| ConnectError { reply, stage })
     }
 
     fn open(
         config: &Config,
         tls: Option<&TlsClient>,
-        stage: &mut &'static str,
+        stage: &mut Stage,
     ) -> Result<Upstream, Reply> {
         let options = client_options(config)?;
         let sh = &config.smarthost;

@@ -2,7 +2,8 @@
 //! missing) into the message the relay stores: CRLF lines, Bcc removed, and the
 //! Date, Message-ID and From headers a submission agent adds (RFC 6409 §8).
 
-use crate::protocol::address;
+use crate::header::field_name;
+use crate::protocol::{address, policy};
 
 /// Why a message or an address is refused (exit 65, EX_DATAERR).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,13 +57,6 @@ fn lines(input: &[u8], ignore_dots: bool) -> Vec<&[u8]> {
     out
 }
 
-/// A header field starts `Name:` with printable name characters (RFC 5322 §2.2).
-fn header_name(line: &[u8]) -> Option<&[u8]> {
-    let colon = line.iter().position(|&b| b == b':')?;
-    let name = &line[..colon];
-    (!name.is_empty() && name.iter().all(|&b| (33..=126).contains(&b) && b != b':')).then_some(name)
-}
-
 /// Splits an address list (To, Cc, Bcc, or a command-line argument) into addresses:
 /// commas outside quotes, angle brackets and comments separate; `Name <addr>` gives
 /// `addr`; comments and group names are dropped.
@@ -106,19 +100,13 @@ pub fn address_list(value: &str) -> Vec<String> {
         .collect()
 }
 
-/// Qualifies a bare local name (`root`) with the host name and checks the grammar.
+/// Qualifies a bare local name (`root`) with the host name, as the SMTP session
+/// does, and checks the grammar.
 pub fn qualify(addr: &str, hostname: &str) -> Result<String, DataError> {
-    let full = if addr.contains('@') {
-        addr.to_string()
-    } else {
-        format!("{addr}@{hostname}")
-    };
-    address::check_mailbox(full.as_bytes(), true)
-        .map_err(|_| DataError(format!("bad address '{addr}'")))?;
-    if full.len() > crate::protocol::limits::MAILBOX {
-        return Err(DataError(format!("address too long: '{addr}'")));
-    }
-    Ok(full)
+    let full = policy::qualify(addr.as_bytes(), hostname)
+        .map_err(|_| DataError(format!("address too long: '{addr}'")))?;
+    address::check_mailbox(&full, true).map_err(|_| DataError(format!("bad address '{addr}'")))?;
+    Ok(String::from_utf8_lossy(&full).into_owned())
 }
 
 pub fn prepare(input: &[u8], ctx: &Context<'_>) -> Result<Prepared, DataError> {
@@ -128,7 +116,7 @@ pub fn prepare(input: &[u8], ctx: &Context<'_>) -> Result<Prepared, DataError> {
     let mut header_end = 0;
     for (k, line) in lines.iter().enumerate() {
         let continuation = k > 0 && matches!(line.first(), Some(b' ' | b'\t'));
-        if line.is_empty() || !(continuation || header_name(line).is_some()) {
+        if line.is_empty() || !(continuation || field_name(line).is_some()) {
             break;
         }
         header_end = k + 1;
@@ -136,7 +124,7 @@ pub fn prepare(input: &[u8], ctx: &Context<'_>) -> Result<Prepared, DataError> {
     // Group each field with its continuation lines.
     let mut fields: Vec<(String, Vec<&[u8]>)> = Vec::new();
     for line in &lines[..header_end] {
-        match header_name(line) {
+        match field_name(line) {
             Some(name) if !matches!(line.first(), Some(b' ' | b'\t')) => fields.push((
                 String::from_utf8_lossy(name).to_ascii_lowercase(),
                 vec![line],
@@ -154,7 +142,9 @@ pub fn prepare(input: &[u8], ctx: &Context<'_>) -> Result<Prepared, DataError> {
         for (name, field) in &fields {
             if matches!(name.as_str(), "to" | "cc" | "bcc") {
                 let joined: Vec<u8> = field.join(&b" "[..]);
-                let value = String::from_utf8_lossy(&joined[name.len() + 1..]).into_owned();
+                // After the colon (obsolete syntax allows space before it).
+                let colon = joined.iter().position(|&b| b == b':').map_or(0, |c| c + 1);
+                let value = String::from_utf8_lossy(&joined[colon..]).into_owned();
                 for a in address_list(&value) {
                     header_recipients.push(qualify(&a, ctx.hostname)?);
                 }
@@ -324,5 +314,16 @@ mod tests {
         // Unqualified names are qualified.
         let p = prepare(b"To: root\n\nx\n", &ctx(true, true)).unwrap();
         assert_eq!(p.header_recipients, ["root@box.lan"]);
+        // Obsolete syntax (RFC 5322 §4.5.3): space before the colon, read as the
+        // relay's other header readers read it; a `Bcc :` is still removed.
+        let p = prepare(
+            b"To : a@x.org\nBcc\t: hidden@x.org\nSubject: s\n\nx\n",
+            &ctx(true, true),
+        )
+        .unwrap();
+        assert_eq!(p.header_recipients, ["a@x.org", "hidden@x.org"]);
+        let text = String::from_utf8(p.content).unwrap();
+        assert!(!text.contains("hidden"), "{text}");
+        assert!(text.starts_with("To : a@x.org\r\nSubject: s\r\n"), "{text}");
     }
 }

@@ -11,8 +11,8 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use crate::config::Config;
-use crate::relay::{self, Relay, Request, TlsClient};
-use crate::spool::{Message, RcptState, Spool};
+use crate::relay::{self, Answer, Relay, Request, TlsClient};
+use crate::spool::{Message, QueueId, RcptState, Spool};
 use crate::time::now_unix;
 
 fn age(secs: u64) -> String {
@@ -78,13 +78,13 @@ pub fn list(spool: &Spool) -> Result<String, String> {
 
 /// The envelope, the delivery records and the header of one message.
 pub fn show(spool: &Spool, id: &str) -> Result<String, String> {
-    let (path, m) = match spool.read(id) {
-        Ok(m) => (spool.queue_path(id), m),
+    let no_message = || format!("no message {id}");
+    let id = QueueId::parse(id).ok_or_else(no_message)?;
+    let (path, m) = match spool.read(&id) {
+        Ok(m) => (spool.queue_path(&id), m),
         Err(_) => (
-            spool.failed_path(id),
-            spool
-                .read_failed(id)
-                .map_err(|_| format!("no message {id}"))?,
+            spool.failed_path(&id),
+            spool.read_failed(&id).map_err(|_| no_message())?,
         ),
     };
     let text = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -109,7 +109,7 @@ pub fn command(
     tls: Option<TlsClient>,
     spool: Spool,
     req: Request,
-) -> Result<String, String> {
+) -> Result<Answer, String> {
     let lock_path = relay::lock_path(&spool);
     let lock = std::fs::OpenOptions::new()
         .create(true)
@@ -134,10 +134,10 @@ pub fn command(
                 tls,
             );
             let answer = match req {
-                Request::Flush => format!(
-                    "ok no daemon running: delivery pass over {} message(s) done",
+                Request::Flush => Answer::Done(format!(
+                    "no daemon running: delivery pass over {} message(s) done",
                     r.run_once()
-                ),
+                )),
                 other => r.handle(other),
             };
             Ok(answer)
@@ -149,7 +149,7 @@ pub fn command(
 
 /// Sends the command to the daemon's control socket and waits for its answer (the
 /// relay answers between deliveries, so this may wait for one to finish).
-fn ask_daemon(spool: &Spool, req: &Request) -> Result<String, String> {
+fn ask_daemon(spool: &Spool, req: &Request) -> Result<Answer, String> {
     use std::os::linux::net::SocketAddrExt;
     let name = format!("smtp-relayd-queue-{}-{}", std::process::id(), now_unix());
     let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
@@ -169,7 +169,7 @@ fn ask_daemon(spool: &Spool, req: &Request) -> Result<String, String> {
     let n = sock
         .recv(&mut buf)
         .map_err(|e| format!("no answer from the daemon: {e}"))?;
-    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+    Ok(Answer::decode(&String::from_utf8_lossy(&buf[..n])))
 }
 
 /// Reads a request from the daemon's control socket: `(request, reply address)`.

@@ -1,12 +1,19 @@
 //! `sendmail -bs`: an SMTP session on stdin and stdout (as nullmailer offers), for
 //! programs that speak SMTP to a local command instead of a socket.
+//!
+//! The caller is local and already trusted: the session offers neither STARTTLS
+//! (there is no connection to secure) nor AUTH, and always queues.
 
 use std::io::{Read, Write};
+use std::net::IpAddr;
 use std::process::ExitCode;
 
 use crate::config::Config;
-use crate::protocol::server::{Peer, ServerSession, Step, StoreError, received_header};
-use crate::spool::{self, Spool};
+use crate::protocol::driver::{self, Input, Opened, Shell};
+use crate::protocol::policy::Senders;
+use crate::protocol::server::{Peer, Refusal, ServerSession, StoreError};
+use crate::server::worker::Spooling;
+use crate::spool::Spool;
 
 pub fn serve(config: &Config) -> ExitCode {
     let spool = match Spool::attach(&config.spool) {
@@ -26,9 +33,11 @@ pub fn serve(config: &Config) -> ExitCode {
             return ExitCode::from(78);
         }
     };
-    // sendmail always queues: there is no client connection to hold in passthrough.
     let mut settings = crate::server::worker::settings(config, policy);
+    // sendmail always queues: there is no client connection to hold in passthrough.
     settings.passthrough = false;
+    settings.tls_available = false;
+    settings.auth_available = false;
     let mut session = Box::new(ServerSession::new(settings));
     // A local caller: allowed to relay, like a script calling sendmail.
     session.start(Peer {
@@ -37,96 +46,96 @@ pub fn serve(config: &Config) -> ExitCode {
         tls: false,
         auth_plaintext: false,
     });
-    let (mut input, mut output) = (std::io::stdin().lock(), std::io::stdout().lock());
+    let mut stdio = Stdio {
+        input: std::io::stdin().lock(),
+        output: std::io::stdout().lock(),
+        spool: &spool,
+        write_failed: false,
+    };
     let mut buf = vec![0u8; 16 * 1024];
-    let mut message: Option<(spool::QueueId, spool::Writer)> = None;
-    let mut failed = false;
-    loop {
-        if output
-            .write_all(session.output())
-            .and_then(|()| output.flush())
-            .is_err()
-        {
-            return ExitCode::from(super::submit::EX_IOERR);
-        }
-        session.clear_output();
-        let n = match input.read(&mut buf) {
-            Ok(0) | Err(_) => return ExitCode::SUCCESS,
-            Ok(n) => n,
-        };
-        let mut pos = 0;
+    driver::run(&mut session, &mut stdio, &mut buf);
+    if stdio.write_failed {
+        return ExitCode::from(super::submit::EX_IOERR);
+    }
+    ExitCode::SUCCESS
+}
+
+/// stdin and stdout as the session's connection, and the spool.
+struct Stdio<'a, R, W> {
+    input: R,
+    output: W,
+    spool: &'a Spool,
+    /// stdout failed: the caller cannot hear the replies.
+    write_failed: bool,
+}
+
+impl<R: Read, W: Write> Shell for Stdio<'_, R, W> {
+    type Message = Spooling;
+
+    fn read(&mut self, buf: &mut [u8], _: &ServerSession) -> Input {
         loop {
-            let (used, step) = session.feed(&buf[pos..n]);
-            pos += used;
-            match step {
-                Step::NeedInput => break,
-                Step::Flush => {
-                    let _ = output.write_all(session.output());
-                    session.clear_output();
-                }
-                Step::OpenMessage => {
-                    let id = spool.new_id();
-                    let client = format!("local uid={} (sendmail -bs)", crate::privileges::uid());
-                    let record = crate::server::worker::envelope_record(
-                        &session,
-                        crate::time::now_unix(),
-                        client,
-                    );
-                    let date = crate::time::rfc5322(record.created);
-                    let opened = spool.create(&id, &record).and_then(|mut w| {
-                        let mut trace = String::new();
-                        let _ = received_header(&mut trace, &session, &id, &date);
-                        w.write(trace.as_bytes()).map(|()| w)
-                    });
-                    failed = false;
-                    let result = match opened {
-                        Ok(w) => {
-                            message = Some((id, w));
-                            Ok(())
-                        }
-                        Err(e) if spool::is_no_space(&e) => Err(StoreError::NoSpace),
-                        Err(_) => Err(StoreError::Local),
-                    };
-                    session.spool_opened(result);
-                    if let Some((id, _)) = &message {
-                        session.add_missing(id, &date);
-                    }
-                }
-                Step::CheckSpace(size) => session.space_checked(spool.has_room(size)),
-                Step::WriteBody | Step::StoreMessage => {
-                    if let Some((_, w)) = message.as_mut() {
-                        failed |= w.write(session.body()).is_err();
-                        if step == Step::StoreMessage && session.saw_long_line() {
-                            w.set_long_lines();
-                        }
-                    }
-                    session.clear_body();
-                    if step == Step::StoreMessage {
-                        let result = match message.take() {
-                            Some((id, w)) if !failed => match spool.commit(&id, w) {
-                                Ok(()) => {
-                                    crate::relay::notify_queued(&spool, &id);
-                                    Ok(id)
-                                }
-                                Err(_) => Err(StoreError::Local),
-                            },
-                            _ => Err(StoreError::Local),
-                        };
-                        match &result {
-                            Ok(id) => session.stored(Ok(id)),
-                            Err(e) => session.stored(Err(*e)),
-                        }
-                    }
-                }
-                Step::DiscardMessage => message = None,
-                Step::StartTls | Step::Authenticate => {}
-                // Never asked (passthrough is off here); answered so the session moves on.
-                Step::Upstream(_) => session.upstream_unavailable(),
-                Step::Close => {
-                    let _ = output.write_all(session.output());
-                    return ExitCode::SUCCESS;
-                }
-            }
+            return match self.input.read(buf) {
+                Ok(0) => Input::Closed,
+                Ok(n) => Input::Bytes(n),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => Input::Closed,
+            };
         }
+    }
+
+    fn write(&mut self, replies: &[u8]) -> Result<(), driver::Gone> {
+        let sent = self
+            .output
+            .write_all(replies)
+            .and_then(|()| self.output.flush());
+        self.write_failed |= sent.is_err();
+        sent.map_err(|_| driver::Gone)
+    }
+
+    fn open(&mut self, session: &ServerSession) -> Result<Opened<Spooling>, StoreError> {
+        let client = format!("local uid={} (sendmail -bs)", crate::privileges::uid());
+        Spooling::open(self.spool, session, client)
+    }
+
+    fn write_body(&mut self, m: &mut Spooling, body: &[u8]) -> Result<(), StoreError> {
+        m.write(body)
+    }
+
+    fn commit(&mut self, m: Spooling, _: &str, session: &ServerSession) -> Result<(), StoreError> {
+        let (id, _) = m.commit(self.spool, session)?;
+        crate::relay::notify_queued(self.spool, &id);
+        Ok(())
+    }
+
+    fn discard(&mut self, m: Spooling) {
+        m.abort();
+    }
+
+    fn check_space(&mut self, size: u64) -> bool {
+        self.spool.has_room(size)
+    }
+
+    /// `rate_limit` is for clients on the network; a local caller is not counted
+    /// (as with the command-line `sendmail`).
+    fn check_rate(&mut self, _: IpAddr) -> bool {
+        true
+    }
+
+    /// Never asked: AUTH is not offered here.
+    fn authenticate(&mut self, _: &ServerSession) -> Option<Option<Senders>> {
+        None
+    }
+
+    /// There is no connection to secure: STARTTLS gets 454 (and is not offered).
+    fn tls_available(&self) -> bool {
+        false
+    }
+
+    fn handshake(&mut self) -> bool {
+        false
+    }
+
+    fn refused(&mut self, why: &Refusal, session: &ServerSession, id: Option<&str>) {
+        crate::server::worker::log_refusal(why, session, 0, id);
     }
 }

@@ -166,7 +166,7 @@ pub fn submit(config: &Config, opts: &Options, mut input: impl Read) -> Result<Q
         recipients,
     };
     let mut w = spool
-        .create(&id, &envelope)
+        .create(id.clone(), &envelope)
         .map_err(|e| spool_failure(&e, "cannot write the spool"))?;
     let trace = format!(
         "Received: by {} (smtp-relayd sendmail, uid {uid})\r\n\tid {id}; {date}\r\n",
@@ -178,8 +178,8 @@ pub fn submit(config: &Config, opts: &Options, mut input: impl Read) -> Result<Q
     if crate::longlines::has_long_line(&prepared.content) {
         w.set_long_lines();
     }
-    spool
-        .commit(&id, w)
+    let id = spool
+        .commit(w)
         .map_err(|e| spool_failure(&e, "cannot commit to the spool"))?;
     // A running daemon picks it up now; a stopped one at its next start.
     relay::notify_queued(&spool, &id);

@@ -2,6 +2,7 @@
 //! the worker pool (one blocking session per worker), and what they share.
 
 pub mod acceptor;
+pub mod limits;
 pub mod passthrough;
 pub mod worker;
 
@@ -17,7 +18,9 @@ pub struct Shared {
     /// One slot per worker: its current connection, for shutdown.
     pub slots: Vec<Slot>,
     /// Open connections per client address (`max_connections_per_ip`).
-    pub per_ip: crate::policy::ConnectionCounts,
+    pub per_ip: limits::ConnectionCounts,
+    /// The message rate per client address (`rate_limit`), asked at each MAIL.
+    pub rate: Option<limits::RateTable>,
     /// Failed AUTH attempts per client address.
     #[cfg(feature = "tls")]
     pub auth_throttle: crate::auth::Throttle,
@@ -31,12 +34,13 @@ pub struct Slot {
 }
 
 impl Shared {
-    pub fn new(workers: usize) -> Shared {
+    pub fn new(workers: usize, rate: Option<limits::Rate>) -> Shared {
         Shared {
             shutting_down: AtomicBool::new(false),
             active: AtomicUsize::new(0),
             slots: (0..workers).map(|_| Slot::default()).collect(),
-            per_ip: crate::policy::ConnectionCounts::default(),
+            per_ip: limits::ConnectionCounts::default(),
+            rate: rate.map(limits::RateTable::new),
             #[cfg(feature = "tls")]
             auth_throttle: crate::auth::Throttle::new(),
         }

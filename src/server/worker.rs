@@ -3,7 +3,7 @@
 //! send replies, open, write, commit or discard a spool file, close.
 
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -14,10 +14,11 @@ use super::Shared;
 use super::passthrough::Passthrough;
 use crate::config::Mode;
 use crate::config::{BareNewline, Config};
-use crate::protocol::data::Verdict;
-use crate::protocol::reply;
+use crate::protocol::client::Reply;
+use crate::protocol::driver::{self, End, Input, Opened, Shell};
+use crate::protocol::policy::Senders;
 use crate::protocol::server::{
-    Ask, Peer, ServerSession, Settings, Step, StoreError, received_header,
+    Peer, Refusal, ServerSession, Settings, StoreError, received_header,
 };
 use crate::relay::Control;
 use crate::spool::{self, QueueId, Spool};
@@ -54,20 +55,12 @@ pub struct Worker {
     pub tls: Option<TlsServer>,
     /// For `mode passthrough`: the smarthost TLS settings the relay thread also uses.
     pub upstream_tls: Option<crate::relay::TlsClient>,
-    pub policy: Arc<crate::policy::Policy>,
+    pub policy: Arc<crate::protocol::policy::Policy>,
     #[cfg(feature = "tls")]
     pub users: Option<Arc<crate::auth::Users>>,
 }
 
-/// How a session ended, for the disconnect line.
-enum End {
-    Quit,
-    Lost(&'static str),
-    Timeout(&'static str),
-    Shutdown,
-}
-
-pub fn settings(config: &Config, policy: Arc<crate::policy::Policy>) -> Settings {
+pub fn settings(config: &Config, policy: Arc<crate::protocol::policy::Policy>) -> Settings {
     Settings {
         hostname: heapless::String::try_from(config.hostname.as_str()).unwrap_or_default(),
         max_message_size: config.max_message_size,
@@ -244,8 +237,19 @@ impl Worker {
             tls: implicit_tls,
             auth_plaintext: self.config.auth_plaintext && tcp_local_is_loopback(stream.tcp()),
         });
-        let mut messages = 0u32;
-        let end = self.session_loop(session, buf, &mut stream, addr, &mut messages, pass);
+        let now = Instant::now();
+        let mut conn = Connection {
+            worker: self,
+            stream: &mut stream,
+            addr,
+            messages: 0,
+            deadline: Deadline::new(now, self.config.command_timeout),
+            in_data: false,
+            pass,
+            passing: None,
+        };
+        let end = driver::run(session, &mut conn, buf);
+        let messages = conn.messages;
         let _ = stream.flush();
         match end {
             End::Quit | End::Shutdown => {}
@@ -259,210 +263,6 @@ impl Worker {
         log::info!("disconnect from [{ip}]:{} messages={messages}", addr.port());
     }
 
-    fn session_loop(
-        &self,
-        session: &mut ServerSession,
-        buf: &mut [u8],
-        stream: &mut Stream,
-        addr: SocketAddr,
-        messages: &mut u32,
-        mut pass: Option<&mut Passthrough>,
-    ) -> End {
-        let slot = &self.shared.slots[self.index];
-        let mut message: Option<(QueueId, spool::Writer)> = None;
-        // Passthrough: the id, start and trace-line size of the message going out.
-        let mut passing: Option<Passing> = None;
-        let mut write_error: Option<StoreError> = None;
-        let mut in_data = false;
-        let phase = |s: &ServerSession| if s.in_data() { "DATA" } else { "command" };
-        let (command_timeout, data_timeout) =
-            (self.config.command_timeout, self.config.data_timeout);
-        let mut deadline = Deadline::new(Instant::now(), command_timeout);
-        loop {
-            if send(stream, session).is_err() {
-                return End::Lost(phase(session));
-            }
-            if session.in_data() != in_data {
-                in_data = session.in_data();
-                let limit = if in_data {
-                    data_timeout
-                } else {
-                    command_timeout
-                };
-                deadline.restart(Instant::now(), limit);
-            }
-            slot.in_transaction
-                .store(session.in_transaction(), Ordering::Relaxed);
-            let read = if deadline.arm(stream, Instant::now()) {
-                stream.read(buf)
-            } else {
-                Err(io::ErrorKind::TimedOut.into())
-            };
-            let n = match read {
-                Ok(0) if self.shared.shutting_down.load(Ordering::Relaxed) => {
-                    let _ = stream.write_all(reply::SHUTTING_DOWN.as_bytes());
-                    abort(&mut message);
-                    return End::Shutdown;
-                }
-                Ok(0) => {
-                    abort(&mut message);
-                    return End::Lost(phase(session));
-                }
-                Ok(n) => n,
-                // The socket's timeout was shorter than what is left (the deadline
-                // moved since it was set): wait on.
-                Err(e) if crate::is_timeout(&e) && Instant::now() < deadline.at => continue,
-                Err(e) if crate::is_timeout(&e) => {
-                    let _ = stream.write_all(reply::TIMEOUT.as_bytes());
-                    abort(&mut message);
-                    return End::Timeout(phase(session));
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => {
-                    abort(&mut message);
-                    return End::Lost(phase(session));
-                }
-            };
-            #[cfg(feature = "fault-injection")]
-            if buf[..n].starts_with(b"XPANIC") {
-                panic!("fault injection: XPANIC");
-            }
-            if in_data {
-                deadline.data(Instant::now(), n, self.config.min_data_rate, data_timeout);
-            } else if buf[..n].contains(&b'\n') {
-                // A command line is whole: the next one has command_timeout from now.
-                deadline.restart(Instant::now(), command_timeout);
-            }
-            let mut pos = 0;
-            loop {
-                let (used, step) = session.feed(&buf[pos..n]);
-                pos += used;
-                match step {
-                    Step::NeedInput => break,
-                    Step::Flush => {
-                        if send(stream, session).is_err() {
-                            abort(&mut message);
-                            return End::Lost(phase(session));
-                        }
-                    }
-                    Step::OpenMessage => {
-                        write_error = None;
-                        let opened = self.open_message(session);
-                        let result = opened.as_ref().map(|_| ()).map_err(|e| *e);
-                        session.spool_opened(result);
-                        if let Ok((id, w, date)) = opened {
-                            session.add_missing(&id, &date);
-                            message = Some((id, w));
-                        }
-                    }
-                    Step::CheckSpace(size) => {
-                        let room = self.spool.has_room(size);
-                        if !room {
-                            log::warn!(
-                                "reject: MAIL from [{}]: 452 4.3.1 not enough disk space for SIZE={size}",
-                                addr.ip()
-                            );
-                        }
-                        session.space_checked(room);
-                    }
-                    Step::WriteBody => {
-                        match pass.as_deref_mut() {
-                            Some(p) => p.body(session.body()),
-                            None => write_body(session, &mut message, &mut write_error),
-                        }
-                        session.clear_body();
-                    }
-                    Step::Upstream(ask) => {
-                        let Some(p) = pass.as_deref_mut() else {
-                            // Not configured; cannot happen, answered all the same.
-                            session.upstream_unavailable();
-                            continue;
-                        };
-                        if self.upstream(session, p, ask, &mut passing) {
-                            *messages += 1;
-                        }
-                    }
-                    Step::StoreMessage => {
-                        write_body(session, &mut message, &mut write_error);
-                        match (message.take(), write_error.take()) {
-                            (Some((id, mut w)), None) => {
-                                if session.saw_long_line() {
-                                    w.set_long_lines();
-                                }
-                                let size = w.size();
-                                match self.spool.commit(&id, w) {
-                                    Ok(()) => {
-                                        *messages += 1;
-                                        self.accepted(session, &id, size);
-                                        session.stored(Ok(&id));
-                                    }
-                                    Err(e) => {
-                                        log::error!("{id}: cannot commit to spool: {e}");
-                                        session.stored(Err(store_error(&e)));
-                                    }
-                                }
-                            }
-                            (m, err) => {
-                                if let Some((_, w)) = m {
-                                    w.abort();
-                                }
-                                session.stored(Err(err.unwrap_or(StoreError::Local)));
-                            }
-                        }
-                    }
-                    Step::DiscardMessage => {
-                        let id = message
-                            .as_ref()
-                            .map(|(id, _)| id.clone())
-                            .or(passing.take().map(|(id, ..)| id))
-                            .unwrap_or_default();
-                        abort(&mut message);
-                        if let Some(p) = pass.as_deref_mut() {
-                            p.abandon();
-                        }
-                        let why = match session.last_verdict() {
-                            Verdict::TooBig => "552 5.3.4 message too big",
-                            Verdict::BareNewline => "550 5.6.0 bare CR or LF",
-                            Verdict::TooManyHops | Verdict::Accept => "554 5.4.6 too many hops",
-                        };
-                        log::info!(
-                            "{id}: reject: DATA from [{}]:{}: {why}; size={}",
-                            addr.ip(),
-                            addr.port(),
-                            session.message_size()
-                        );
-                    }
-                    Step::StartTls => {
-                        // Anything after STARTTLS in this read was pipelined in
-                        // plaintext: the session refuses it and ends.
-                        if !session.start_tls(pos == n) {
-                            log::warn!(
-                                "data after STARTTLS from [{}]:{} (possible command injection); closing",
-                                addr.ip(),
-                                addr.port()
-                            );
-                            continue;
-                        }
-                        if send(stream, session).is_err()
-                            || !self.handshake(stream, addr.ip().to_canonical(), addr.port())
-                        {
-                            return End::Lost("STARTTLS");
-                        }
-                        session.tls_established();
-                    }
-                    Step::Authenticate => {
-                        let result = self.check_auth(session, addr);
-                        session.authenticated(result);
-                    }
-                    Step::Close => {
-                        let _ = send(stream, session);
-                        return End::Quit;
-                    }
-                }
-            }
-        }
-    }
-
     /// Checks AUTH credentials against `auth_users`. A failure is logged in one line
     /// (for fail2ban: `AUTH failed from [IP]`) and answered late when the address
     /// keeps failing.
@@ -471,7 +271,7 @@ impl Worker {
         &self,
         session: &ServerSession,
         addr: SocketAddr,
-    ) -> Option<Option<crate::policy::Senders>> {
+    ) -> Option<Option<crate::protocol::policy::Senders>> {
         let ip = addr.ip().to_canonical();
         let (user, mechanism) = (
             session.auth_user().escape_debug().to_string(),
@@ -527,92 +327,6 @@ impl Worker {
         false
     }
 
-    /// The message's spool file with its `Received:` line, and the date written there.
-    fn open_message(
-        &self,
-        session: &ServerSession,
-    ) -> Result<(QueueId, spool::Writer, String), StoreError> {
-        let now = time::now_unix();
-        let id = self.spool.new_id();
-        let record = envelope_record(session, now, session.peer().ip.to_string());
-        let mut w = self.spool.create(&id, &record).map_err(|e| {
-            log::error!("cannot create spool file: {e}");
-            store_error(&e)
-        })?;
-        let date = time::rfc5322(now);
-        let mut trace = String::with_capacity(256);
-        let _ = received_header(&mut trace, session, &id, &date);
-        if let Err(e) = w.write(trace.as_bytes()) {
-            w.abort();
-            return Err(store_error(&e));
-        }
-        Ok((id, w, date))
-    }
-
-    /// Passthrough: asks the smarthost what `ask` needs and gives the session its
-    /// answer. Returns true when a message was delivered.
-    fn upstream(
-        &self,
-        session: &mut ServerSession,
-        p: &mut Passthrough,
-        ask: Ask,
-        passing: &mut Option<Passing>,
-    ) -> bool {
-        match ask {
-            Ask::Mail => {
-                let r = p.mail(session.envelope());
-                if r.code / 100 != 2 {
-                    log::info!(
-                        "reject: MAIL from [{}]: {r} (smarthost); from=<{}>",
-                        session.peer().ip,
-                        String::from_utf8_lossy(&session.envelope().sender)
-                    );
-                }
-                session.upstream_replied(&r);
-            }
-            Ask::Rcpt { first } => {
-                let replies = p.rcpt(&session.envelope().recipients[first..]);
-                session.upstream_rcpt(&replies);
-            }
-            Ask::Data => {
-                let now = time::now_unix();
-                let id = self.spool.new_id();
-                let date = time::rfc5322(now);
-                let mut trace = String::with_capacity(256);
-                let _ = received_header(&mut trace, session, &id, &date);
-                let r = p.data(trace.as_bytes());
-                session.upstream_replied(&r);
-                if r.code == 354 {
-                    session.add_missing(&id, &date);
-                    *passing = Some((id, std::time::Instant::now(), trace.len() as u64));
-                } else {
-                    log::info!("reject: DATA from [{}]: {r} (smarthost)", session.peer().ip);
-                }
-            }
-            Ask::End => {
-                p.body(session.body());
-                session.clear_body();
-                let r = p.end();
-                let (id, started, trace) = passing
-                    .take()
-                    .unwrap_or_else(|| (self.spool.new_id(), std::time::Instant::now(), 0));
-                self.log_message(session, &id, trace + session.message_size());
-                let status = if r.code / 100 == 2 { "sent" } else { "refused" };
-                for rcpt in &session.envelope().recipients {
-                    log::info!(
-                        "{id}: to=<{}>, relay={}, delay={}s, status={status} ({r}), passthrough",
-                        String::from_utf8_lossy(rcpt),
-                        self.config.smarthost,
-                        started.elapsed().as_secs()
-                    );
-                }
-                session.upstream_replied(&r);
-                return r.code / 100 == 2;
-            }
-        }
-        false
-    }
-
     /// The line that records a message taken from a client. `size`: the message as
     /// stored and sent on, its `Received:` line included (as `mailq` shows it).
     fn log_message(&self, session: &ServerSession, id: &str, size: u64) {
@@ -637,9 +351,8 @@ impl Worker {
         );
     }
 
-    fn accepted(&self, session: &ServerSession, id: &str, size: u64) {
-        self.log_message(session, id, size);
-        let id = QueueId::try_from(id).unwrap_or_default();
+    fn accepted(&self, session: &ServerSession, id: QueueId, size: u64) {
+        self.log_message(session, &id, size);
         if self.relay.try_send(Control::Queued(id)).is_err() {
             // The relay is busy; it will find the message in queue/.
             self.rescan.store(true, Ordering::Relaxed);
@@ -649,6 +362,281 @@ impl Worker {
 
 /// Passthrough: the message going out, its start, and the size of its trace line.
 type Passing = (QueueId, Instant, u64);
+
+/// One connection as the session's shell: its stream and deadline, the message
+/// going out in passthrough, and what the disconnect line counts.
+struct Connection<'a> {
+    worker: &'a Worker,
+    stream: &'a mut Stream,
+    addr: SocketAddr,
+    messages: u32,
+    deadline: Deadline,
+    /// The session read message text at the last read (the deadline's rule).
+    in_data: bool,
+    pass: Option<&'a mut Passthrough>,
+    passing: Option<Passing>,
+}
+
+/// A spool file being written for a session: what the daemon's workers and
+/// `sendmail -bs` both do with the messages they take.
+pub struct Spooling {
+    writer: spool::Writer,
+}
+
+impl Spooling {
+    /// Creates the spool file for the session's transaction, `client` named in its
+    /// envelope, with its `Received:` line.
+    pub fn open(
+        spool: &Spool,
+        session: &ServerSession,
+        client: String,
+    ) -> Result<Opened<Spooling>, StoreError> {
+        let now = time::now_unix();
+        let record = envelope_record(session, now, client);
+        let mut writer = spool.create(spool.new_id(), &record).map_err(|e| {
+            log::error!("cannot create spool file: {e}");
+            store_error(&e)
+        })?;
+        let date = time::rfc5322(now);
+        let mut trace = String::with_capacity(256);
+        let id = writer.id().clone();
+        let _ = received_header(&mut trace, session, &id, &date);
+        if let Err(e) = writer.write(trace.as_bytes()) {
+            writer.abort();
+            return Err(store_error(&e));
+        }
+        Ok(Opened {
+            id: driver::Id::try_from(id.as_str()).unwrap_or_default(),
+            date: heapless::String::try_from(date.as_str()).unwrap_or_default(),
+            message: Spooling { writer },
+        })
+    }
+
+    pub fn write(&mut self, body: &[u8]) -> Result<(), StoreError> {
+        self.writer.write(body).map_err(|e| {
+            log::error!("{}: cannot write spool file: {e}", self.writer.id());
+            store_error(&e)
+        })
+    }
+
+    /// Commits the message (marked when it has long lines); its id and stored size.
+    pub fn commit(
+        mut self,
+        spool: &Spool,
+        session: &ServerSession,
+    ) -> Result<(QueueId, u64), StoreError> {
+        if session.saw_long_line() {
+            self.writer.set_long_lines();
+        }
+        let size = self.writer.size();
+        let id = self.writer.id().clone();
+        match spool.commit(self.writer) {
+            Ok(id) => Ok((id, size)),
+            Err(e) => {
+                log::error!("{id}: cannot commit to spool: {e}");
+                Err(store_error(&e))
+            }
+        }
+    }
+
+    pub fn abort(self) {
+        self.writer.abort();
+    }
+}
+
+impl Shell for Connection<'_> {
+    type Message = Spooling;
+
+    fn read(&mut self, buf: &mut [u8], session: &ServerSession) -> Input {
+        let config = &self.worker.config;
+        if session.in_data() != self.in_data {
+            self.in_data = session.in_data();
+            let limit = if self.in_data {
+                config.data_timeout
+            } else {
+                config.command_timeout
+            };
+            self.deadline.restart(Instant::now(), limit);
+        }
+        self.worker.shared.slots[self.worker.index]
+            .in_transaction
+            .store(session.in_transaction(), Ordering::Relaxed);
+        loop {
+            let read = if self.deadline.arm(self.stream, Instant::now()) {
+                self.stream.read(buf)
+            } else {
+                Err(io::ErrorKind::TimedOut.into())
+            };
+            let n = match read {
+                Ok(0) if self.worker.shared.shutting_down.load(Ordering::Relaxed) => {
+                    return Input::Shutdown;
+                }
+                Ok(0) => return Input::Closed,
+                Ok(n) => n,
+                // The socket's timeout was shorter than what is left (the deadline
+                // moved since it was set): wait on.
+                Err(e) if crate::is_timeout(&e) && Instant::now() < self.deadline.at => continue,
+                Err(e) if crate::is_timeout(&e) => return Input::TimedOut,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return Input::Closed,
+            };
+            #[cfg(feature = "fault-injection")]
+            if buf[..n].starts_with(b"XPANIC") {
+                panic!("fault injection: XPANIC");
+            }
+            if self.in_data {
+                self.deadline
+                    .data(Instant::now(), n, config.min_data_rate, config.data_timeout);
+            } else if buf[..n].contains(&b'\n') {
+                // A command line is whole: the next one has command_timeout from now.
+                self.deadline
+                    .restart(Instant::now(), config.command_timeout);
+            }
+            return Input::Bytes(n);
+        }
+    }
+
+    fn write(&mut self, replies: &[u8]) -> Result<(), driver::Gone> {
+        self.stream
+            .write_all(replies)
+            .and_then(|()| self.stream.flush())
+            .map_err(|_| driver::Gone)
+    }
+
+    fn open(&mut self, session: &ServerSession) -> Result<Opened<Spooling>, StoreError> {
+        Spooling::open(&self.worker.spool, session, session.peer().ip.to_string())
+    }
+
+    fn write_body(&mut self, m: &mut Spooling, body: &[u8]) -> Result<(), StoreError> {
+        m.write(body)
+    }
+
+    fn commit(&mut self, m: Spooling, _: &str, session: &ServerSession) -> Result<(), StoreError> {
+        let (id, size) = m.commit(&self.worker.spool, session)?;
+        self.messages += 1;
+        self.worker.accepted(session, id, size);
+        Ok(())
+    }
+
+    fn discard(&mut self, m: Spooling) {
+        m.abort();
+    }
+
+    fn check_space(&mut self, size: u64) -> bool {
+        self.worker.spool.has_room(size)
+    }
+
+    fn check_rate(&mut self, ip: IpAddr) -> bool {
+        let rate = self.worker.shared.rate.as_ref();
+        rate.is_none_or(|r| r.take(ip, Instant::now()))
+    }
+
+    fn authenticate(&mut self, session: &ServerSession) -> Option<Option<Senders>> {
+        self.worker.check_auth(session, self.addr)
+    }
+
+    fn tls_available(&self) -> bool {
+        self.worker.tls.is_some()
+    }
+
+    fn handshake(&mut self) -> bool {
+        let (ip, port) = (self.addr.ip().to_canonical(), self.addr.port());
+        self.worker.handshake(self.stream, ip, port)
+    }
+
+    fn refused(&mut self, why: &Refusal, session: &ServerSession, id: Option<&str>) {
+        let passing = self.passing.as_ref().map(|p| p.0.as_str());
+        log_refusal(why, session, self.addr.port(), id.or(passing));
+        if matches!(why, Refusal::Data { .. }) {
+            self.passing = None;
+        }
+    }
+
+    fn upstream_mail(&mut self, session: &ServerSession) -> Option<Reply> {
+        Some(self.pass.as_deref_mut()?.mail(session.envelope()))
+    }
+
+    fn upstream_rcpt(&mut self, session: &ServerSession, first: usize) -> Option<Vec<Reply>> {
+        let p = self.pass.as_deref_mut()?;
+        Some(p.rcpt(&session.envelope().recipients[first..]))
+    }
+
+    fn upstream_data(
+        &mut self,
+        session: &ServerSession,
+    ) -> Option<(Reply, driver::Id, heapless::String<40>)> {
+        let p = self.pass.as_deref_mut()?;
+        let now = time::now_unix();
+        let id = self.worker.spool.new_id();
+        let date = time::rfc5322(now);
+        let mut trace = String::with_capacity(256);
+        let _ = received_header(&mut trace, session, &id, &date);
+        let r = p.data(trace.as_bytes());
+        let stamp = (
+            driver::Id::try_from(id.as_str()).unwrap_or_default(),
+            heapless::String::try_from(date.as_str()).unwrap_or_default(),
+        );
+        if r.code == 354 {
+            self.passing = Some((id, Instant::now(), trace.len() as u64));
+        }
+        Some((r, stamp.0, stamp.1))
+    }
+
+    fn upstream_body(&mut self, body: &[u8]) {
+        if let Some(p) = self.pass.as_deref_mut() {
+            p.body(body);
+        }
+    }
+
+    fn upstream_end(&mut self, session: &ServerSession) -> Option<Reply> {
+        let p = self.pass.as_deref_mut()?;
+        let r = p.end();
+        let worker = self.worker;
+        let (id, started, trace) = self
+            .passing
+            .take()
+            .unwrap_or_else(|| (worker.spool.new_id(), Instant::now(), 0));
+        worker.log_message(session, &id, trace + session.message_size());
+        let status = if r.code / 100 == 2 { "sent" } else { "refused" };
+        for rcpt in &session.envelope().recipients {
+            log::info!(
+                "{id}: to=<{}>, relay={}, delay={}s, status={status} ({r}), passthrough",
+                String::from_utf8_lossy(rcpt),
+                worker.config.smarthost,
+                started.elapsed().as_secs()
+            );
+        }
+        if r.code / 100 == 2 {
+            self.messages += 1;
+        }
+        Some(r)
+    }
+
+    fn upstream_abandon(&mut self) {
+        if let Some(p) = self.pass.as_deref_mut() {
+            p.abandon();
+        }
+    }
+}
+
+/// Logs what a session refused, in the one wording every shell uses: the port is
+/// named where the line is about the connection (DATA, STARTTLS).
+pub fn log_refusal(why: &Refusal, session: &ServerSession, port: u16, id: Option<&str>) {
+    let mut line = String::with_capacity(160);
+    let port = matches!(why, Refusal::Data { .. } | Refusal::DataAfterStartTls).then_some(port);
+    let _ = why.describe(
+        &mut line,
+        session.peer().ip,
+        port,
+        id.unwrap_or(""),
+        session.authenticated_user(),
+    );
+    if why.is_warning() {
+        log::warn!("{line}");
+    } else {
+        log::info!("{line}");
+    }
+}
 
 /// The spool envelope of the session's transaction.
 pub fn envelope_record(session: &ServerSession, created: u64, client: String) -> spool::Envelope {
@@ -671,39 +659,6 @@ pub fn envelope_record(session: &ServerSession, created: u64, client: String) ->
 fn tcp_local_is_loopback(tcp: Option<&TcpStream>) -> bool {
     tcp.and_then(|t| t.local_addr().ok())
         .is_some_and(|a| a.ip().to_canonical().is_loopback())
-}
-
-fn send(stream: &mut Stream, session: &mut ServerSession) -> io::Result<()> {
-    if session.output().is_empty() {
-        return Ok(());
-    }
-    let r = stream
-        .write_all(session.output())
-        .and_then(|()| stream.flush());
-    session.clear_output();
-    r
-}
-
-fn write_body(
-    session: &ServerSession,
-    message: &mut Option<(QueueId, spool::Writer)>,
-    error: &mut Option<StoreError>,
-) {
-    if error.is_some() || session.body().is_empty() {
-        return;
-    }
-    if let Some((id, w)) = message.as_mut()
-        && let Err(e) = w.write(session.body())
-    {
-        log::error!("{id}: cannot write spool file: {e}");
-        *error = Some(store_error(&e));
-    }
-}
-
-fn abort(message: &mut Option<(QueueId, spool::Writer)>) {
-    if let Some((_, w)) = message.take() {
-        w.abort();
-    }
 }
 
 fn store_error(e: &io::Error) -> StoreError {

@@ -10,68 +10,24 @@
 //!
 //! A message file is a text envelope, a blank line, the content (CRLF lines, not
 //! dot-stuffed, exactly `size` octets), then delivery records appended one line each
-//! as the relay works (like Postfix's queue files, the content is never rewritten):
-//!
-//! ```text
-//! smtp-relayd-spool 1
-//! created 1796077564
-//! client 192.0.2.7
-//! helo cam1
-//! body 8bitmime
-//! smtputf8 no
-//! sender <cam1@example.net>
-//! rcpt <ops@example.com>
-//! size 00000000000000000123
-//!
-//! <content>
-//! D 0 1796077570 250 2.0.0 Ok: queued as 4Xyz      recipient 0 delivered
-//!                           (each record ends with TAB LF; one without is torn, ignored)
-//! F 1 1796077570 550 5.1.1 no such user            recipient 1 failed for good
-//! T 1796077570 1796077630 451 4.3.0 try later       an attempt deferred; next try
-//! X 1796077570 message expired: 451 4.3.0 ...      the message failed as a whole
-//! R 1796077600                                      sent back to the queue: failed recipients are retried
-//! ```
+//! as the relay works (like Postfix's queue files, the content is never rewritten).
+//! The format, as types with their parse and emit, is in `format`.
 
 mod dirsync;
+pub mod format;
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 pub use dirsync::DirSync;
+pub use format::{Corrupt, Envelope, QueueId, Record};
+use format::{MAX_HEADER, SIZE_WIDTH};
 
-const MAGIC: &str = "smtp-relayd-spool 1";
-/// The size field is written as fixed-width digits, then filled in at commit.
-const SIZE_WIDTH: usize = 20;
-/// An envelope larger than this is not ours (100 recipients of 256 octets fit well).
-const MAX_HEADER: u64 = 64 * 1024;
 /// Delivery records read back at most (years of retries fit).
 const MAX_RECORDS: u64 = 1024 * 1024;
-
-/// A queue id: microseconds since the epoch, a per-process counter and the pid, in
-/// fixed-width hex, so ids sort by arrival and never repeat.
-pub type QueueId = heapless::String<24>;
-
-pub fn valid_id(s: &str) -> bool {
-    s.len() == 23
-        && s.bytes()
-            .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b))
-}
-
-/// The envelope stored in front of a message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Envelope {
-    pub created: u64,
-    pub client: String,
-    pub helo: String,
-    pub eight_bit: bool,
-    pub smtputf8: bool,
-    /// Without angle brackets; empty for the null sender.
-    pub sender: String,
-    pub recipients: Vec<String>,
-}
 
 /// The state of one recipient, from the records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,7 +78,7 @@ pub enum ReadError {
     Missing,
     Io(io::Error),
     /// Not a message file of ours, or damaged.
-    Corrupt(String),
+    Corrupt(Corrupt),
 }
 
 pub struct Spool {
@@ -232,34 +188,26 @@ impl Spool {
         &self.root
     }
 
-    pub fn queue_path(&self, id: &str) -> PathBuf {
-        self.root.join("queue").join(id)
+    pub fn queue_path(&self, id: &QueueId) -> PathBuf {
+        self.root.join("queue").join(id.as_str())
     }
 
-    pub fn failed_path(&self, id: &str) -> PathBuf {
-        self.root.join("failed").join(id)
+    pub fn failed_path(&self, id: &QueueId) -> PathBuf {
+        self.root.join("failed").join(id.as_str())
     }
 
     pub fn new_id(&self) -> QueueId {
         let micros = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_micros() as u64);
-        let n = self.counter.fetch_add(1, Ordering::Relaxed) & 0xffff;
-        let mut id = QueueId::new();
-        use std::fmt::Write as _;
-        let _ = write!(
-            id,
-            "{:013X}{:04X}{:06X}",
-            micros & 0x000F_FFFF_FFFF_FFFF,
-            n,
-            self.pid & 0xff_ffff
-        );
-        id
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        QueueId::mint(micros, n, self.pid)
     }
 
     /// Starts a message file in `tmp/` (an emptied one from the pool, or a new one)
-    /// and writes its envelope.
-    pub fn create(&self, id: &str, env: &Envelope) -> io::Result<Writer> {
+    /// for message `id` (from `new_id`), and writes its envelope. The writer keeps
+    /// the id: it is committed under that id and no other.
+    pub fn create(&self, id: QueueId, env: &Envelope) -> io::Result<Writer> {
         let reused = self
             .pool
             .lock()
@@ -273,7 +221,7 @@ impl Spool {
         let (tmp, file) = match reused {
             Some(reused) => reused,
             None => {
-                let tmp = self.root.join("tmp").join(id);
+                let tmp = self.root.join("tmp").join(id.as_str());
                 let file = OpenOptions::new()
                     .write(true)
                     .create_new(true)
@@ -283,24 +231,9 @@ impl Spool {
             }
         };
         let mut head = String::with_capacity(256);
-        use std::fmt::Write as _;
-        let _ = write!(
-            head,
-            "{MAGIC}\ncreated {}\nclient {}\nhelo {}\nbody {}\nsmtputf8 {}\nsender <{}>\n",
-            env.created,
-            env.client,
-            env.helo,
-            if env.eight_bit { "8bitmime" } else { "7bit" },
-            if env.smtputf8 { "yes" } else { "no" },
-            env.sender
-        );
-        for r in &env.recipients {
-            let _ = writeln!(head, "rcpt <{r}>");
-        }
-        head.push_str("size ");
-        let size_offset = head.len() as u64;
-        let _ = write!(head, "{:0w$}\n\n", 0, w = SIZE_WIDTH);
+        let size_offset = env.emit(&mut head) as u64;
         let mut w = Writer {
+            id,
             // Gathers the envelope, the trace line and a small message into one
             // write; the session hands over bodies in pieces of up to 64 KiB, which
             // pass straight through.
@@ -334,24 +267,24 @@ impl Spool {
     /// Makes a written message durable and visible to the relay. Only after this
     /// returns may the client be told 250.
     /// On an error nothing stays queued (the client is told 4xx and sends again).
-    pub fn commit(&self, id: &str, mut w: Writer) -> io::Result<()> {
+    pub fn commit(&self, mut w: Writer) -> io::Result<QueueId> {
         if w.long_lines {
             // After the content, like the delivery records: an older reader skips it.
-            w.file.write_all(b"L\t\n")?;
+            w.file.write_all(Record::LongLines.emit().as_bytes())?;
         }
         w.file.flush()?;
         let file = w.file.get_ref();
         let size = format!("{:0w$}", w.written, w = SIZE_WIDTH);
         file.write_all_at(size.as_bytes(), w.size_offset)?;
         file.sync_data()?;
-        let queued = self.queue_path(id);
+        let queued = self.queue_path(&w.id);
         fs::rename(&w.tmp, &queued)?;
         w.committed = true;
         if let Err(e) = self.queue_sync.sync() {
             let _ = fs::remove_file(&queued);
             return Err(e);
         }
-        Ok(())
+        Ok(w.id.clone())
     }
 
     /// The ids in `failed/`, oldest first.
@@ -359,8 +292,7 @@ impl Spool {
         let mut ids: Vec<QueueId> = fs::read_dir(self.root.join("failed"))?
             .filter_map(|e| {
                 let name = e.ok()?.file_name();
-                let name = name.to_str().filter(|n| valid_id(n))?;
-                QueueId::try_from(name).ok()
+                QueueId::parse(name.to_str()?)
             })
             .collect();
         ids.sort();
@@ -369,7 +301,7 @@ impl Spool {
 
     /// Removes a message from `queue/` or `failed/` (the caller makes sure no delivery
     /// of it is in flight). `Ok(false)`: there was no such message.
-    pub fn delete(&self, id: &str) -> io::Result<bool> {
+    pub fn delete(&self, id: &QueueId) -> io::Result<bool> {
         for path in [self.queue_path(id), self.failed_path(id)] {
             match fs::remove_file(&path) {
                 Ok(()) => {
@@ -385,9 +317,9 @@ impl Spool {
 
     /// Puts a failed message back in the queue; its failed recipients are tried again.
     /// `Ok(false)`: there was no such failed message.
-    pub fn retry_failed(&self, id: &str, now: u64) -> io::Result<bool> {
+    pub fn retry_failed(&self, id: &QueueId, now: u64) -> io::Result<bool> {
         let from = self.failed_path(id);
-        match self.append(&from, &format!("R {now}")) {
+        match self.append(&from, &Record::Retry { time: now }) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
             r => r?,
         }
@@ -402,9 +334,9 @@ impl Spool {
         let mut ids = Vec::new();
         for entry in fs::read_dir(self.root.join("queue"))? {
             let name = entry?.file_name();
-            match name.to_str() {
-                Some(n) if valid_id(n) => ids.push(QueueId::try_from(n).unwrap_or_default()),
-                _ => {
+            match name.to_str().and_then(QueueId::parse) {
+                Some(id) => ids.push(id),
+                None => {
                     log::warn!(
                         "spool: moving unknown file queue/{} aside",
                         name.to_string_lossy()
@@ -418,101 +350,56 @@ impl Spool {
     }
 
     /// Reads a queued message's envelope and delivery records.
-    pub fn read(&self, id: &str) -> Result<Message, ReadError> {
+    pub fn read(&self, id: &QueueId) -> Result<Message, ReadError> {
         self.read_path(&self.queue_path(id), id)
     }
 
     /// Reads a message in `failed/`.
-    pub fn read_failed(&self, id: &str) -> Result<Message, ReadError> {
+    pub fn read_failed(&self, id: &QueueId) -> Result<Message, ReadError> {
         self.read_path(&self.failed_path(id), id)
     }
 
-    fn read_path(&self, path: &Path, id: &str) -> Result<Message, ReadError> {
-        let file = match File::open(path) {
+    fn read_path(&self, path: &Path, id: &QueueId) -> Result<Message, ReadError> {
+        let mut file = match File::open(path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(ReadError::Missing),
             Err(e) => return Err(ReadError::Io(e)),
         };
         let len = file.metadata().map_err(ReadError::Io)?.len();
-        let mut r = BufReader::new(file);
-        let bad = |what: &str| ReadError::Corrupt(what.to_string());
-        let mut line = String::new();
-        let mut offset = 0u64;
-        let mut next = |r: &mut BufReader<File>, line: &mut String| -> Result<(), ReadError> {
-            line.clear();
-            let n = r
-                .by_ref()
-                .take(MAX_HEADER)
-                .read_line(line)
-                .map_err(|_| bad("unreadable envelope"))?;
-            offset += n as u64;
-            if !line.ends_with('\n') || offset > MAX_HEADER {
-                return Err(bad("truncated envelope"));
+        // The envelope: a first read takes a usual one whole; a longer one, up to
+        // MAX_HEADER, takes more.
+        let mut head = vec![0u8; 4096.min(len as usize)];
+        let head_of = |file: &File, buf: &mut [u8]| file.read_exact_at(buf, 0);
+        head_of(&file, &mut head).map_err(ReadError::Io)?;
+        let parsed = match Envelope::parse(&head) {
+            Err(Corrupt::Truncated) if (head.len() as u64) < len => {
+                head.resize(MAX_HEADER.min(len as usize), 0);
+                head_of(&file, &mut head).map_err(ReadError::Io)?;
+                Envelope::parse(&head)
             }
-            line.pop();
-            Ok(())
+            other => other,
         };
-        next(&mut r, &mut line)?;
-        if line != MAGIC {
-            return Err(bad("not a smtp-relayd spool file"));
-        }
-        let mut env = Envelope {
-            created: 0,
-            client: String::new(),
-            helo: String::new(),
-            eight_bit: false,
-            smtputf8: false,
-            sender: String::new(),
-            recipients: Vec::new(),
-        };
-        let mut size = None;
-        loop {
-            next(&mut r, &mut line)?;
-            if line.is_empty() {
-                break;
-            }
-            let (k, v) = line
-                .split_once(' ')
-                .ok_or_else(|| bad("bad envelope line"))?;
-            let path = || {
-                v.strip_prefix('<')
-                    .and_then(|v| v.strip_suffix('>'))
-                    .map(str::to_string)
-                    .ok_or_else(|| bad("bad address"))
-            };
-            match k {
-                "created" => env.created = v.parse().map_err(|_| bad("bad created"))?,
-                "client" => env.client = v.to_string(),
-                "helo" => env.helo = v.to_string(),
-                "body" => env.eight_bit = v == "8bitmime",
-                "smtputf8" => env.smtputf8 = v == "yes",
-                "sender" => env.sender = path()?,
-                "rcpt" => env.recipients.push(path()?),
-                "size" => size = Some(v.parse::<u64>().map_err(|_| bad("bad size"))?),
-                _ => return Err(bad("unknown envelope field")),
-            }
-        }
-        let size = size.ok_or_else(|| bad("no size"))?;
-        if env.recipients.is_empty() {
-            return Err(bad("no recipients"));
-        }
-        let content_offset = offset;
+        let format::Head {
+            envelope,
+            size,
+            len: content_offset,
+        } = parsed.map_err(ReadError::Corrupt)?;
+        let content_offset = content_offset as u64;
         if content_offset + size > len {
-            return Err(bad("content shorter than its size"));
+            return Err(ReadError::Corrupt(Corrupt::ShortContent));
         }
         // The delivery records after the content.
-        let mut file = r.into_inner();
         file.seek(SeekFrom::Start(content_offset + size))
             .map_err(ReadError::Io)?;
-        let mut records = String::new();
+        let mut records = Vec::new();
         (&mut file)
             .take(MAX_RECORDS)
-            .read_to_string(&mut records)
-            .map_err(|_| bad("unreadable records"))?;
+            .read_to_end(&mut records)
+            .map_err(ReadError::Io)?;
         let mut msg = Message {
-            id: QueueId::try_from(id).map_err(|_| bad("bad id"))?,
-            rcpt_state: vec![RcptState::Pending; env.recipients.len()],
-            envelope: env,
+            id: id.clone(),
+            rcpt_state: vec![RcptState::Pending; envelope.recipients.len()],
+            envelope,
             size,
             content_offset,
             attempts: 0,
@@ -522,9 +409,8 @@ impl Spool {
             long_lines: false,
             file,
         };
-        // A record cut short by a crash has no TAB LF: it never happened.
-        for rec in records.split('\n').filter_map(|r| r.strip_suffix('\t')) {
-            apply_record(&mut msg, rec);
+        for rec in Record::parse_all(&String::from_utf8_lossy(&records)) {
+            msg.apply(rec);
         }
         Ok(msg)
     }
@@ -532,30 +418,23 @@ impl Spool {
     /// Appends one delivery record and makes it durable.
     /// A record ends with TAB LF (values never hold a TAB), so one torn by a crash is
     /// known as such, even after a later record was appended behind it.
-    fn append(&self, path: &Path, record: &str) -> io::Result<()> {
+    fn append(&self, path: &Path, record: &Record) -> io::Result<()> {
         let mut f = OpenOptions::new().append(true).read(true).open(path)?;
         let len = f.metadata()?.len();
         let mut last = [0u8; 1];
-        let mut line = String::with_capacity(record.len() + 3);
+        let mut line = String::with_capacity(128);
         if len > 0 && f.read_at(&mut last, len - 1).is_ok() && last[0] != b'\n' {
+            // After a torn record: it stays torn, this one starts a line of its own.
             line.push('\n');
         }
-        line.push_str(&sanitize(record));
-        line.push_str("\t\n");
+        line.push_str(&record.emit());
         f.write_all(line.as_bytes())?;
         f.sync_data()
     }
 
-    pub fn record_delivered(&self, id: &str, rcpt: usize, now: u64, reply: &str) -> io::Result<()> {
-        self.append(&self.queue_path(id), &format!("D {rcpt} {now} {reply}"))
-    }
-
-    pub fn record_failed(&self, id: &str, rcpt: usize, now: u64, reply: &str) -> io::Result<()> {
-        self.append(&self.queue_path(id), &format!("F {rcpt} {now} {reply}"))
-    }
-
-    pub fn record_deferred(&self, id: &str, now: u64, next: u64, reply: &str) -> io::Result<()> {
-        self.append(&self.queue_path(id), &format!("T {now} {next} {reply}"))
+    /// Appends a record to a queued message.
+    pub fn record(&self, id: &QueueId, record: &Record) -> io::Result<()> {
+        self.append(&self.queue_path(id), record)
     }
 
     /// Delivery is complete for every recipient: the message leaves the queue.
@@ -592,15 +471,16 @@ impl Spool {
     }
 
     /// Moves a message to `failed/` with the reason recorded in it.
-    pub fn move_to_failed(&self, id: &str, now: u64, reason: &str) -> io::Result<()> {
-        self.append(&self.queue_path(id), &format!("X {now} {reason}"))?;
+    pub fn move_to_failed(&self, id: &QueueId, now: u64, reason: &str) -> io::Result<()> {
+        let reason = reason.to_string();
+        self.append(&self.queue_path(id), &Record::Expired { time: now, reason })?;
         fs::rename(self.queue_path(id), self.failed_path(id))?;
         DirSync::sync_dir(&self.root.join("failed"))?;
         self.queue_sync.sync()
     }
 
     /// Moves an unreadable file out of the queue so it is neither retried nor lost.
-    pub fn move_aside(&self, id: &str) -> io::Result<()> {
+    pub fn move_aside(&self, id: &QueueId) -> io::Result<()> {
         self.move_aside_name(id)
     }
 
@@ -611,67 +491,57 @@ impl Spool {
     }
 }
 
-/// Records and envelope values stay on one line of printable text.
-fn sanitize(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect()
-}
-
-/// The records of one attempt share its time: an attempt is counted once, at the
-/// first record with a new time (delivered, failed and deferred ones alike).
-fn count_attempt(msg: &mut Message, time: &str) {
-    let t = time.parse().ok();
-    if t.is_none() || t != msg.last_attempt {
-        msg.attempts += 1;
-        msg.last_attempt = t;
-    }
-}
-
-fn apply_record(msg: &mut Message, rec: &str) {
-    let mut f = rec.splitn(4, ' ');
-    match (f.next(), f.next(), f.next(), f.next()) {
-        (Some("D" | "F"), Some(idx), Some(time), reply) => {
-            count_attempt(msg, time);
-            if let Some(state) = idx
-                .parse::<usize>()
-                .ok()
-                .and_then(|i| msg.rcpt_state.get_mut(i))
-            {
-                *state = if rec.starts_with('D') {
-                    RcptState::Delivered
-                } else {
-                    RcptState::Failed
-                };
+impl Message {
+    /// Applies one delivery record, in file order. The records of one attempt share
+    /// its time: an attempt is counted once, at the first record with a new time
+    /// (delivered, failed and deferred ones alike).
+    fn apply(&mut self, rec: Record) {
+        let attempt = |msg: &mut Message, time: u64| {
+            if msg.last_attempt != Some(time) {
+                msg.attempts += 1;
+                msg.last_attempt = Some(time);
             }
-            if rec.starts_with('F') {
-                msg.last_reply = reply.map(str::to_string);
+        };
+        match rec {
+            Record::Delivered { rcpt, time, .. } => {
+                attempt(self, time);
+                if let Some(state) = self.rcpt_state.get_mut(rcpt) {
+                    *state = RcptState::Delivered;
+                }
             }
-        }
-        (Some("R"), ..) => {
-            for state in msg
-                .rcpt_state
-                .iter_mut()
-                .filter(|s| **s == RcptState::Failed)
-            {
-                *state = RcptState::Pending;
+            Record::Failed { rcpt, time, reply } => {
+                attempt(self, time);
+                if let Some(state) = self.rcpt_state.get_mut(rcpt) {
+                    *state = RcptState::Failed;
+                }
+                self.last_reply = Some(reply);
             }
-            msg.attempts = 0;
-            msg.last_attempt = None;
-            msg.next_try = None;
+            Record::Deferred { time, next, reply } => {
+                attempt(self, time);
+                self.next_try = Some(next);
+                self.last_reply = Some(reply);
+            }
+            Record::Retry { .. } => {
+                for state in self
+                    .rcpt_state
+                    .iter_mut()
+                    .filter(|s| **s == RcptState::Failed)
+                {
+                    *state = RcptState::Pending;
+                }
+                self.attempts = 0;
+                self.last_attempt = None;
+                self.next_try = None;
+            }
+            Record::LongLines => self.long_lines = true,
+            Record::Expired { .. } => {}
         }
-        (Some("L"), None, ..) => msg.long_lines = true,
-        (Some("T"), Some(time), Some(next), reply) => {
-            count_attempt(msg, time);
-            msg.next_try = next.parse().ok();
-            msg.last_reply = reply.map(str::to_string);
-        }
-        _ => {}
     }
 }
 
 /// A message being written to `tmp/`. Dropped without `commit`, it is removed.
 pub struct Writer {
+    id: QueueId,
     file: io::BufWriter<File>,
     tmp: PathBuf,
     size_offset: u64,
@@ -689,6 +559,11 @@ impl Drop for Writer {
 }
 
 impl Writer {
+    /// The id the message is queued under.
+    pub fn id(&self) -> &QueueId {
+        &self.id
+    }
+
     pub fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.written += bytes.len() as u64;
         self.file.write_all(bytes)
@@ -734,9 +609,9 @@ mod tests {
 
     fn queue(spool: &Spool, content: &[u8]) -> QueueId {
         let id = spool.new_id();
-        let mut w = spool.create(&id, &env()).unwrap();
+        let mut w = spool.create(id.clone(), &env()).unwrap();
         w.write(content).unwrap();
-        spool.commit(&id, w).unwrap();
+        spool.commit(w).unwrap();
         id
     }
 
@@ -758,7 +633,14 @@ mod tests {
         let first = queue(&spool, &big);
         let ino = fs::metadata(spool.queue_path(&first)).unwrap().ino();
         spool
-            .record_deferred(&first, 10, 70, "451 4.3.0 later")
+            .record(
+                &first,
+                &Record::Deferred {
+                    time: 10,
+                    next: 70,
+                    reply: "451 4.3.0 later".into(),
+                },
+            )
             .unwrap();
         spool.remove(&first).unwrap();
         assert!(spool.read(&first).is_err());
@@ -790,7 +672,7 @@ mod tests {
 
         // An aborted message does not return its file to the pool.
         spool.remove(&second).unwrap();
-        let w = spool.create(&spool.new_id(), &env()).unwrap();
+        let w = spool.create(spool.new_id(), &env()).unwrap();
         w.abort();
         assert!(names(&dir.join("tmp")).is_empty());
         let _ = fs::remove_dir_all(&dir);
@@ -824,11 +706,11 @@ mod tests {
         let dir = temp_dir("spool");
         let spool = Spool::open(&dir).unwrap();
         let id = spool.new_id();
-        assert!(valid_id(&id), "{id}");
+        assert!(QueueId::parse(&id).is_some(), "{id}");
         assert_ne!(id, spool.new_id());
-        let mut w = spool.create(&id, &env()).unwrap();
+        let mut w = spool.create(id.clone(), &env()).unwrap();
         w.write(b"Subject: x\r\n\r\nbody\r\n").unwrap();
-        spool.commit(&id, w).unwrap();
+        spool.commit(w).unwrap();
         assert!(fs::read_dir(dir.join("tmp")).unwrap().next().is_none());
         assert_eq!(spool.list_queue().unwrap(), vec![id.clone()]);
 
@@ -840,9 +722,25 @@ mod tests {
         assert_eq!(content, b"Subject: x\r\n\r\nbody\r\n");
         assert_eq!(m.rcpt_state, [RcptState::Pending, RcptState::Pending]);
 
-        spool.record_delivered(&id, 0, 10, "250 2.0.0 ok").unwrap();
         spool
-            .record_deferred(&id, 10, 70, "451 4.3.0 later\r\nX injected")
+            .record(
+                &id,
+                &Record::Delivered {
+                    rcpt: 0,
+                    time: 10,
+                    reply: "250 2.0.0 ok".into(),
+                },
+            )
+            .unwrap();
+        spool
+            .record(
+                &id,
+                &Record::Deferred {
+                    time: 10,
+                    next: 70,
+                    reply: "451 4.3.0 later\r\nX injected".into(),
+                },
+            )
             .unwrap();
         // A record torn by a crash (no newline) is ignored.
         OpenOptions::new()
@@ -856,7 +754,16 @@ mod tests {
         assert_eq!((m.attempts, m.next_try), (1, Some(70)));
         assert_eq!(m.last_reply.as_deref(), Some("451 4.3.0 later??X injected"));
 
-        spool.record_failed(&id, 1, 19, "550 5.1.1 no").unwrap();
+        spool
+            .record(
+                &id,
+                &Record::Failed {
+                    rcpt: 1,
+                    time: 19,
+                    reply: "550 5.1.1 no".into(),
+                },
+            )
+            .unwrap();
         spool.move_to_failed(&id, 20, "550 5.1.1 no").unwrap();
         assert!(spool.list_queue().unwrap().is_empty());
         assert_eq!(spool.list_failed().unwrap(), vec![id.clone()]);
@@ -887,9 +794,9 @@ mod tests {
         let dir = temp_dir("corrupt");
         let spool = Spool::open(&dir).unwrap();
         let id = spool.new_id();
-        let mut w = spool.create(&id, &env()).unwrap();
+        let mut w = spool.create(id.clone(), &env()).unwrap();
         w.write(b"0123456789").unwrap();
-        spool.commit(&id, w).unwrap();
+        spool.commit(w).unwrap();
         let path = spool.queue_path(&id);
         let good = fs::read(&path).unwrap();
         // Truncated content, garbage, and an empty file are all Corrupt, never a panic.
@@ -908,7 +815,7 @@ mod tests {
         assert!(spool.list_queue().unwrap().is_empty());
         assert!(dir.join("corrupt").join("junk").exists());
         // Uncommitted writers leave nothing after a restart.
-        let w = spool.create(&spool.new_id(), &env()).unwrap();
+        let w = spool.create(spool.new_id(), &env()).unwrap();
         drop(w);
         let _ = Spool::open(&dir).unwrap();
         assert!(fs::read_dir(dir.join("tmp")).unwrap().next().is_none());

@@ -1,17 +1,13 @@
 //! Who may send what: sender and recipient patterns, the qualification of bare names
-//! and the alias table (applied when a message is received), and the per-client
-//! limits that need state shared by every worker (connections per address, message
-//! rate).
+//! and the alias table, applied when a message is received.
 //!
-//! Everything here is built once from the configuration; the session only reads it.
+//! Everything here is built once from the configuration and only read afterwards;
+//! the per-client limits that need state shared by every worker (connections per
+//! address, message rate) live with the server (`crate::server::limits`).
 
 use std::collections::HashMap;
-use std::net::IpAddr;
-use std::path::Path;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
 
-use crate::protocol::address::{self, Mailbox};
+use super::address::{self, Mailbox};
 
 /// An address pattern of `allow_sender`, `allow_recipient` and the users file:
 /// `user@domain`, `*@domain`, `*@*.domain` (subdomains only), `user@*`, `*`, or `<>`
@@ -137,122 +133,6 @@ pub fn allowed(list: &[Pattern], addr: &[u8]) -> bool {
     list.is_empty() || list.iter().any(|p| p.matches(addr))
 }
 
-/// `rate_limit N/MINUTES`: a token bucket per client address. A client may send a
-/// burst of N messages, and then N every MINUTES.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Rate {
-    pub messages: u32,
-    pub per: Duration,
-}
-
-impl Rate {
-    pub fn parse(s: &str) -> Result<Option<Rate>, String> {
-        if s == "none" {
-            return Ok(None);
-        }
-        let bad = || format!("'{s}': expected N/MINUTES (such as 100/10) or none");
-        let (n, m) = s.split_once('/').ok_or_else(bad)?;
-        let messages: u32 = n.trim().parse().map_err(|_| bad())?;
-        let minutes: u64 = m.trim().parse().map_err(|_| bad())?;
-        if messages == 0 || minutes == 0 || minutes > 10_080 {
-            return Err(bad());
-        }
-        Ok(Some(Rate {
-            messages,
-            per: Duration::from_secs(minutes * 60),
-        }))
-    }
-}
-
-impl std::fmt::Display for Rate {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.messages, self.per.as_secs() / 60)
-    }
-}
-
-/// At most this many client addresses are remembered by a table (memory stays
-/// bounded however many addresses a client can use).
-const MAX_ENTRIES: usize = 4096;
-
-/// The token buckets of `rate_limit`, shared by the workers.
-#[derive(Debug)]
-pub struct RateTable {
-    rate: Rate,
-    /// Tokens in millionths of a message, and when they were counted.
-    buckets: Mutex<HashMap<IpAddr, (u64, Instant)>>,
-}
-
-const UNIT: u64 = 1_000_000;
-
-impl RateTable {
-    pub fn new(rate: Rate) -> RateTable {
-        RateTable {
-            rate,
-            buckets: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// Takes one message from `ip`'s bucket; false when it is empty.
-    pub fn take(&self, ip: IpAddr, now: Instant) -> bool {
-        let capacity = u64::from(self.rate.messages) * UNIT;
-        let per_us = self.rate.per.as_micros().max(1) as u64;
-        let refill = |tokens: u64, since: Instant| {
-            let us = now.saturating_duration_since(since).as_micros() as u64;
-            // messages * UNIT per `per`: tokens gained in `us` microseconds.
-            let gained = (u128::from(us) * u128::from(self.rate.messages) * u128::from(UNIT)
-                / u128::from(per_us)) as u64;
-            tokens.saturating_add(gained).min(capacity)
-        };
-        let mut map = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        if map.len() >= MAX_ENTRIES && !map.contains_key(&ip) {
-            // Forget the clients whose buckets have filled up again: they are as new.
-            map.retain(|_, (t, since)| refill(*t, *since) < capacity);
-            if map.len() >= MAX_ENTRIES {
-                map.clear();
-            }
-        }
-        let (tokens, since) = map.entry(ip).or_insert((capacity, now));
-        let available = refill(*tokens, *since);
-        *since = now;
-        if available >= UNIT {
-            *tokens = available - UNIT;
-            true
-        } else {
-            *tokens = available;
-            false
-        }
-    }
-}
-
-/// Open connections per client address, for `max_connections_per_ip`.
-#[derive(Debug, Default)]
-pub struct ConnectionCounts {
-    open: Mutex<HashMap<IpAddr, u32>>,
-}
-
-impl ConnectionCounts {
-    /// Counts a new connection unless `ip` already has `limit` open.
-    pub fn enter(&self, ip: IpAddr, limit: u32) -> bool {
-        let mut map = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        let n = map.entry(ip).or_insert(0);
-        if *n >= limit {
-            return false;
-        }
-        *n += 1;
-        true
-    }
-
-    pub fn leave(&self, ip: IpAddr) {
-        let mut map = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = map.get_mut(&ip) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&ip);
-            }
-        }
-    }
-}
-
 /// What the session checks at MAIL and RCPT, and how it qualifies and maps names.
 #[derive(Debug, Default)]
 pub struct Policy {
@@ -267,7 +147,8 @@ pub struct Policy {
     pub max_recipients: usize,
     /// 0: no limit.
     pub max_messages_per_connection: u32,
-    pub rate: Option<RateTable>,
+    /// `rate_limit` is set: the session asks the shell at each MAIL (`Step::CheckRate`).
+    pub rate_limited: bool,
 }
 
 /// Why an address could not be qualified or mapped.
@@ -276,34 +157,38 @@ pub enum AddressError {
     TooLong,
 }
 
+/// Qualifies a bare name: `root` becomes `root@domain`; an address with a domain,
+/// and the null path, stay as they are. Used by the SMTP session and by sendmail.
+pub fn qualify(addr: &[u8], domain: &str) -> Result<Mailbox, AddressError> {
+    let mut out = Mailbox::new();
+    let ok = if addr.is_empty() || addr.contains(&b'@') {
+        out.extend_from_slice(addr).is_ok()
+    } else {
+        out.extend_from_slice(addr).is_ok()
+            && out.push(b'@').is_ok()
+            && out.extend_from_slice(domain.as_bytes()).is_ok()
+    };
+    if ok {
+        Ok(out)
+    } else {
+        Err(AddressError::TooLong)
+    }
+}
+
 impl Policy {
     /// No rules and no limits beyond RFC 5321's: bare names get `domain`.
     pub fn open(domain: &str) -> Policy {
         Policy {
             qualify_domain: domain.to_string(),
             hostname: domain.to_string(),
-            max_recipients: crate::protocol::limits::RECIPIENTS,
+            max_recipients: super::limits::RECIPIENTS,
             ..Policy::default()
         }
     }
 
     /// `root` becomes `root@qualify_domain`; anything with a domain stays as it is.
     pub fn qualify(&self, addr: &[u8]) -> Result<Mailbox, AddressError> {
-        let mut out = Mailbox::new();
-        let ok = if addr.is_empty() || addr.contains(&b'@') {
-            out.extend_from_slice(addr).is_ok()
-        } else {
-            out.extend_from_slice(addr).is_ok()
-                && out.push(b'@').is_ok()
-                && out
-                    .extend_from_slice(self.qualify_domain.as_bytes())
-                    .is_ok()
-        };
-        if ok {
-            Ok(out)
-        } else {
-            Err(AddressError::TooLong)
-        }
+        qualify(addr, &self.qualify_domain)
     }
 
     /// The addresses a qualified recipient stands for: its alias targets when its
@@ -369,20 +254,6 @@ pub fn parse_alias(s: &str) -> Result<(String, Vec<Mailbox>), String> {
     Ok((name.to_ascii_lowercase(), targets))
 }
 
-/// Reads an aliases file: `name: address[, address...]` lines, `#` comments.
-pub fn load_aliases(path: &Path) -> Result<Vec<(String, Vec<Mailbox>)>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut out = Vec::new();
-    for (n, line) in text.lines().enumerate() {
-        let line = line.split_once('#').map_or(line, |(a, _)| a).trim();
-        if line.is_empty() {
-            continue;
-        }
-        out.push(parse_alias(line).map_err(|e| format!("{}:{}: {e}", path.display(), n + 1))?);
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -439,60 +310,6 @@ mod tests {
         );
         assert!(allowed(&[], b"x@y.z"));
         assert!(!allowed(&[Pattern::Null], b"x@y.z"));
-    }
-
-    #[test]
-    fn rate_token_bucket() {
-        let t = RateTable::new(Rate::parse("3/1").unwrap().unwrap());
-        let ip: IpAddr = "192.0.2.1".parse().unwrap();
-        let other: IpAddr = "192.0.2.2".parse().unwrap();
-        let t0 = Instant::now();
-        assert!(t.take(ip, t0));
-        assert!(t.take(ip, t0));
-        assert!(t.take(ip, t0));
-        assert!(!t.take(ip, t0), "the burst is 3");
-        assert!(t.take(other, t0), "each address has its own bucket");
-        // One message comes back every 20 s.
-        assert!(!t.take(ip, t0 + Duration::from_secs(19)));
-        assert!(t.take(ip, t0 + Duration::from_secs(21)));
-        assert!(!t.take(ip, t0 + Duration::from_secs(22)));
-        // A long pause refills to the burst, no more.
-        let later = t0 + Duration::from_secs(3600);
-        assert!((0..3).all(|_| t.take(ip, later)));
-        assert!(!t.take(ip, later));
-        assert_eq!(Rate::parse("none").unwrap(), None);
-        for bad in ["0/1", "5/0", "5", "x/1", "5/x", "-1/1"] {
-            assert!(Rate::parse(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn rate_table_stays_bounded() {
-        let t = RateTable::new(Rate::parse("1/60").unwrap().unwrap());
-        let now = Instant::now();
-        for i in 0..(MAX_ENTRIES as u32 * 3) {
-            let ip = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
-            t.take(ip, now);
-        }
-        assert!(t.buckets.lock().unwrap().len() <= MAX_ENTRIES);
-    }
-
-    #[test]
-    fn connection_counts() {
-        let c = ConnectionCounts::default();
-        let ip: IpAddr = "::1".parse().unwrap();
-        assert!(c.enter(ip, 2));
-        assert!(c.enter(ip, 2));
-        assert!(!c.enter(ip, 2));
-        c.leave(ip);
-        assert_eq!(c.open.lock().unwrap()[&ip], 1);
-        assert!(c.enter(ip, 2));
-        c.leave(ip);
-        c.leave(ip);
-        assert!(
-            c.open.lock().unwrap().is_empty(),
-            "an address with none open is forgotten"
-        );
     }
 
     #[test]
