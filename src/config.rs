@@ -38,16 +38,6 @@ pub enum SmarthostTls {
     None,
 }
 
-impl SmarthostTls {
-    fn name(self) -> &'static str {
-        match self {
-            SmarthostTls::Starttls => "starttls",
-            SmarthostTls::Implicit => "implicit",
-            SmarthostTls::None => "none",
-        }
-    }
-}
-
 /// An IP network, `ADDR/BITS`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cidr {
@@ -213,75 +203,662 @@ pub struct Config {
     pub lines: Vec<(&'static str, usize)>,
 }
 
-/// Every key, for `--check`, the README and "did you mean".
-pub const KEYS: &[&str] = &[
-    "listen",
-    "hostname",
-    "allow",
-    "spool",
-    "smarthost",
-    "workers",
-    "max_connections",
-    "max_message_size",
-    "bare_newline",
-    "mode",
-    "max_hops",
-    "command_timeout",
-    "data_timeout",
-    "retry_min",
-    "retry_max",
-    "max_queue_lifetime",
-    "smarthost_connect_timeout",
-    "smarthost_timeout",
-    "smarthost_idle",
-    "shutdown_grace",
-    "smarthost_tls",
-    "smarthost_ca_file",
-    "smarthost_fingerprint",
-    "smarthost_tls_verify",
-    "smarthost_user",
-    "smarthost_password_file",
-    "smarthost_auth_plaintext",
-    "tls_cert",
-    "tls_key",
-    "auth_users",
-    "auth_plaintext",
-    "require_auth",
-    "log",
-    "syslog_socket",
-    "user",
-    "sendmail_from",
-    "allow_sender",
-    "allow_recipient",
-    "rewrite_sender",
-    "rewrite_from",
-    "qualify_domain",
-    "alias",
-    "aliases",
-    "max_connections_per_ip",
-    "max_recipients",
-    "max_messages_per_connection",
-    "rate_limit",
-    "connection_limit_exempt",
-    "add_missing_headers",
-    "min_data_rate",
+/// One configuration key: its name, whether it may be given more than once (each
+/// line adds to a list), how a value is read into the config, and how the effective
+/// setting is printed for `--check`. A key is one row: adding one touches its row,
+/// its field and its default. Rows are in `--check` order.
+pub struct Key {
+    pub name: &'static str,
+    pub repeatable: bool,
+    parse: fn(&mut Config, &str) -> Result<(), String>,
+    print: fn(&Config, &mut String),
+}
+
+/// `N` seconds, as `--check` prints durations.
+fn secs(d: &Duration) -> String {
+    format!("{}s", d.as_secs())
+}
+
+fn yes_no(b: bool) -> &'static str {
+    if b { "yes" } else { "no" }
+}
+
+/// Appends `key value` lines.
+fn line(out: &mut String, key: &str, value: impl std::fmt::Display) {
+    let _ = writeln!(out, "{key} {value}");
+}
+
+/// A value that must be one of `names`.
+fn one_of<T: Copy>(key: &str, v: &str, names: &[(&str, T)]) -> Result<T, String> {
+    names
+        .iter()
+        .find(|(n, _)| *n == v)
+        .map(|(_, t)| *t)
+        .ok_or_else(|| {
+            let list: Vec<String> = names.iter().map(|(n, _)| format!("'{n}'")).collect();
+            let list = match list.split_last() {
+                Some((last, [])) => last.clone(),
+                Some((last, rest)) if rest.len() == 1 => format!("{} or {last}", rest[0]),
+                Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+                None => String::new(),
+            };
+            format!("{key} must be {list}, not '{v}'")
+        })
+}
+
+fn address(key: &str, v: &str) -> Result<String, String> {
+    crate::protocol::address::check_mailbox(v.as_bytes(), false)
+        .map_err(|_| format!("{key} '{v}' is not an address"))?;
+    Ok(v.to_string())
+}
+
+fn domain(key: &str, v: &str) -> Result<(), String> {
+    crate::protocol::address::check_domain(v.as_bytes(), false)
+        .map_err(|_| format!("{key} '{v}' is not a domain name"))
+}
+
+const BARE_NEWLINE: &[(&str, BareNewline)] = &[
+    ("normalize", BareNewline::Normalize),
+    ("reject", BareNewline::Reject),
+];
+const MODES: &[(&str, Mode)] = &[
+    ("durable", Mode::Durable),
+    ("passthrough", Mode::Passthrough),
+];
+const SMARTHOST_TLS: &[(&str, SmarthostTls)] = &[
+    ("starttls", SmarthostTls::Starttls),
+    ("implicit", SmarthostTls::Implicit),
+    ("none", SmarthostTls::None),
+];
+const LOG: &[(&str, crate::logger::Target)] = &[
+    ("stderr", crate::logger::Target::Stderr),
+    ("syslog", crate::logger::Target::Syslog),
+    ("both", crate::logger::Target::Both),
 ];
 
-impl Config {
-    pub fn load(path: &Path) -> Result<Config, String> {
-        let text =
-            std::fs::read(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-        let text =
-            String::from_utf8(text).map_err(|_| format!("{}: not UTF-8 text", path.display()))?;
-        Self::parse(path, &text)
-    }
+fn name_of<T: PartialEq>(names: &[(&'static str, T)], t: &T) -> &'static str {
+    names.iter().find(|(_, v)| v == t).map_or("?", |(n, _)| n)
+}
 
-    pub fn parse(path: &Path, text: &str) -> Result<Config, String> {
-        let file = path.display();
-        let mut c = Config {
-            path: path.to_path_buf(),
+/// A list of networks, or `none` for an empty one.
+fn print_cidrs(out: &mut String, key: &str, list: &[Cidr]) {
+    if list.is_empty() {
+        line(out, key, "none");
+    }
+    for a in list {
+        line(out, key, a);
+    }
+}
+
+/// The rows: see `Key`.
+pub const TABLE: &[Key] = &[
+    Key {
+        name: "listen",
+        repeatable: true,
+        parse: |c, v| {
+            c.listen.push(parse_listen(v)?);
+            Ok(())
+        },
+        print: |c, s| c.listen.iter().for_each(|l| line(s, "listen", l)),
+    },
+    Key {
+        name: "hostname",
+        repeatable: false,
+        parse: |c, v| {
+            domain("hostname", v)?;
+            c.hostname = v.to_string();
+            Ok(())
+        },
+        print: |c, s| line(s, "hostname", &c.hostname),
+    },
+    Key {
+        name: "allow",
+        repeatable: true,
+        parse: |c, v| {
+            if v != "none" {
+                c.allow.push(Cidr::parse(v)?);
+            }
+            Ok(())
+        },
+        print: |c, s| print_cidrs(s, "allow", &c.allow),
+    },
+    Key {
+        name: "spool",
+        repeatable: false,
+        parse: |c, v| {
+            if !v.starts_with('/') {
+                return Err(format!("spool '{v}' must be an absolute path"));
+            }
+            c.spool = PathBuf::from(v);
+            Ok(())
+        },
+        print: |c, s| line(s, "spool", c.spool.display()),
+    },
+    Key {
+        name: "smarthost",
+        repeatable: false,
+        parse: |c, v| {
+            c.smarthost = parse_smarthost(v)?;
+            Ok(())
+        },
+        print: |c, s| line(s, "smarthost", &c.smarthost),
+    },
+    Key {
+        name: "workers",
+        repeatable: false,
+        parse: |c, v| {
+            c.workers = parse_count(v, 1, 1024)?;
+            Ok(())
+        },
+        print: |c, s| line(s, "workers", c.workers),
+    },
+    Key {
+        name: "max_connections",
+        repeatable: false,
+        parse: |c, v| {
+            c.max_connections = parse_count(v, 1, 100_000)?;
+            Ok(())
+        },
+        print: |c, s| line(s, "max_connections", c.max_connections),
+    },
+    Key {
+        name: "max_message_size",
+        repeatable: false,
+        parse: |c, v| {
+            c.max_message_size = parse_size(v)?;
+            Ok(())
+        },
+        print: |c, s| line(s, "max_message_size", c.max_message_size),
+    },
+    Key {
+        name: "bare_newline",
+        repeatable: false,
+        parse: |c, v| {
+            c.bare_newline = one_of("bare_newline", v, BARE_NEWLINE)?;
+            Ok(())
+        },
+        print: |c, s| line(s, "bare_newline", name_of(BARE_NEWLINE, &c.bare_newline)),
+    },
+    Key {
+        name: "mode",
+        repeatable: false,
+        parse: |c, v| {
+            c.mode = one_of("mode", v, MODES)?;
+            Ok(())
+        },
+        print: |c, s| line(s, "mode", name_of(MODES, &c.mode)),
+    },
+    Key {
+        name: "max_hops",
+        repeatable: false,
+        parse: |c, v| {
+            c.max_hops = parse_count(v, 1, 1000)? as u32;
+            Ok(())
+        },
+        print: |c, s| line(s, "max_hops", c.max_hops),
+    },
+    Key {
+        name: "add_missing_headers",
+        repeatable: false,
+        parse: |c, v| {
+            c.add_missing_headers = parse_yes_no("add_missing_headers", v)?;
+            Ok(())
+        },
+        print: |c, s| line(s, "add_missing_headers", yes_no(c.add_missing_headers)),
+    },
+    Key {
+        name: "min_data_rate",
+        repeatable: false,
+        parse: |c, v| {
+            c.min_data_rate = if v == "none" { 0 } else { parse_size(v)? };
+            Ok(())
+        },
+        print: |c, s| match c.min_data_rate {
+            0 => line(s, "min_data_rate", "none"),
+            r => line(s, "min_data_rate", r),
+        },
+    },
+    Key {
+        name: "command_timeout",
+        repeatable: false,
+        parse: |c, v| {
+            c.command_timeout = parse_duration(v)?;
+            Ok(())
+        },
+        print: |c, s| line(s, "command_timeout", secs(&c.command_timeout)),
+    },
+    Key {
+        name: "data_timeout",
+        repeatable: false,
+        parse: |c, v| {
+            c.data_timeout = parse_duration(v)?;
+            Ok(())
+        },
+        print: |c, s| line(s, "data_timeout", secs(&c.data_timeout)),
+    },
+    Key {
+        name: "retry_min",
+        repeatable: false,
+        parse: |c, v| {
+            c.retry_min = parse_duration(v)?;
+            Ok(())
+        },
+        print: |c, s| line(s, "retry_min", secs(&c.retry_min)),
+    },
+    Key {
+        name: "retry_max",
+        repeatable: false,
+        parse: |c, v| {
+            c.retry_max = parse_duration(v)?;
+            Ok(())
+        },
+        print: |c, s| line(s, "retry_max", secs(&c.retry_max)),
+    },
+    Key {
+        name: "max_queue_lifetime",
+        repeatable: false,
+        parse: |c, v| {
+            c.max_queue_lifetime = parse_duration(v)?;
+            Ok(())
+        },
+        print: |c, s| line(s, "max_queue_lifetime", secs(&c.max_queue_lifetime)),
+    },
+    Key {
+        name: "smarthost_connect_timeout",
+        repeatable: false,
+        parse: |c, v| {
+            c.smarthost_connect_timeout = parse_duration(v)?;
+            Ok(())
+        },
+        print: |c, s| {
+            line(
+                s,
+                "smarthost_connect_timeout",
+                secs(&c.smarthost_connect_timeout),
+            )
+        },
+    },
+    Key {
+        name: "smarthost_timeout",
+        repeatable: false,
+        parse: |c, v| {
+            c.smarthost_timeout = Some(parse_duration(v)?);
+            Ok(())
+        },
+        print: |c, s| {
+            match &c.smarthost_timeout {
+            Some(t) => line(s, "smarthost_timeout", secs(t)),
+            None => s.push_str(
+                "# smarthost_timeout unset: RFC 5321 4.5.3.2 (5m per command, 10m after the data)\n",
+            ),
+        }
+        },
+    },
+    Key {
+        name: "smarthost_tls",
+        repeatable: false,
+        parse: |c, v| {
+            c.smarthost_tls = one_of("smarthost_tls", v, SMARTHOST_TLS)?;
+            Ok(())
+        },
+        print: |c, s| line(s, "smarthost_tls", name_of(SMARTHOST_TLS, &c.smarthost_tls)),
+    },
+    Key {
+        name: "smarthost_ca_file",
+        repeatable: false,
+        parse: |c, v| {
+            c.smarthost_ca_file = Some(absolute(v)?);
+            Ok(())
+        },
+        print: |c, s| {
+            if let Some(p) = &c.smarthost_ca_file {
+                line(s, "smarthost_ca_file", p.display());
+            }
+        },
+    },
+    Key {
+        name: "smarthost_fingerprint",
+        repeatable: false,
+        parse: |c, v| {
+            c.smarthost_fingerprint = Some(parse_fingerprint(v)?);
+            Ok(())
+        },
+        print: |c, s| {
+            if let Some(fp) = &c.smarthost_fingerprint {
+                let hex: String = fp.iter().map(|b| format!("{b:02x}")).collect();
+                line(s, "smarthost_fingerprint", format!("sha256:{hex}"));
+            }
+        },
+    },
+    Key {
+        name: "smarthost_tls_verify",
+        repeatable: false,
+        parse: |c, v| {
+            c.smarthost_tls_verify = parse_yes_no("smarthost_tls_verify", v)?;
+            Ok(())
+        },
+        print: |c, s| line(s, "smarthost_tls_verify", yes_no(c.smarthost_tls_verify)),
+    },
+    Key {
+        name: "smarthost_user",
+        repeatable: false,
+        parse: |c, v| {
+            c.smarthost_user = Some(v.to_string());
+            Ok(())
+        },
+        print: |c, s| {
+            if let Some(u) = &c.smarthost_user {
+                line(s, "smarthost_user", u);
+            }
+        },
+    },
+    Key {
+        name: "smarthost_password_file",
+        repeatable: false,
+        parse: |c, v| {
+            c.smarthost_password_file = Some(absolute(v)?);
+            Ok(())
+        },
+        print: |c, s| {
+            if let Some(p) = &c.smarthost_password_file {
+                let shown = format!("{}  # contents not shown", p.display());
+                line(s, "smarthost_password_file", shown);
+            }
+        },
+    },
+    Key {
+        name: "smarthost_auth_plaintext",
+        repeatable: false,
+        parse: |c, v| {
+            c.smarthost_auth_plaintext = parse_yes_no("smarthost_auth_plaintext", v)?;
+            Ok(())
+        },
+        print: |c, s| {
+            line(
+                s,
+                "smarthost_auth_plaintext",
+                yes_no(c.smarthost_auth_plaintext),
+            )
+        },
+    },
+    Key {
+        name: "tls_cert",
+        repeatable: false,
+        parse: |c, v| {
+            c.tls_cert = Some(absolute(v)?);
+            Ok(())
+        },
+        print: |c, s| {
+            if let Some(p) = &c.tls_cert {
+                line(s, "tls_cert", p.display());
+            }
+        },
+    },
+    Key {
+        name: "tls_key",
+        repeatable: false,
+        parse: |c, v| {
+            c.tls_key = Some(absolute(v)?);
+            Ok(())
+        },
+        print: |c, s| {
+            if let Some(p) = &c.tls_key {
+                line(s, "tls_key", p.display());
+            }
+        },
+    },
+    Key {
+        name: "auth_users",
+        repeatable: false,
+        parse: |c, v| {
+            c.auth_users = Some(absolute(v)?);
+            Ok(())
+        },
+        print: |c, s| {
+            if let Some(p) = &c.auth_users {
+                line(s, "auth_users", p.display());
+            }
+        },
+    },
+    Key {
+        name: "auth_plaintext",
+        repeatable: false,
+        parse: |c, v| {
+            c.auth_plaintext = parse_yes_no("auth_plaintext", v)?;
+            Ok(())
+        },
+        print: |c, s| line(s, "auth_plaintext", yes_no(c.auth_plaintext)),
+    },
+    Key {
+        name: "require_auth",
+        repeatable: false,
+        parse: |c, v| {
+            c.require_auth = parse_yes_no("require_auth", v)?;
+            Ok(())
+        },
+        print: |c, s| line(s, "require_auth", yes_no(c.require_auth)),
+    },
+    Key {
+        name: "user",
+        repeatable: false,
+        parse: |c, v| {
+            c.user = Some(v.to_string());
+            Ok(())
+        },
+        print: |c, s| {
+            if let Some(u) = &c.user {
+                line(s, "user", u);
+            }
+        },
+    },
+    Key {
+        name: "sendmail_from",
+        repeatable: false,
+        parse: |c, v| {
+            c.sendmail_from = Some(address("sendmail_from", v)?);
+            Ok(())
+        },
+        print: |c, s| {
+            if let Some(f) = &c.sendmail_from {
+                line(s, "sendmail_from", f);
+            }
+        },
+    },
+    Key {
+        name: "allow_sender",
+        repeatable: true,
+        parse: |c, v| {
+            let patterns = crate::protocol::policy::parse_patterns(v)?;
+            c.allow_sender.extend(patterns);
+            Ok(())
+        },
+        print: |c, s| {
+            c.allow_sender
+                .iter()
+                .for_each(|p| line(s, "allow_sender", p))
+        },
+    },
+    Key {
+        name: "allow_recipient",
+        repeatable: true,
+        parse: |c, v| {
+            let patterns = crate::protocol::policy::parse_patterns(v)?;
+            c.allow_recipient.extend(patterns);
+            Ok(())
+        },
+        print: |c, s| {
+            c.allow_recipient
+                .iter()
+                .for_each(|p| line(s, "allow_recipient", p))
+        },
+    },
+    Key {
+        name: "rewrite_sender",
+        repeatable: false,
+        parse: |c, v| {
+            c.rewrite_sender = Some(address("rewrite_sender", v)?);
+            Ok(())
+        },
+        print: |c, s| {
+            if let Some(a) = &c.rewrite_sender {
+                line(s, "rewrite_sender", a);
+            }
+        },
+    },
+    Key {
+        name: "rewrite_from",
+        repeatable: false,
+        parse: |c, v| {
+            c.rewrite_from = Some(address("rewrite_from", v)?);
+            Ok(())
+        },
+        print: |c, s| {
+            if let Some(a) = &c.rewrite_from {
+                line(s, "rewrite_from", a);
+            }
+        },
+    },
+    Key {
+        name: "qualify_domain",
+        repeatable: false,
+        parse: |c, v| {
+            domain("qualify_domain", v)?;
+            c.qualify_domain = Some(v.to_ascii_lowercase());
+            Ok(())
+        },
+        print: |c, s| line(s, "qualify_domain", c.qualify_domain()),
+    },
+    Key {
+        name: "alias",
+        repeatable: true,
+        parse: |c, v| {
+            c.alias.push(crate::protocol::policy::parse_alias(v)?);
+            Ok(())
+        },
+        print: |c, s| {
+            for (name, targets) in &c.alias {
+                let t: Vec<String> = targets
+                    .iter()
+                    .map(|m| String::from_utf8_lossy(m).into_owned())
+                    .collect();
+                line(s, "alias", format!("{name} {}", t.join(",")));
+            }
+        },
+    },
+    Key {
+        name: "aliases",
+        repeatable: false,
+        parse: |c, v| {
+            c.aliases = Some(absolute(v)?);
+            Ok(())
+        },
+        print: |c, s| {
+            if let Some(p) = &c.aliases {
+                line(s, "aliases", p.display());
+            }
+        },
+    },
+    Key {
+        name: "max_connections_per_ip",
+        repeatable: false,
+        parse: |c, v| {
+            c.max_connections_per_ip = Some(parse_count(v, 1, 100_000)? as u32);
+            Ok(())
+        },
+        print: |c, s| line(s, "max_connections_per_ip", c.max_connections_per_ip()),
+    },
+    Key {
+        name: "connection_limit_exempt",
+        repeatable: true,
+        parse: |c, v| {
+            if v != "none" {
+                c.connection_limit_exempt.push(Cidr::parse(v)?);
+            }
+            Ok(())
+        },
+        print: |c, s| print_cidrs(s, "connection_limit_exempt", &c.connection_limit_exempt),
+    },
+    Key {
+        name: "max_recipients",
+        repeatable: false,
+        parse: |c, v| {
+            c.max_recipients = parse_count(v, 1, crate::protocol::limits::RECIPIENTS)?;
+            Ok(())
+        },
+        print: |c, s| line(s, "max_recipients", c.max_recipients),
+    },
+    Key {
+        name: "max_messages_per_connection",
+        repeatable: false,
+        parse: |c, v| {
+            c.max_messages_per_connection = match v {
+                "none" => 0,
+                v => parse_count(v, 1, 1_000_000)? as u32,
+            };
+            Ok(())
+        },
+        print: |c, s| match c.max_messages_per_connection {
+            0 => line(s, "max_messages_per_connection", "none"),
+            n => line(s, "max_messages_per_connection", n),
+        },
+    },
+    Key {
+        name: "rate_limit",
+        repeatable: false,
+        parse: |c, v| {
+            c.rate_limit = crate::server::limits::Rate::parse(v)?;
+            Ok(())
+        },
+        print: |c, s| match &c.rate_limit {
+            Some(r) => line(s, "rate_limit", r),
+            None => line(s, "rate_limit", "none"),
+        },
+    },
+    Key {
+        name: "log",
+        repeatable: false,
+        parse: |c, v| {
+            c.log = one_of("log", v, LOG)?;
+            Ok(())
+        },
+        print: |c, s| line(s, "log", name_of(LOG, &c.log)),
+    },
+    Key {
+        name: "syslog_socket",
+        repeatable: false,
+        parse: |c, v| {
+            c.syslog_socket = absolute(v)?;
+            Ok(())
+        },
+        print: |c, s| line(s, "syslog_socket", c.syslog_socket.display()),
+    },
+    Key {
+        name: "smarthost_idle",
+        repeatable: false,
+        parse: |c, v| {
+            c.smarthost_idle = parse_duration_or_zero(v)?;
+            Ok(())
+        },
+        print: |c, s| line(s, "smarthost_idle", secs(&c.smarthost_idle)),
+    },
+    Key {
+        name: "shutdown_grace",
+        repeatable: false,
+        parse: |c, v| {
+            c.shutdown_grace = parse_duration_or_zero(v)?;
+            Ok(())
+        },
+        print: |c, s| line(s, "shutdown_grace", secs(&c.shutdown_grace)),
+    },
+];
+
+impl Default for Config {
+    /// Every key's default. `hostname` is `localhost` here; `load` asks the kernel.
+    fn default() -> Config {
+        Config {
+            path: PathBuf::new(),
             listen: Vec::new(),
-            hostname: system_hostname(),
+            hostname: "localhost".into(),
             allow: Vec::new(),
             spool: PathBuf::from("/var/spool/smtp-relayd"),
             smarthost: Smarthost {
@@ -338,311 +915,164 @@ impl Config {
             add_missing_headers: true,
             min_data_rate: 500,
             lines: Vec::new(),
+        }
+    }
+}
+
+/// Loopback, IPv4 and IPv6: the default of `allow` and `connection_limit_exempt`.
+fn loopback() -> Vec<Cidr> {
+    vec![
+        Cidr::parse("127.0.0.0/8").unwrap(),
+        Cidr::parse("::1").unwrap(),
+    ]
+}
+
+impl Config {
+    /// Reads and parses the file, takes the kernel's host name when `hostname` is not
+    /// given, and checks the files named for secrets (their permissions).
+    pub fn load(path: &Path) -> Result<Config, String> {
+        let text =
+            std::fs::read(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+        let text =
+            String::from_utf8(text).map_err(|_| format!("{}: not UTF-8 text", path.display()))?;
+        let mut c = Self::parse(path, &text)?;
+        if c.line_of("hostname") == 0 {
+            c.hostname = system_hostname();
+        }
+        c.check_files()?;
+        Ok(c)
+    }
+
+    /// The files that hold secrets must not be readable by group or others.
+    pub fn check_files(&self) -> Result<(), String> {
+        let file = self.path.display();
+        for (key, path) in [
+            ("smarthost_password_file", &self.smarthost_password_file),
+            ("auth_users", &self.auth_users),
+        ] {
+            if let Some(p) = path {
+                check_secret_file(p)
+                    .map_err(|e| format!("{e} ({key} on {file}:{})", self.line_of(key)))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Parses the text of a config file: each line through its key's row, then the
+    /// checks across keys (`validate`). No file is read.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, String> {
+        let file = path.display();
+        let mut c = Config {
+            path: path.to_path_buf(),
+            ..Config::default()
         };
-        let mut exempt_given = false;
-        let mut seen: Vec<(&str, usize)> = Vec::new();
-        let mut allow_given = false;
         for (n, raw) in text.lines().enumerate() {
             let line_no = n + 1;
             let line = raw.split_once('#').map_or(raw, |(a, _)| a).trim();
             if line.is_empty() {
                 continue;
             }
-            let (key, value) = match line.split_once(|c: char| c.is_ascii_whitespace()) {
+            let (name, value) = match line.split_once(|c: char| c.is_ascii_whitespace()) {
                 Some((k, v)) => (k, v.trim()),
                 None => (line, ""),
             };
             let err = |what: String| format!("{file}:{line_no}: {what}");
-            let Some(&key) = KEYS.iter().find(|k| **k == key) else {
-                let hint = KEYS
+            let Some(key) = TABLE.iter().find(|k| k.name == name) else {
+                let hint = TABLE
                     .iter()
-                    .min_by_key(|k| edit_distance(k, key))
-                    .filter(|k| edit_distance(k, key) <= 2);
+                    .map(|k| k.name)
+                    .min_by_key(|k| edit_distance(k, name))
+                    .filter(|k| edit_distance(k, name) <= 2);
                 return Err(err(match hint {
-                    Some(h) => format!("unknown key '{key}' (did you mean '{h}'?)"),
-                    None => format!("unknown key '{key}'"),
+                    Some(h) => format!("unknown key '{name}' (did you mean '{h}'?)"),
+                    None => format!("unknown key '{name}'"),
                 }));
             };
             if value.is_empty() {
-                return Err(err(format!("'{key}' needs a value")));
+                return Err(err(format!("'{name}' needs a value")));
             }
-            let repeatable = matches!(
-                key,
-                "listen"
-                    | "allow"
-                    | "allow_sender"
-                    | "allow_recipient"
-                    | "alias"
-                    | "connection_limit_exempt"
-            );
-            if let Some((_, first)) = seen.iter().find(|(k, _)| *k == key).filter(|_| !repeatable) {
+            let first = c.lines.iter().find(|(k, _)| *k == key.name);
+            if let (Some((_, first)), false) = (first, key.repeatable) {
                 return Err(err(format!(
-                    "'{key}' given again (first on line {first}); it takes one value"
+                    "'{name}' given again (first on line {first}); it takes one value"
                 )));
             }
-            seen.push((key, line_no));
-            match key {
-                "listen" => {
-                    let l = parse_listen(value).map_err(err)?;
-                    if let Some(same) = c.listen.iter().position(|o| o.addr == l.addr) {
-                        let first = seen.iter().filter(|(k, _)| *k == "listen").nth(same);
-                        return Err(err(format!(
-                            "listen {} given twice (first on line {})",
-                            l.addr,
-                            first.map_or(0, |(_, n)| *n)
-                        )));
-                    }
-                    c.listen.push(l);
-                }
-                "hostname" => {
-                    crate::protocol::address::check_domain(value.as_bytes(), false)
-                        .map_err(|_| err(format!("hostname '{value}' is not a domain name")))?;
-                    c.hostname = value.to_string();
-                }
-                "allow" => {
-                    allow_given = true;
-                    if value != "none" {
-                        c.allow.push(Cidr::parse(value).map_err(err)?);
-                    }
-                }
-                "spool" => {
-                    if !value.starts_with('/') {
-                        return Err(err(format!("spool '{value}' must be an absolute path")));
-                    }
-                    c.spool = PathBuf::from(value);
-                }
-                "smarthost" => c.smarthost = parse_smarthost(value).map_err(err)?,
-                "workers" => c.workers = parse_count(value, 1, 1024).map_err(err)?,
-                "max_connections" => {
-                    c.max_connections = parse_count(value, 1, 100_000).map_err(err)?
-                }
-                "max_message_size" => c.max_message_size = parse_size(value).map_err(err)?,
-                "bare_newline" => {
-                    c.bare_newline = match value {
-                        "normalize" => BareNewline::Normalize,
-                        "reject" => BareNewline::Reject,
-                        _ => {
-                            return Err(err(format!(
-                                "bare_newline must be 'normalize' or 'reject', not '{value}'"
-                            )));
-                        }
-                    }
-                }
-                "mode" => {
-                    c.mode = match value {
-                        "durable" => Mode::Durable,
-                        "passthrough" => Mode::Passthrough,
-                        _ => {
-                            return Err(err(format!(
-                                "mode must be 'durable' or 'passthrough', not '{value}'"
-                            )));
-                        }
-                    }
-                }
-                "max_hops" => c.max_hops = parse_count(value, 1, 1000).map_err(err)? as u32,
-                "command_timeout" => c.command_timeout = parse_duration(value).map_err(err)?,
-                "data_timeout" => c.data_timeout = parse_duration(value).map_err(err)?,
-                "retry_min" => c.retry_min = parse_duration(value).map_err(err)?,
-                "retry_max" => c.retry_max = parse_duration(value).map_err(err)?,
-                "max_queue_lifetime" => {
-                    c.max_queue_lifetime = parse_duration(value).map_err(err)?
-                }
-                "smarthost_connect_timeout" => {
-                    c.smarthost_connect_timeout = parse_duration(value).map_err(err)?
-                }
-                "smarthost_timeout" => {
-                    c.smarthost_timeout = Some(parse_duration(value).map_err(err)?)
-                }
-                "smarthost_idle" => {
-                    c.smarthost_idle = parse_duration_or_zero(value).map_err(err)?
-                }
-                "shutdown_grace" => {
-                    c.shutdown_grace = parse_duration_or_zero(value).map_err(err)?
-                }
-                "smarthost_tls" => {
-                    c.smarthost_tls = match value {
-                        "starttls" => SmarthostTls::Starttls,
-                        "implicit" => SmarthostTls::Implicit,
-                        "none" => SmarthostTls::None,
-                        _ => {
-                            return Err(err(format!(
-                                "smarthost_tls must be 'starttls', 'implicit' or 'none', not '{value}'"
-                            )));
-                        }
-                    }
-                }
-                "smarthost_ca_file" => c.smarthost_ca_file = Some(absolute(value).map_err(err)?),
-                "smarthost_fingerprint" => {
-                    c.smarthost_fingerprint = Some(parse_fingerprint(value).map_err(err)?)
-                }
-                "smarthost_tls_verify" => {
-                    c.smarthost_tls_verify = parse_yes_no(key, value).map_err(err)?
-                }
-                "smarthost_user" => c.smarthost_user = Some(value.to_string()),
-                "smarthost_password_file" => {
-                    let path = absolute(value).map_err(err)?;
-                    check_secret_file(&path).map_err(|e| {
-                        format!("{e} (smarthost_password_file on {file}:{line_no})")
-                    })?;
-                    c.smarthost_password_file = Some(path);
-                }
-                "auth_users" => {
-                    let path = absolute(value).map_err(err)?;
-                    check_secret_file(&path)
-                        .map_err(|e| format!("{e} (auth_users on {file}:{line_no})"))?;
-                    c.auth_users = Some(path);
-                }
-                "auth_plaintext" => c.auth_plaintext = parse_yes_no(key, value).map_err(err)?,
-                "require_auth" => c.require_auth = parse_yes_no(key, value).map_err(err)?,
-                "log" => {
-                    c.log = match value {
-                        "stderr" => crate::logger::Target::Stderr,
-                        "syslog" => crate::logger::Target::Syslog,
-                        "both" => crate::logger::Target::Both,
-                        _ => {
-                            return Err(err(format!(
-                                "log must be 'stderr', 'syslog' or 'both', not '{value}'"
-                            )));
-                        }
-                    }
-                }
-                "syslog_socket" => c.syslog_socket = absolute(value).map_err(err)?,
-                "user" => c.user = Some(value.to_string()),
-                "sendmail_from" => {
-                    crate::protocol::address::check_mailbox(value.as_bytes(), false)
-                        .map_err(|_| err(format!("sendmail_from '{value}' is not an address")))?;
-                    c.sendmail_from = Some(value.to_string());
-                }
-                "allow_sender" => c
-                    .allow_sender
-                    .extend(crate::protocol::policy::parse_patterns(value).map_err(err)?),
-                "allow_recipient" => c
-                    .allow_recipient
-                    .extend(crate::protocol::policy::parse_patterns(value).map_err(err)?),
-                "rewrite_sender" | "rewrite_from" => {
-                    crate::protocol::address::check_mailbox(value.as_bytes(), false)
-                        .map_err(|_| err(format!("{key} '{value}' is not an address")))?;
-                    if key == "rewrite_sender" {
-                        c.rewrite_sender = Some(value.to_string());
-                    } else {
-                        c.rewrite_from = Some(value.to_string());
-                    }
-                }
-                "qualify_domain" => {
-                    crate::protocol::address::check_domain(value.as_bytes(), false).map_err(
-                        |_| err(format!("qualify_domain '{value}' is not a domain name")),
-                    )?;
-                    c.qualify_domain = Some(value.to_ascii_lowercase());
-                }
-                "alias" => {
-                    let (name, targets) =
-                        crate::protocol::policy::parse_alias(value).map_err(err)?;
-                    if c.alias.iter().any(|(n, _)| *n == name) {
-                        return Err(err(format!("alias '{name}' given twice")));
-                    }
-                    c.alias.push((name, targets));
-                }
-                "aliases" => c.aliases = Some(absolute(value).map_err(err)?),
-                "max_connections_per_ip" => {
-                    c.max_connections_per_ip =
-                        Some(parse_count(value, 1, 100_000).map_err(err)? as u32)
-                }
-                "max_recipients" => {
-                    c.max_recipients =
-                        parse_count(value, 1, crate::protocol::limits::RECIPIENTS).map_err(err)?
-                }
-                "max_messages_per_connection" => {
-                    c.max_messages_per_connection = if value == "none" {
-                        0
-                    } else {
-                        parse_count(value, 1, 1_000_000).map_err(err)? as u32
-                    }
-                }
-                "rate_limit" => {
-                    c.rate_limit = crate::server::limits::Rate::parse(value).map_err(err)?
-                }
-                "connection_limit_exempt" => {
-                    exempt_given = true;
-                    if value != "none" {
-                        c.connection_limit_exempt
-                            .push(Cidr::parse(value).map_err(err)?);
-                    }
-                }
-                "add_missing_headers" => {
-                    c.add_missing_headers = parse_yes_no(key, value).map_err(err)?
-                }
-                "min_data_rate" => {
-                    c.min_data_rate = if value == "none" {
-                        0
-                    } else {
-                        parse_size(value).map_err(err)?
-                    }
-                }
-                "tls_cert" => c.tls_cert = Some(absolute(value).map_err(err)?),
-                "tls_key" => c.tls_key = Some(absolute(value).map_err(err)?),
-                "smarthost_auth_plaintext" => {
-                    c.smarthost_auth_plaintext = parse_yes_no(key, value).map_err(err)?
-                }
-                _ => unreachable!("every key in KEYS is handled"),
+            c.lines.push((key.name, line_no));
+            (key.parse)(&mut c, value).map_err(err)?;
+        }
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// The `FILE:LINE` of the `nth` line that gave `key`.
+    fn nth_line(&self, key: &str, nth: usize) -> usize {
+        let mut lines = self.lines.iter().filter(|(k, _)| *k == key);
+        lines.nth(nth).map_or(0, |(_, l)| *l)
+    }
+
+    /// The defaults that depend on what was given, and every check across keys.
+    fn validate(&mut self) -> Result<(), String> {
+        let file = self.path.display().to_string();
+        let at = |line: usize, what: String| format!("{file}:{line}: {what}");
+        // The same listener twice, or the same alias name twice.
+        for (j, l) in self.listen.iter().enumerate() {
+            if let Some(i) = self.listen[..j].iter().position(|o| o.addr == l.addr) {
+                let what = format!(
+                    "listen {} given twice (first on line {})",
+                    l.addr,
+                    self.nth_line("listen", i)
+                );
+                return Err(at(self.nth_line("listen", j), what));
             }
         }
-        let line_of = |key: &str| seen.iter().find(|(k, _)| *k == key).map_or(0, |(_, l)| *l);
-        if c.listen.is_empty() {
-            c.listen.push(Listen {
+        for (j, (name, _)) in self.alias.iter().enumerate() {
+            if self.alias[..j].iter().any(|(n, _)| n == name) {
+                let what = format!("alias '{name}' given twice");
+                return Err(at(self.nth_line("alias", j), what));
+            }
+        }
+        if self.listen.is_empty() {
+            self.listen.push(Listen {
                 addr: SocketAddr::from(([127, 0, 0, 1], 25)),
                 tls: false,
             });
         }
+        if self.line_of("allow") == 0 {
+            self.allow = loopback();
+        }
+        if self.line_of("connection_limit_exempt") == 0 {
+            self.connection_limit_exempt = loopback();
+        }
+        let line_of = |key: &str| self.line_of(key);
+        let c = &*self;
         if c.tls_cert.is_some() != c.tls_key.is_some() {
             let (have, need) = if c.tls_cert.is_some() {
                 ("tls_cert", "tls_key")
             } else {
                 ("tls_key", "tls_cert")
             };
-            return Err(format!("{file}:{}: {have} needs {need}", line_of(have)));
+            return Err(at(line_of(have), format!("{have} needs {need}")));
         }
         if c.tls_cert.is_none() && c.listen.iter().any(|l| l.tls) {
-            return Err(format!(
-                "{file}:{}: a 'tls' listener needs tls_cert and tls_key",
-                line_of("listen")
-            ));
+            let what = "a 'tls' listener needs tls_cert and tls_key".to_string();
+            return Err(at(line_of("listen"), what));
         }
         if c.require_auth && c.auth_users.is_none() {
-            return Err(format!(
-                "{file}:{}: require_auth needs auth_users",
-                line_of("require_auth")
-            ));
+            let what = "require_auth needs auth_users".to_string();
+            return Err(at(line_of("require_auth"), what));
         }
         if c.auth_users.is_some() && c.tls_cert.is_none() && !c.auth_plaintext {
-            return Err(format!(
-                "{file}:{}: AUTH is only offered over TLS: set tls_cert and tls_key \
-                 (or auth_plaintext yes, for clients on loopback)",
-                line_of("auth_users")
-            ));
+            let what = "AUTH is only offered over TLS: set tls_cert and tls_key \
+                        (or auth_plaintext yes, for clients on loopback)";
+            return Err(at(line_of("auth_users"), what.to_string()));
         }
         if cfg!(not(feature = "tls")) && c.auth_users.is_some() {
-            return Err(format!(
-                "{file}:{}: this smtp-relayd was built without TLS and AUTH",
-                line_of("auth_users")
-            ));
+            let what = "this smtp-relayd was built without TLS and AUTH".to_string();
+            return Err(at(line_of("auth_users"), what));
         }
         if cfg!(not(feature = "tls")) && c.tls_cert.is_some() {
-            return Err(format!(
-                "{file}:{}: this smtp-relayd was built without TLS",
-                line_of("tls_cert")
-            ));
-        }
-        if !exempt_given {
-            c.connection_limit_exempt = vec![
-                Cidr::parse("127.0.0.0/8").unwrap(),
-                Cidr::parse("::1").unwrap(),
-            ];
-        }
-        if !allow_given {
-            c.allow = vec![
-                Cidr::parse("127.0.0.0/8").unwrap(),
-                Cidr::parse("::1").unwrap(),
-            ];
+            let what = "this smtp-relayd was built without TLS".to_string();
+            return Err(at(line_of("tls_cert"), what));
         }
         if c.smarthost.host.is_empty() {
             return Err(format!(
@@ -651,16 +1081,12 @@ impl Config {
         }
         match (&c.smarthost_user, &c.smarthost_password_file) {
             (Some(_), None) => {
-                return Err(format!(
-                    "{file}:{}: smarthost_user needs smarthost_password_file",
-                    line_of("smarthost_user")
-                ));
+                let what = "smarthost_user needs smarthost_password_file".to_string();
+                return Err(at(line_of("smarthost_user"), what));
             }
             (None, Some(_)) => {
-                return Err(format!(
-                    "{file}:{}: smarthost_password_file needs smarthost_user",
-                    line_of("smarthost_password_file")
-                ));
+                let what = "smarthost_password_file needs smarthost_user".to_string();
+                return Err(at(line_of("smarthost_password_file"), what));
             }
             _ => {}
         }
@@ -668,210 +1094,40 @@ impl Config {
             && c.smarthost_tls == SmarthostTls::None
             && !c.smarthost_auth_plaintext
         {
-            return Err(format!(
-                "{file}:{}: with smarthost_tls none the password would cross the network in clear; \
-                 use smarthost_tls starttls or implicit (or, on a trusted link, smarthost_auth_plaintext yes)",
-                line_of("smarthost_user")
-            ));
+            let what = "with smarthost_tls none the password would cross the network in clear; \
+                 use smarthost_tls starttls or implicit (or, on a trusted link, smarthost_auth_plaintext yes)";
+            return Err(at(line_of("smarthost_user"), what.to_string()));
         }
         if cfg!(not(feature = "tls")) && c.smarthost_tls != SmarthostTls::None {
-            return Err(format!(
-                "{file}:{}: this smtp-relayd was built without TLS; set 'smarthost_tls none'",
-                line_of("smarthost_tls")
-            ));
+            let what = "this smtp-relayd was built without TLS; set 'smarthost_tls none'";
+            return Err(at(line_of("smarthost_tls"), what.to_string()));
         }
         if c.retry_max < c.retry_min {
-            let line = seen
+            let line = c
+                .lines
                 .iter()
                 .find(|(k, _)| *k == "retry_max" || *k == "retry_min")
                 .map_or(0, |(_, l)| *l);
-            return Err(format!(
-                "{file}:{line}: retry_max must not be less than retry_min"
-            ));
+            let what = "retry_max must not be less than retry_min".to_string();
+            return Err(at(line, what));
         }
         if c.max_connections < c.workers {
-            let line = seen
-                .iter()
-                .find(|(k, _)| *k == "max_connections")
-                .map_or(0, |(_, l)| *l);
-            return Err(format!(
-                "{file}:{line}: max_connections ({}) must be at least workers ({})",
+            let what = format!(
+                "max_connections ({}) must be at least workers ({})",
                 c.max_connections, c.workers
-            ));
+            );
+            return Err(at(line_of("max_connections"), what));
         }
-        c.lines = seen;
-        Ok(c)
+        Ok(())
     }
 
-    /// The effective settings, in the file's own syntax, for `--check`.
+    /// The effective settings, in the file's own syntax, for `--check`: every row's
+    /// print, in table order.
     pub fn effective(&self) -> String {
         let mut s = String::new();
-        let d = |d: &Duration| format!("{}s", d.as_secs());
-        for l in &self.listen {
-            let _ = writeln!(s, "listen {l}");
+        for key in TABLE {
+            (key.print)(self, &mut s);
         }
-        let _ = writeln!(s, "hostname {}", self.hostname);
-        if self.allow.is_empty() {
-            let _ = writeln!(s, "allow none");
-        }
-        for a in &self.allow {
-            let _ = writeln!(s, "allow {a}");
-        }
-        let _ = writeln!(s, "spool {}", self.spool.display());
-        let _ = writeln!(s, "smarthost {}", self.smarthost);
-        let _ = writeln!(s, "workers {}", self.workers);
-        let _ = writeln!(s, "max_connections {}", self.max_connections);
-        let _ = writeln!(s, "max_message_size {}", self.max_message_size);
-        let _ = writeln!(
-            s,
-            "bare_newline {}",
-            if self.bare_newline == BareNewline::Reject {
-                "reject"
-            } else {
-                "normalize"
-            }
-        );
-        let _ = writeln!(
-            s,
-            "mode {}",
-            if self.mode == Mode::Passthrough {
-                "passthrough"
-            } else {
-                "durable"
-            }
-        );
-        let _ = writeln!(s, "max_hops {}", self.max_hops);
-        let _ = writeln!(
-            s,
-            "add_missing_headers {}",
-            if self.add_missing_headers {
-                "yes"
-            } else {
-                "no"
-            }
-        );
-        match self.min_data_rate {
-            0 => s.push_str("min_data_rate none\n"),
-            r => {
-                let _ = writeln!(s, "min_data_rate {r}");
-            }
-        }
-        let _ = writeln!(s, "command_timeout {}", d(&self.command_timeout));
-        let _ = writeln!(s, "data_timeout {}", d(&self.data_timeout));
-        let _ = writeln!(s, "retry_min {}", d(&self.retry_min));
-        let _ = writeln!(s, "retry_max {}", d(&self.retry_max));
-        let _ = writeln!(s, "max_queue_lifetime {}", d(&self.max_queue_lifetime));
-        let _ = writeln!(
-            s,
-            "smarthost_connect_timeout {}",
-            d(&self.smarthost_connect_timeout)
-        );
-        match &self.smarthost_timeout {
-            Some(t) => {
-                let _ = writeln!(s, "smarthost_timeout {}", d(t));
-            }
-            None => s.push_str("# smarthost_timeout unset: RFC 5321 4.5.3.2 (5m per command, 10m after the data)\n"),
-        }
-        let _ = writeln!(s, "smarthost_tls {}", self.smarthost_tls.name());
-        if let Some(p) = &self.smarthost_ca_file {
-            let _ = writeln!(s, "smarthost_ca_file {}", p.display());
-        }
-        if let Some(fp) = &self.smarthost_fingerprint {
-            let hex: String = fp.iter().map(|b| format!("{b:02x}")).collect();
-            let _ = writeln!(s, "smarthost_fingerprint sha256:{hex}");
-        }
-        let yes_no = |b: bool| if b { "yes" } else { "no" };
-        let _ = writeln!(
-            s,
-            "smarthost_tls_verify {}",
-            yes_no(self.smarthost_tls_verify)
-        );
-        if let Some(u) = &self.smarthost_user {
-            let _ = writeln!(s, "smarthost_user {u}");
-        }
-        if let Some(p) = &self.smarthost_password_file {
-            let _ = writeln!(
-                s,
-                "smarthost_password_file {}  # contents not shown",
-                p.display()
-            );
-        }
-        let _ = writeln!(
-            s,
-            "smarthost_auth_plaintext {}",
-            yes_no(self.smarthost_auth_plaintext)
-        );
-        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
-            let _ = writeln!(s, "tls_cert {}", cert.display());
-            let _ = writeln!(s, "tls_key {}", key.display());
-        }
-        if let Some(p) = &self.auth_users {
-            let _ = writeln!(s, "auth_users {}", p.display());
-        }
-        let _ = writeln!(s, "auth_plaintext {}", yes_no(self.auth_plaintext));
-        let _ = writeln!(s, "require_auth {}", yes_no(self.require_auth));
-        let log = match self.log {
-            crate::logger::Target::Stderr => "stderr",
-            crate::logger::Target::Syslog => "syslog",
-            crate::logger::Target::Both => "both",
-        };
-        if let Some(u) = &self.user {
-            let _ = writeln!(s, "user {u}");
-        }
-        if let Some(f) = &self.sendmail_from {
-            let _ = writeln!(s, "sendmail_from {f}");
-        }
-        for p in &self.allow_sender {
-            let _ = writeln!(s, "allow_sender {p}");
-        }
-        for p in &self.allow_recipient {
-            let _ = writeln!(s, "allow_recipient {p}");
-        }
-        if let Some(a) = &self.rewrite_sender {
-            let _ = writeln!(s, "rewrite_sender {a}");
-        }
-        if let Some(a) = &self.rewrite_from {
-            let _ = writeln!(s, "rewrite_from {a}");
-        }
-        let _ = writeln!(s, "qualify_domain {}", self.qualify_domain());
-        for (name, targets) in &self.alias {
-            let t: Vec<String> = targets
-                .iter()
-                .map(|m| String::from_utf8_lossy(m).into_owned())
-                .collect();
-            let _ = writeln!(s, "alias {name} {}", t.join(","));
-        }
-        if let Some(p) = &self.aliases {
-            let _ = writeln!(s, "aliases {}", p.display());
-        }
-        let _ = writeln!(
-            s,
-            "max_connections_per_ip {}",
-            self.max_connections_per_ip()
-        );
-        if self.connection_limit_exempt.is_empty() {
-            s.push_str("connection_limit_exempt none\n");
-        }
-        for a in &self.connection_limit_exempt {
-            let _ = writeln!(s, "connection_limit_exempt {a}");
-        }
-        let _ = writeln!(s, "max_recipients {}", self.max_recipients);
-        match self.max_messages_per_connection {
-            0 => s.push_str("max_messages_per_connection none\n"),
-            n => {
-                let _ = writeln!(s, "max_messages_per_connection {n}");
-            }
-        }
-        match &self.rate_limit {
-            Some(r) => {
-                let _ = writeln!(s, "rate_limit {r}");
-            }
-            None => s.push_str("rate_limit none\n"),
-        }
-        let _ = writeln!(s, "log {log}");
-        let _ = writeln!(s, "syslog_socket {}", self.syslog_socket.display());
-        let _ = writeln!(s, "smarthost_idle {}", d(&self.smarthost_idle));
-        let _ = writeln!(s, "shutdown_grace {}", d(&self.shutdown_grace));
         s
     }
 
@@ -1216,6 +1472,26 @@ mod tests {
             let again = parse(&printed).unwrap();
             assert_eq!(&again.connection_limit_exempt, want, "reparsed {text}");
             assert_eq!(again.effective(), printed);
+        }
+    }
+
+    /// One row per key, each documented in the README's table of keys.
+    #[test]
+    fn every_key_is_one_row_and_documented() {
+        let readme = include_str!("../README.md");
+        for (i, key) in TABLE.iter().enumerate() {
+            assert!(
+                TABLE[..i].iter().all(|k| k.name != key.name),
+                "{} twice",
+                key.name
+            );
+            let row = format!("| `{} ", key.name);
+            let joined = format!(", `{} ", key.name);
+            assert!(
+                readme.contains(&row) || readme.contains(&joined),
+                "{} is not in the README's table",
+                key.name
+            );
         }
     }
 

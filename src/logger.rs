@@ -2,15 +2,17 @@
 //!
 //! stderr lines are `TIME smtp-relayd[PID]: [LEVEL: ]TEXT`. Syslog lines go to the
 //! local socket (`/dev/log`, where procd's logd and BusyBox syslogd listen) as RFC
-//! 3164 datagrams with facility `mail`. The level is `info`, or `RUST_LOG`
-//! (`error`, `warn`, `info`, `debug`, `trace`).
+//! 3164 datagrams with facility `mail`. What is logged is `info` and above, or what
+//! `RUST_LOG` says in env_logger's filter syntax (`debug`, `smtp_relayd::relay=trace`,
+//! `warn,smtp_relayd::server=debug`); env_logger writes the stderr lines, and its
+//! filter decides for syslog too.
 
 use std::io::Write;
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
-use log::{Level, LevelFilter, Log, Metadata, Record};
+use log::{Level, Log, Metadata, Record};
 
 /// Where log lines go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,7 +23,8 @@ pub enum Target {
 }
 
 struct Logger {
-    level: LevelFilter,
+    /// Filters every line and writes those for stderr.
+    env: env_logger::Logger,
     stderr: bool,
     syslog: Option<(PathBuf, Mutex<Option<UnixDatagram>>)>,
     pid: u32,
@@ -43,24 +46,18 @@ fn prefix(record: &Record<'_>) -> &'static str {
 
 impl Log for Logger {
     fn enabled(&self, metadata: &Metadata<'_>) -> bool {
-        metadata.level() <= self.level
+        self.env.enabled(metadata)
     }
 
     fn log(&self, record: &Record<'_>) {
-        if !self.enabled(record.metadata()) {
+        if !self.env.matches(record) {
             return;
         }
-        let now = crate::time::now_unix();
-        let (prefix, pid) = (prefix(record), self.pid);
         if self.stderr {
-            let line = format!(
-                "{} smtp-relayd[{pid}]: {prefix}{}\n",
-                crate::time::iso8601(now),
-                record.args()
-            );
-            // One write per line, so that threads never interleave within a line.
-            let _ = std::io::stderr().lock().write_all(line.as_bytes());
+            // env_logger writes each line with one write: threads never interleave.
+            self.env.log(record);
         }
+        let (prefix, pid) = (prefix(record), self.pid);
         if let Some((path, socket)) = &self.syslog {
             let severity = match record.level() {
                 _ if record.target() == "fatal" => 2,
@@ -72,7 +69,7 @@ impl Log for Logger {
             let msg = format!(
                 "<{}>{} smtp-relayd[{pid}]: {prefix}{}",
                 FACILITY_MAIL | severity,
-                crate::time::rfc3164(now),
+                crate::time::rfc3164(crate::time::now_unix()),
                 record.args()
             );
             let mut guard = socket.lock().unwrap_or_else(|e| e.into_inner());
@@ -99,22 +96,29 @@ pub fn init(target: Target, syslog_socket: PathBuf) {
     init_level(target, syslog_socket, "info")
 }
 
-/// Installs the logger with `default` as the level when `RUST_LOG` says none.
+/// Installs the logger with `default` as the filter when `RUST_LOG` is not set.
 pub fn init_level(target: Target, syslog_socket: PathBuf, default: &str) {
-    let wanted = std::env::var("RUST_LOG").unwrap_or_else(|_| default.to_string());
-    let level = match wanted.to_ascii_lowercase().as_str() {
-        "error" => LevelFilter::Error,
-        "warn" => LevelFilter::Warn,
-        "debug" => LevelFilter::Debug,
-        "trace" => LevelFilter::Trace,
-        "off" => LevelFilter::Off,
-        _ => LevelFilter::Info,
-    };
+    let pid = std::process::id();
+    let env = env_logger::Builder::new()
+        .parse_filters(default)
+        .parse_env(env_logger::Env::new().filter("RUST_LOG"))
+        .target(env_logger::Target::Stderr)
+        .format(move |out, record| {
+            writeln!(
+                out,
+                "{} smtp-relayd[{pid}]: {}{}",
+                crate::time::iso8601(crate::time::now_unix()),
+                prefix(record),
+                record.args()
+            )
+        })
+        .build();
+    let level = env.filter();
     let logger = Logger {
-        level,
+        env,
         stderr: target != Target::Syslog,
         syslog: (target != Target::Stderr).then(|| (syslog_socket, Mutex::new(None))),
-        pid: std::process::id(),
+        pid,
     };
     // One logger for the life of the process.
     if log::set_logger(Box::leak(Box::new(logger))).is_ok() {

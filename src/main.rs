@@ -2,22 +2,17 @@
 //! configuration, binds the listeners, starts the threads, and runs the shutdown
 //! sequence on SIGTERM/SIGINT.
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
 
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use smtp_relayd::config::{Config, SmarthostTls};
-use smtp_relayd::relay::{Control, Relay, TlsClient};
-use smtp_relayd::server::Shared;
-use smtp_relayd::server::acceptor::{self, Acceptor};
-use smtp_relayd::server::worker::{TlsServer, Worker};
-use smtp_relayd::spool::Spool;
+use smtp_relayd::relay::TlsClient;
+use smtp_relayd::server::daemon::{Daemon, Parts};
+use smtp_relayd::server::worker::TlsServer;
 
 /// sysexits.h
 const EX_USAGE: u8 = 64;
@@ -305,7 +300,16 @@ fn main() -> ExitCode {
     smtp_relayd::logger::init(config.log, config.syslog_socket.clone());
     #[cfg(not(feature = "tls"))]
     let users = None;
-    match serve(config, policy, tls, tls_server, users) {
+    let trust = describe_tls(&tls);
+    let parts = Parts {
+        config,
+        policy,
+        tls,
+        tls_server,
+        users,
+        trust,
+    };
+    match serve(parts) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!(target: "fatal", "{e}");
@@ -415,183 +419,16 @@ fn describe_tls(tls: &Option<TlsClient>) -> Option<String> {
     }
 }
 
-#[cfg(feature = "tls")]
-type Users = Option<Arc<smtp_relayd::auth::Users>>;
-#[cfg(not(feature = "tls"))]
-type Users = Option<()>;
-
-fn serve(
-    config: Config,
-    policy: Arc<smtp_relayd::protocol::policy::Policy>,
-    tls: Option<TlsClient>,
-    tls_server: Option<TlsServer>,
-    users: Users,
-) -> Result<(), String> {
-    let trust = describe_tls(&tls);
-    let config = Arc::new(config);
-    // First of all: a second daemon on this spool stops here, having changed nothing.
-    let _lock = smtp_relayd::spool::DaemonLock::take(&config.spool)?;
-    let spool = Arc::new(
-        Spool::open(&config.spool)
-            .map_err(|e| format!("cannot open spool {}: {e}", config.spool.display()))?,
-    );
-    let mut listeners = Vec::new();
-    for l in &config.listen {
-        let listener =
-            TcpListener::bind(l.addr).map_err(|e| format!("cannot listen on {}: {e}", l.addr))?;
-        listeners.push((listener, l.tls));
-    }
-    if let Some(user) = &config.user {
-        become_user(user, &config)?;
-    }
-    // Queue commands and sendmail's wake-ups, for the relay thread.
-    let control_path = smtp_relayd::relay::control_path(&spool);
-    let _ = std::fs::remove_file(&control_path);
-    let control = std::os::unix::net::UnixDatagram::bind(&control_path)
-        .map_err(|e| format!("cannot bind {}: {e}", control_path.display()))?;
+/// Starts the daemon, waits for SIGTERM or SIGINT, and stops it.
+fn serve(parts: Parts) -> Result<(), String> {
     // Registered before any thread starts, so that no thread dies of these signals.
     let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])
         .map_err(|e| format!("cannot set up signals: {e}"))?;
-
-    let shared = Arc::new(Shared::new(config.workers, config.rate_limit));
-    let stop_relay = Arc::new(AtomicBool::new(false));
-    let rescan = Arc::new(AtomicBool::new(false));
-    // Every slot is made (and its memory touched) when the channel is: 256 ids is
-    // plenty, as a full channel only makes the relay re-read queue/.
-    let (relay_tx, relay_rx) = crossbeam_channel::bounded::<Control>(256);
-    // The hand-off queue: connections beyond the busy workers wait here, up to
-    // max_connections in all; past that the acceptor answers 421.
-    let (pool_tx, pool_rx) = crossbeam_channel::bounded(config.max_connections - config.workers);
-
-    let upstream_tls = tls.clone();
-    let relay = {
-        let (config, spool, stop, rescan) = (
-            Arc::clone(&config),
-            Arc::clone(&spool),
-            Arc::clone(&stop_relay),
-            Arc::clone(&rescan),
-        );
-        std::thread::Builder::new()
-            .name("relay".into())
-            .stack_size(256 * 1024)
-            .spawn(move || {
-                // A bug in delivery must not stop delivery for good (unwinding builds;
-                // with panic=abort the supervisor restarts the whole daemon). The
-                // schedule is rebuilt from the spool, so nothing is lost.
-                loop {
-                    let r = Relay::new(
-                        Arc::clone(&config),
-                        Arc::clone(&spool),
-                        relay_rx.clone(),
-                        Arc::clone(&stop),
-                        Arc::clone(&rescan),
-                        tls.clone(),
-                    );
-                    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| r.run())) {
-                        Ok(()) => break,
-                        Err(_) => {
-                            log::error!("relay thread panicked; restarting it in 5s");
-                            std::thread::sleep(Duration::from_secs(5));
-                        }
-                    }
-                }
-            })
-            .map_err(|e| e.to_string())?
-    };
-    {
-        let relay_tx = relay_tx.clone();
-        std::thread::Builder::new()
-            .name("control".into())
-            .stack_size(64 * 1024)
-            .spawn(move || {
-                loop {
-                    match smtp_relayd::sendmail::queue::receive(&control) {
-                        Ok(Some((req, reply_to))) => {
-                            if relay_tx
-                                .send(Control::Request(Box::new((req, reply_to))))
-                                .is_err()
-                            {
-                                break;
-                            }
-                        }
-                        Ok(None) => log::warn!("control: ignored a malformed request"),
-                        Err(e) => {
-                            log::error!("control: {e}");
-                            break;
-                        }
-                    }
-                }
-            })
-            .map_err(|e| e.to_string())?;
-    }
-    let mut workers = Vec::new();
-    for index in 0..config.workers {
-        let w = Worker {
-            index,
-            config: Arc::clone(&config),
-            spool: Arc::clone(&spool),
-            relay: relay_tx.clone(),
-            rescan: Arc::clone(&rescan),
-            shared: Arc::clone(&shared),
-            tls: tls_server.clone(),
-            upstream_tls: upstream_tls.clone(),
-            policy: Arc::clone(&policy),
-            #[cfg(feature = "tls")]
-            users: users.clone(),
-        };
-        let rx = pool_rx.clone();
-        let handle = std::thread::Builder::new()
-            .name(format!("worker{index}"))
-            .stack_size(256 * 1024)
-            .spawn(move || w.run(rx))
-            .map_err(|e| e.to_string())?;
-        workers.push(handle);
-    }
-    drop(pool_rx);
-    let _ = &users;
-    let poll = mio::Poll::new().map_err(|e| e.to_string())?;
-    let waker = mio::Waker::new(poll.registry(), acceptor::WAKE).map_err(|e| e.to_string())?;
-    let acceptor = Acceptor {
-        poll,
-        listeners,
-        pool: pool_tx,
-        shared: Arc::clone(&shared),
-        max_connections: config.max_connections,
-        max_connections_per_ip: config.max_connections_per_ip(),
-        exempt: config.connection_limit_exempt.clone(),
-    };
-    let acceptor = std::thread::Builder::new()
-        .name("acceptor".into())
-        .spawn(move || acceptor.run())
-        .map_err(|e| e.to_string())?;
-
-    if let Some(t) = trust {
-        log::info!(
-            "relay: smarthost TLS {:?}, trusting {t}",
-            config.smarthost_tls
-        );
-    } else {
-        log::info!("relay: smarthost connection is plain TCP (smarthost_tls none)");
-    }
-    if config.smarthost_tls != SmarthostTls::None && !config.smarthost_tls_verify {
-        log::warn!(
-            "smarthost_tls_verify no: the smarthost's certificate is NOT verified; anyone on the path can read and change mail"
-        );
-    }
-    let listen: Vec<String> = config.listen.iter().map(|a| a.to_string()).collect();
-    log::info!(
-        "started: listening on {}, relaying to {}, spool {}, {} workers{}",
-        listen.join(" "),
-        config.smarthost,
-        config.spool.display(),
-        config.workers,
-        if config.mode == smtp_relayd::config::Mode::Passthrough {
-            ", mode passthrough (clients get the smarthost's replies; nothing is spooled)"
-        } else {
-            ""
-        }
-    );
-
+    let daemon = Daemon::start(parts, |config| match &config.user {
+        Some(user) => become_user(user, config),
+        None => Ok(()),
+    })?;
+    let listen: Vec<String> = daemon.local_addrs().iter().map(|a| a.to_string()).collect();
     // Every listener is bound and the spool is open: ready (systemd Type=notify).
     smtp_relayd::notify::notify(&format!(
         "READY=1\nSTATUS=listening on {}",
@@ -608,37 +445,7 @@ fn serve(
             }
         }
     }
-
     smtp_relayd::notify::notify("STOPPING=1");
-    // Stop accepting; end idle sessions; let transactions finish within the grace.
-    shared.shutting_down.store(true, Ordering::SeqCst);
-    let _ = waker.wake();
-    match acceptor.join() {
-        Ok(Err(e)) => log::error!("acceptor: {e}"),
-        Err(_) => log::error!("acceptor panicked"),
-        Ok(Ok(())) => {}
-    }
-    let deadline = Instant::now() + config.shutdown_grace;
-    while workers.iter().any(|w| !w.is_finished()) {
-        shared.close_sessions(true);
-        if Instant::now() >= deadline {
-            let n = shared.close_sessions(false);
-            if n > 0 {
-                log::warn!(
-                    "grace period over; closing {n} session(s) in progress (no 250 was given for their messages)"
-                );
-            }
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    for w in workers {
-        let _ = w.join();
-    }
-    stop_relay.store(true, Ordering::SeqCst);
-    let _ = relay_tx.try_send(Control::Wake);
-    drop(relay_tx);
-    let _ = relay.join();
-    log::info!("stopped");
+    daemon.shutdown();
     Ok(())
 }

@@ -1248,7 +1248,8 @@ impl ServerSession {
     }
 }
 
-/// Writes the trace field of RFC 5321 §4.4 that the relay prepends to each message.
+/// Writes the trace field of RFC 5321 §4.4 that the relay prepends to each message
+/// taken over SMTP (`received_local` is the one for the sendmail command's).
 /// The `for` clause names the recipient only when there is exactly one, so that a
 /// message does not reveal its other (e.g. Bcc) recipients.
 pub fn received_header(
@@ -1274,6 +1275,21 @@ pub fn received_header(
         write!(out, "\r\n\tfor <{}>", String::from_utf8_lossy(&rcpts[0]))?;
     }
     write!(out, "; {date}\r\n")
+}
+
+/// The trace field of a message the sendmail command submitted: no client, the
+/// submitting user.
+pub fn received_local(
+    out: &mut impl core::fmt::Write,
+    hostname: &str,
+    uid: u32,
+    id: &str,
+    date: &str,
+) -> core::fmt::Result {
+    write!(
+        out,
+        "Received: by {hostname} (smtp-relayd sendmail, uid {uid})\r\n\tid {id}; {date}\r\n"
+    )
 }
 
 #[cfg(test)]

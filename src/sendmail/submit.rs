@@ -7,6 +7,7 @@ use super::args::Options;
 use super::message::{self, Context, DataError};
 use crate::config::Config;
 use crate::protocol::address::Mailbox;
+use crate::protocol::server::received_local;
 use crate::relay;
 use crate::spool::{self, QueueId, Spool};
 use crate::time;
@@ -168,10 +169,8 @@ pub fn submit(config: &Config, opts: &Options, mut input: impl Read) -> Result<Q
     let mut w = spool
         .create(id.clone(), &envelope)
         .map_err(|e| spool_failure(&e, "cannot write the spool"))?;
-    let trace = format!(
-        "Received: by {} (smtp-relayd sendmail, uid {uid})\r\n\tid {id}; {date}\r\n",
-        config.hostname
-    );
+    let mut trace = String::with_capacity(128);
+    let _ = received_local(&mut trace, &config.hostname, uid, &id, &date);
     w.write(trace.as_bytes())
         .and_then(|()| w.write(&prepared.content))
         .map_err(|e| spool_failure(&e, "cannot write the spool"))?;

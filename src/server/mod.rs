@@ -2,6 +2,7 @@
 //! the worker pool (one blocking session per worker), and what they share.
 
 pub mod acceptor;
+pub mod daemon;
 pub mod limits;
 pub mod passthrough;
 pub mod worker;

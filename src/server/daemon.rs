@@ -1,0 +1,369 @@
+//! The daemon's wiring: the spool lock, the listeners, the threads (acceptor,
+//! workers, relay, control) and the channels between them, and the shutdown
+//! sequence. `main` loads the config, registers the signals, starts a `Daemon` and
+//! stops it on SIGTERM; the tests start and stop one in-process.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+
+use super::Shared;
+use super::acceptor::{self, Acceptor};
+use super::worker::{TlsServer, Worker};
+use crate::config::{Config, Mode, SmarthostTls};
+use crate::protocol::policy::Policy;
+use crate::relay::{Control, Relay, TlsClient};
+use crate::spool::{DaemonLock, Spool};
+
+/// The users file for AUTH, when the build has TLS.
+#[cfg(feature = "tls")]
+pub type Users = Option<Arc<crate::auth::Users>>;
+#[cfg(not(feature = "tls"))]
+pub type Users = Option<()>;
+
+/// What a daemon is made of, all loaded and checked before it starts.
+pub struct Parts {
+    pub config: Config,
+    pub policy: Arc<Policy>,
+    /// The relay's TLS client for the smarthost.
+    pub tls: Option<TlsClient>,
+    /// The certificate for STARTTLS and `tls` listeners.
+    pub tls_server: Option<TlsServer>,
+    pub users: Users,
+    /// What the trust of `tls` is, for the start line.
+    pub trust: Option<String>,
+}
+
+/// A running daemon: its threads and what stops them.
+pub struct Daemon {
+    config: Arc<Config>,
+    shared: Arc<Shared>,
+    addrs: Vec<SocketAddr>,
+    waker: mio::Waker,
+    acceptor: JoinHandle<std::io::Result<()>>,
+    workers: Vec<JoinHandle<()>>,
+    relay: JoinHandle<()>,
+    relay_tx: Sender<Control>,
+    stop_relay: Arc<AtomicBool>,
+    _lock: DaemonLock,
+}
+
+impl Daemon {
+    /// Takes the spool (a second daemon on it stops here, having changed nothing),
+    /// binds every listener, calls `drop_privileges` (after binding, before any
+    /// thread), starts the threads and logs the start line.
+    pub fn start(
+        parts: Parts,
+        drop_privileges: impl FnOnce(&Config) -> Result<(), String>,
+    ) -> Result<Daemon, String> {
+        let Parts {
+            config,
+            policy,
+            tls,
+            tls_server,
+            users,
+            trust,
+        } = parts;
+        let config = Arc::new(config);
+        let lock = DaemonLock::take(&config.spool)?;
+        let spool = Arc::new(
+            Spool::open(&config.spool)
+                .map_err(|e| format!("cannot open spool {}: {e}", config.spool.display()))?,
+        );
+        let mut listeners = Vec::new();
+        let mut addrs = Vec::new();
+        for l in &config.listen {
+            let listener = TcpListener::bind(l.addr)
+                .map_err(|e| format!("cannot listen on {}: {e}", l.addr))?;
+            addrs.push(listener.local_addr().map_err(|e| e.to_string())?);
+            listeners.push((listener, l.tls));
+        }
+        drop_privileges(&config)?;
+        // Queue commands and sendmail's wake-ups, for the relay thread.
+        let control_path = crate::relay::control_path(&spool);
+        let _ = std::fs::remove_file(&control_path);
+        let control = std::os::unix::net::UnixDatagram::bind(&control_path)
+            .map_err(|e| format!("cannot bind {}: {e}", control_path.display()))?;
+
+        let shared = Arc::new(Shared::new(config.workers, config.rate_limit));
+        let stop_relay = Arc::new(AtomicBool::new(false));
+        let rescan = Arc::new(AtomicBool::new(false));
+        // Every slot is made (and its memory touched) when the channel is: 256 ids is
+        // plenty, as a full channel only makes the relay re-read queue/.
+        let (relay_tx, relay_rx) = crossbeam_channel::bounded::<Control>(256);
+        // The hand-off queue: connections beyond the busy workers wait here, up to
+        // max_connections in all; past that the acceptor answers 421.
+        let (pool_tx, pool_rx) =
+            crossbeam_channel::bounded(config.max_connections - config.workers);
+
+        let upstream_tls = tls.clone();
+        let relay = {
+            let (config, spool, stop, rescan) = (
+                Arc::clone(&config),
+                Arc::clone(&spool),
+                Arc::clone(&stop_relay),
+                Arc::clone(&rescan),
+            );
+            spawn("relay", 256 * 1024, move || {
+                // A bug in delivery must not stop delivery for good (unwinding
+                // builds; with panic=abort the supervisor restarts the whole daemon).
+                // The schedule is rebuilt from the spool, so nothing is lost.
+                loop {
+                    let r = Relay::new(
+                        Arc::clone(&config),
+                        Arc::clone(&spool),
+                        relay_rx.clone(),
+                        Arc::clone(&stop),
+                        Arc::clone(&rescan),
+                        tls.clone(),
+                    );
+                    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| r.run())) {
+                        Ok(()) => break,
+                        Err(_) => {
+                            log::error!("relay thread panicked; restarting it in 5s");
+                            std::thread::sleep(Duration::from_secs(5));
+                        }
+                    }
+                }
+            })?
+        };
+        {
+            let relay_tx = relay_tx.clone();
+            spawn("control", 64 * 1024, move || {
+                loop {
+                    match crate::sendmail::queue::receive(&control) {
+                        Ok(Some((req, reply_to))) => {
+                            let request = Control::Request(Box::new((req, reply_to)));
+                            if relay_tx.send(request).is_err() {
+                                break;
+                            }
+                        }
+                        Ok(None) => log::warn!("control: ignored a malformed request"),
+                        Err(e) => {
+                            log::error!("control: {e}");
+                            break;
+                        }
+                    }
+                }
+            })?;
+        }
+        let mut workers = Vec::new();
+        for index in 0..config.workers {
+            let w = Worker {
+                index,
+                config: Arc::clone(&config),
+                spool: Arc::clone(&spool),
+                relay: relay_tx.clone(),
+                rescan: Arc::clone(&rescan),
+                shared: Arc::clone(&shared),
+                tls: tls_server.clone(),
+                upstream_tls: upstream_tls.clone(),
+                policy: Arc::clone(&policy),
+                #[cfg(feature = "tls")]
+                users: users.clone(),
+            };
+            let rx = pool_rx.clone();
+            workers.push(spawn(&format!("worker{index}"), 256 * 1024, move || {
+                w.run(rx)
+            })?);
+        }
+        drop(pool_rx);
+        let _ = &users;
+        let poll = mio::Poll::new().map_err(|e| e.to_string())?;
+        let waker = mio::Waker::new(poll.registry(), acceptor::WAKE).map_err(|e| e.to_string())?;
+        let acceptor = Acceptor {
+            poll,
+            listeners,
+            pool: pool_tx,
+            shared: Arc::clone(&shared),
+            max_connections: config.max_connections,
+            max_connections_per_ip: config.max_connections_per_ip(),
+            exempt: config.connection_limit_exempt.clone(),
+        };
+        let acceptor = std::thread::Builder::new()
+            .name("acceptor".into())
+            .spawn(move || acceptor.run())
+            .map_err(|e| e.to_string())?;
+        log_start(&config, trust);
+        Ok(Daemon {
+            config,
+            shared,
+            addrs,
+            waker,
+            acceptor,
+            workers,
+            relay,
+            relay_tx,
+            stop_relay,
+            _lock: lock,
+        })
+    }
+
+    /// The addresses the listeners are bound to (a port 0 in the config is here the
+    /// port the kernel chose).
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// Stops accepting, ends idle sessions, lets transactions finish within
+    /// `shutdown_grace`, then stops the relay between deliveries. Queued mail stays.
+    pub fn shutdown(self) {
+        let shared = &self.shared;
+        shared.shutting_down.store(true, Ordering::SeqCst);
+        let _ = self.waker.wake();
+        match self.acceptor.join() {
+            Ok(Err(e)) => log::error!("acceptor: {e}"),
+            Err(_) => log::error!("acceptor panicked"),
+            Ok(Ok(())) => {}
+        }
+        let deadline = Instant::now() + self.config.shutdown_grace;
+        while self.workers.iter().any(|w| !w.is_finished()) {
+            shared.close_sessions(true);
+            if Instant::now() >= deadline {
+                let n = shared.close_sessions(false);
+                if n > 0 {
+                    log::warn!(
+                        "grace period over; closing {n} session(s) in progress (no 250 was given for their messages)"
+                    );
+                }
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for w in self.workers {
+            let _ = w.join();
+        }
+        self.stop_relay.store(true, Ordering::SeqCst);
+        let _ = self.relay_tx.try_send(Control::Wake);
+        drop(self.relay_tx);
+        let _ = self.relay.join();
+        log::info!("stopped");
+    }
+}
+
+fn spawn(
+    name: &str,
+    stack: usize,
+    f: impl FnOnce() + Send + 'static,
+) -> Result<JoinHandle<()>, String> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .stack_size(stack)
+        .spawn(f)
+        .map_err(|e| e.to_string())
+}
+
+fn log_start(config: &Config, trust: Option<String>) {
+    if let Some(t) = trust {
+        log::info!(
+            "relay: smarthost TLS {:?}, trusting {t}",
+            config.smarthost_tls
+        );
+    } else {
+        log::info!("relay: smarthost connection is plain TCP (smarthost_tls none)");
+    }
+    if config.smarthost_tls != SmarthostTls::None && !config.smarthost_tls_verify {
+        log::warn!(
+            "smarthost_tls_verify no: the smarthost's certificate is NOT verified; anyone on the path can read and change mail"
+        );
+    }
+    let listen: Vec<String> = config.listen.iter().map(|a| a.to_string()).collect();
+    log::info!(
+        "started: listening on {}, relaying to {}, spool {}, {} workers{}",
+        listen.join(" "),
+        config.smarthost,
+        config.spool.display(),
+        config.workers,
+        if config.mode == Mode::Passthrough {
+            ", mode passthrough (clients get the smarthost's replies; nothing is spooled)"
+        } else {
+            ""
+        }
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::TcpStream;
+    use std::path::Path;
+
+    fn parts(spool: &Path) -> Parts {
+        // The smarthost is a closed port: messages stay queued.
+        let text = format!(
+            "listen 127.0.0.1:0\nspool {}\nsmarthost 127.0.0.1:9\nsmarthost_tls none\n\
+             workers 2\nretry_min 1h\nretry_max 1h\nshutdown_grace 2s\n",
+            spool.display()
+        );
+        let config = Config::parse(Path::new("t.conf"), &text).unwrap();
+        Parts {
+            policy: Arc::new(config.policy().unwrap()),
+            config,
+            tls: None,
+            tls_server: None,
+            users: None,
+            trust: None,
+        }
+    }
+
+    fn reply(r: &mut impl BufRead) -> String {
+        let mut all = String::new();
+        loop {
+            let mut line = String::new();
+            r.read_line(&mut line).unwrap();
+            all.push_str(&line);
+            if line.len() < 4 || line.as_bytes()[3] != b'-' {
+                return all;
+            }
+        }
+    }
+
+    /// Started in-process: it takes mail on its bound port and queues it; a second
+    /// daemon on the spool is refused; shutdown joins every thread and frees the
+    /// spool for the next start.
+    #[test]
+    fn starts_takes_mail_and_stops() {
+        let dir = crate::spool::tests::temp_dir("daemon");
+        let daemon = Daemon::start(parts(&dir), |_| Ok(())).unwrap();
+        let addr = daemon.local_addrs()[0];
+        assert_ne!(addr.port(), 0);
+        let second = Daemon::start(parts(&dir), |_| Ok(()));
+        assert!(
+            second.as_ref().err().is_some_and(|e| e.contains("in use")),
+            "a second daemon on the spool is refused"
+        );
+
+        let stream = TcpStream::connect(addr).unwrap();
+        let mut r = BufReader::new(stream.try_clone().unwrap());
+        let mut w = stream;
+        assert!(reply(&mut r).starts_with("220 "));
+        for (cmd, code) in [
+            ("EHLO t\r\n", "250"),
+            ("MAIL FROM:<a@b.c>\r\n", "250"),
+            ("RCPT TO:<d@e.f>\r\n", "250"),
+            ("DATA\r\n", "354"),
+            ("Subject: in-process\r\n\r\nhi\r\n.\r\n", "250"),
+        ] {
+            w.write_all(cmd.as_bytes()).unwrap();
+            let got = reply(&mut r);
+            assert!(got.starts_with(code), "{cmd:?}: {got}");
+        }
+        // A session still open at shutdown is told 421 and closed.
+        let started = Instant::now();
+        daemon.shutdown();
+        assert!(started.elapsed() < Duration::from_secs(10));
+        let last = reply(&mut r);
+        assert!(last.starts_with("421 "), "{last}");
+        let queued: Vec<_> = std::fs::read_dir(dir.join("queue")).unwrap().collect();
+        assert_eq!(queued.len(), 1, "the message stays queued");
+
+        let again = Daemon::start(parts(&dir), |_| Ok(())).unwrap();
+        again.shutdown();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
