@@ -5,9 +5,9 @@ use std::hint::black_box;
 use smtp_relayd::protocol::client::ReplyReader;
 use smtp_relayd::protocol::command;
 use smtp_relayd::protocol::data::DataDecoder;
-use smtp_relayd::protocol::driver::{self, Gone, Id, Input, Opened, Shell};
+use smtp_relayd::protocol::driver::{Driver, Gone, Input, Shell};
 use smtp_relayd::protocol::policy::{Policy, Senders};
-use smtp_relayd::protocol::server::{Peer, Refusal, ServerSession, Settings, StoreError};
+use smtp_relayd::protocol::server::{Peer, Refusal, ServerSession, Settings, Stamp, StoreError};
 use smtp_relayd::protocol::stuff::DotStuffer;
 
 /// A 1 KiB message body as a device sends it, already dot-stuffed, with a few dot lines.
@@ -25,38 +25,33 @@ fn wire_1k() -> Vec<u8> {
     v
 }
 
-/// The session's shell for the bench: two reads, and a spool that keeps nothing.
-struct Bench<'a> {
-    reads: [&'a [u8]; 2],
-    next: usize,
-}
+/// The session's shell for the bench: the driver is fed the two reads directly, and
+/// the spool keeps nothing.
+struct Bench;
 
-impl Shell for Bench<'_> {
+impl Shell for Bench {
     type Message = ();
-    fn read(&mut self, buf: &mut [u8], _: &ServerSession) -> Input {
-        let Some(r) = self.reads.get(self.next) else {
-            return Input::Closed;
-        };
-        self.next += 1;
-        buf[..r.len()].copy_from_slice(r);
-        Input::Bytes(r.len())
+    fn read(&mut self, _: &mut [u8], _: &ServerSession) -> Input {
+        Input::Closed
     }
     fn write(&mut self, replies: &[u8]) -> Result<(), Gone> {
         black_box(replies);
         Ok(())
     }
-    fn open(&mut self, _: &ServerSession) -> Result<Opened<()>, StoreError> {
-        Ok(Opened {
-            message: (),
-            id: Id::try_from("ID").unwrap(),
-            date: heapless::String::try_from("Thu, 3 Dec 2026 14:00:00 +0000").unwrap(),
-        })
+    fn open(&mut self, _: &ServerSession) -> Result<(), StoreError> {
+        Ok(())
+    }
+    fn stamp<'m>(&self, _: &'m ()) -> Stamp<'m> {
+        Stamp {
+            id: "ID",
+            date: "Thu, 3 Dec 2026 14:00:00 +0000",
+        }
     }
     fn write_body(&mut self, _: &mut (), body: &[u8]) -> Result<(), StoreError> {
         black_box(body);
         Ok(())
     }
-    fn commit(&mut self, _: (), _: &str, _: &ServerSession) -> Result<(), StoreError> {
+    fn commit(&mut self, _: &mut (), _: &ServerSession) -> Result<(), StoreError> {
         Ok(())
     }
     fn discard(&mut self, _: ()) {}
@@ -114,7 +109,7 @@ fn main() {
         "session" => {
             // A whole pipelined transaction through the server session (line reader,
             // parser, state machine, DATA decoder) and the one driver every shell
-            // uses, as a worker's two reads deliver it.
+            // uses, fed a worker's two reads.
             let head =
                 b"EHLO cam1\r\nMAIL FROM:<a@example.net>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n";
             let mut s = ServerSession::new(Settings {
@@ -129,7 +124,6 @@ fn main() {
                 passthrough: false,
                 add_missing_headers: true,
             });
-            let mut buf = vec![0u8; 16 * 1024];
             for _ in 0..n {
                 s.start(Peer {
                     ip: [127, 0, 0, 1].into(),
@@ -137,11 +131,12 @@ fn main() {
                     tls: false,
                     auth_plaintext: false,
                 });
-                let mut shell = Bench {
-                    reads: [head, &wire],
-                    next: 0,
-                };
-                black_box(driver::run(&mut s, &mut shell, &mut buf));
+                let mut shell = Bench;
+                let mut d = Driver::new();
+                for read in [&head[..], &wire] {
+                    black_box(d.feed(&mut s, &mut shell, black_box(read)));
+                    let _ = d.flush(&mut s, &mut shell);
+                }
                 black_box(&s);
             }
         }

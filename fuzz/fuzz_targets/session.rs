@@ -9,10 +9,10 @@ use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
 use smtp_relayd::protocol::client::Reply;
-use smtp_relayd::protocol::driver::{self, Driver, Id, Input, Opened, Shell};
+use smtp_relayd::protocol::driver::{self, Driver, Input, Shell};
 use smtp_relayd::protocol::policy::{Policy, Senders};
 use smtp_relayd::protocol::server::{
-    BODY_CAP, OUT_CAP, Peer, Refusal, ServerSession, Settings, StoreError,
+    BODY_CAP, OUT_CAP, Peer, Refusal, ServerSession, Settings, Stamp, StoreError,
 };
 
 /// The scripted smarthost's reply number `n`: mostly yes, sometimes not, sometimes
@@ -36,12 +36,10 @@ struct Script {
     rate_asked: u32,
 }
 
-fn stamp() -> (Id, heapless::String<40>) {
-    (
-        Id::try_from("ID").unwrap(),
-        heapless::String::try_from("Thu, 3 Dec 2026 14:00:00 +0000").unwrap(),
-    )
-}
+const STAMP: Stamp<'static> = Stamp {
+    id: "ID",
+    date: "Thu, 3 Dec 2026 14:00:00 +0000",
+};
 
 impl Shell for Script {
     type Message = ();
@@ -56,19 +54,18 @@ impl Shell for Script {
         Ok(())
     }
 
-    fn open(&mut self, _: &ServerSession) -> Result<Opened<()>, StoreError> {
+    fn open(&mut self, _: &ServerSession) -> Result<(), StoreError> {
         self.body.clear();
         // Every third open fails, as a full disk would.
         self.opens += 1;
         if self.opens % 3 == 0 {
             return Err(StoreError::NoSpace);
         }
-        let (id, date) = stamp();
-        Ok(Opened {
-            message: (),
-            id,
-            date,
-        })
+        Ok(())
+    }
+
+    fn stamp<'m>(&self, _: &'m ()) -> Stamp<'m> {
+        STAMP
     }
 
     fn write_body(&mut self, _: &mut (), body: &[u8]) -> Result<(), StoreError> {
@@ -77,7 +74,7 @@ impl Shell for Script {
         Ok(())
     }
 
-    fn commit(&mut self, _: (), _: &str, _: &ServerSession) -> Result<(), StoreError> {
+    fn commit(&mut self, _: &mut (), _: &ServerSession) -> Result<(), StoreError> {
         self.stored.push(std::mem::take(&mut self.body));
         Ok(())
     }
@@ -133,11 +130,14 @@ impl Shell for Script {
         Some(replies[..keep].to_vec())
     }
 
-    fn upstream_data(&mut self, _: &ServerSession) -> Option<(Reply, Id, heapless::String<40>)> {
+    fn upstream_data(&mut self, _: &ServerSession) -> Option<Reply> {
         self.asked += 1;
         self.body.clear();
-        let (id, date) = stamp();
-        Some((upstream(self.asked, 354), id, date))
+        Some(upstream(self.asked, 354))
+    }
+
+    fn upstream_stamp(&self) -> Option<Stamp<'_>> {
+        Some(STAMP)
     }
 
     fn upstream_body(&mut self, body: &[u8]) {

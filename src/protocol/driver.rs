@@ -18,9 +18,6 @@ use super::policy::Senders;
 use super::reply;
 use super::server::{Ask, Refusal, ServerSession, Stamp, Step, StoreError, TlsAnswer, Upstream};
 
-/// A queue id, as the shell's spool mints them.
-pub type Id = heapless::String<32>;
-
 /// What a read of the client gave.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Input {
@@ -51,15 +48,6 @@ pub enum End {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Gone;
 
-/// A message the shell opened for the session.
-pub struct Opened<M> {
-    /// The shell's handle on the open spool file.
-    pub message: M,
-    pub id: Id,
-    /// The RFC 5322 date it was received (for `Date:` when it has none).
-    pub date: heapless::String<40>,
-}
-
 /// What a session needs from the world around it. Every method answers a question
 /// the session asks; the driver calls them in protocol order.
 pub trait Shell {
@@ -75,16 +63,19 @@ pub trait Shell {
 
     /// Opens a spool file for the session's transaction (its `Received:` line
     /// written).
-    fn open(&mut self, session: &ServerSession) -> Result<Opened<Self::Message>, StoreError>;
+    fn open(&mut self, session: &ServerSession) -> Result<Self::Message, StoreError>;
+
+    /// The id and date of an open message, borrowed from it (nothing is copied).
+    fn stamp<'m>(&self, message: &'m Self::Message) -> Stamp<'m>;
 
     /// Appends decoded message text.
     fn write_body(&mut self, message: &mut Self::Message, body: &[u8]) -> Result<(), StoreError>;
 
     /// Makes the message durable and queues it; it is then the relay's to deliver.
+    /// The message is spent either way (its stamp still reads).
     fn commit(
         &mut self,
-        message: Self::Message,
-        id: &str,
+        message: &mut Self::Message,
         session: &ServerSession,
     ) -> Result<(), StoreError>;
 
@@ -122,12 +113,13 @@ pub trait Shell {
         None
     }
 
-    /// Passthrough: `DATA`, and on `354` the message's trace line; the reply, and the
-    /// message's stamp.
-    fn upstream_data(
-        &mut self,
-        _session: &ServerSession,
-    ) -> Option<(Reply, Id, heapless::String<40>)> {
+    /// Passthrough: `DATA`, and on `354` the message's trace line; the reply.
+    fn upstream_data(&mut self, _session: &ServerSession) -> Option<Reply> {
+        None
+    }
+
+    /// Passthrough: the id and date of the message going out, after a `354`.
+    fn upstream_stamp(&self) -> Option<Stamp<'_>> {
         None
     }
 
@@ -151,7 +143,7 @@ pub fn run<S: Shell>(session: &mut ServerSession, shell: &mut S, buf: &mut [u8])
 
 /// The driver's own state between reads: the message being spooled.
 pub struct Driver<M> {
-    message: Option<(M, Id)>,
+    message: Option<M>,
     /// The first spool write error of the message; it is refused at its end.
     write_error: Option<StoreError>,
 }
@@ -214,7 +206,7 @@ impl<M> Driver<M> {
 
     /// The session ended: a message still open is dropped.
     fn end<S: Shell<Message = M>>(&mut self, shell: &mut S, end: End) -> End {
-        if let Some((m, _)) = self.message.take() {
+        if let Some(m) = self.message.take() {
             shell.discard(m);
         }
         end
@@ -243,13 +235,9 @@ impl<M> Driver<M> {
                 Step::OpenMessage(token) => {
                     self.write_error = None;
                     match shell.open(session) {
-                        Ok(o) => {
-                            let stamp = Stamp {
-                                id: &o.id,
-                                date: &o.date,
-                            };
-                            session.spool_opened(token, Ok(stamp));
-                            self.message = Some((o.message, o.id));
+                        Ok(m) => {
+                            session.spool_opened(token, Ok(shell.stamp(&m)));
+                            self.message = Some(m);
                         }
                         Err(e) => session.spool_opened(token, Err(e)),
                     }
@@ -262,25 +250,28 @@ impl<M> Driver<M> {
                     self.write_body(session, shell);
                     session.clear_body();
                     match (self.message.take(), self.write_error.take()) {
-                        (Some((m, id)), None) => match shell.commit(m, &id, session) {
-                            Ok(()) => session.stored(token, Ok(&id)),
+                        (Some(mut m), None) => match shell.commit(&mut m, session) {
+                            Ok(()) => session.stored(token, Ok(shell.stamp(&m).id)),
                             Err(e) => session.stored(token, Err(e)),
                         },
                         (m, error) => {
-                            if let Some((m, _)) = m {
+                            if let Some(m) = m {
                                 shell.discard(m);
                             }
                             session.stored(token, Err(error.unwrap_or(StoreError::Local)));
                         }
                     }
                 }
-                Step::DiscardMessage(why) => {
-                    let id = self.message.as_ref().map(|(_, id)| id.clone());
-                    if let Some((m, _)) = self.message.take() {
+                Step::DiscardMessage => {
+                    let message = self.message.take();
+                    if let Some(why) = session.refusal() {
+                        let id = message.as_ref().map(|m| shell.stamp(m).id);
+                        shell.refused(why, session, id);
+                    }
+                    if let Some(m) = message {
                         shell.discard(m);
                     }
                     shell.upstream_abandon();
-                    shell.refused(&why, session, id.as_deref());
                 }
                 Step::CheckSpace(q) => {
                     let room = shell.check_space(q.size());
@@ -311,7 +302,11 @@ impl<M> Driver<M> {
                     }
                 }
                 Step::Upstream(q) => self.upstream(session, shell, q),
-                Step::Refused(why) => shell.refused(&why, session, None),
+                Step::Refused => {
+                    if let Some(why) = session.refusal() {
+                        shell.refused(why, session, None);
+                    }
+                }
                 Step::Close => {
                     let _ = self.flush(session, shell);
                     return Some(self.end(shell, End::Quit));
@@ -329,7 +324,7 @@ impl<M> Driver<M> {
             shell.upstream_body(body);
             return;
         }
-        if let (Some((m, _)), None) = (self.message.as_mut(), self.write_error) {
+        if let (Some(m), None) = (self.message.as_mut(), self.write_error) {
             self.write_error = shell.write_body(m, body).err();
         }
     }
@@ -379,15 +374,11 @@ impl<M> Driver<M> {
                 None => session.upstream_unavailable(q),
             },
             Ask::Data => match shell.upstream_data(session) {
-                Some((r, id, date)) => {
+                Some(r) => {
                     if r.code != 354 {
                         refused(shell, session, "DATA", &r, Default::default());
                     }
-                    let stamp = Stamp {
-                        id: &id,
-                        date: &date,
-                    };
-                    session.upstream_replied(q, &r, Some(stamp));
+                    session.upstream_replied(q, &r, shell.upstream_stamp());
                 }
                 None => session.upstream_unavailable(q),
             },

@@ -142,8 +142,9 @@ pub enum Step {
     /// The message ended and is accepted: write `body()`, commit, answer with `stored`.
     StoreMessage(StoreMessage),
     /// The message ended and is refused (the reply is queued): drop the spool file
-    /// (passthrough: abandon the smarthost's DATA without ending it), log why.
-    DiscardMessage(Refusal),
+    /// (passthrough: abandon the smarthost's DATA without ending it), log why
+    /// (`refusal()`).
+    DiscardMessage,
     /// Passthrough: ask the smarthost (see `Ask`), then answer with `upstream_*`.
     Upstream(Upstream),
     /// AUTH: check `credentials()`, answer with `authenticated`.
@@ -157,8 +158,9 @@ pub enum Step {
     /// MAIL under `rate_limit`: take one message from the client's allowance;
     /// answer with `rate_checked`.
     CheckRate(CheckRate),
-    /// A command was refused by policy (the reply is queued): log it, feed on.
-    Refused(Refusal),
+    /// A command was refused by policy (the reply is queued): log why (`refusal()`),
+    /// feed on.
+    Refused,
     /// Send the queued replies and close the connection.
     Close,
 }
@@ -413,8 +415,11 @@ pub struct ServerSession {
     auth: Auth,
     /// Messages stored in this connection (`max_messages_per_connection`).
     messages: u32,
-    /// A refusal not yet handed to the shell (`Step::Refused`).
-    notice: Option<Refusal>,
+    /// What was refused last, for the shell's log (`refusal()`); kept here so that a
+    /// step stays a few octets.
+    refusal: Option<Refusal>,
+    /// `refusal` is not yet told (`Step::Refused`).
+    refusal_pending: bool,
 }
 
 /// What AUTH has gathered. The password is wiped once it has been checked.
@@ -467,7 +472,8 @@ impl ServerSession {
             last_verdict: Verdict::Accept,
             auth: Auth::default(),
             messages: 0,
-            notice: None,
+            refusal: None,
+            refusal_pending: false,
         }
     }
 
@@ -480,7 +486,8 @@ impl ServerSession {
         self.state = State::Hello;
         self.esmtp = false;
         self.messages = 0;
-        self.notice = None;
+        self.refusal = None;
+        self.refusal_pending = false;
         self.helo.clear();
         self.reset_transaction();
         self.line.clear();
@@ -572,6 +579,11 @@ impl ServerSession {
         self.settings.auth_available && (self.tls || self.peer.auth_plaintext)
     }
 
+    /// What the session refused last (`Step::Refused`, `Step::DiscardMessage`).
+    pub fn refusal(&self) -> Option<&Refusal> {
+        self.refusal.as_ref()
+    }
+
     /// `mode passthrough`: message text goes to the smarthost, not to a spool file.
     pub fn passthrough(&self) -> bool {
         self.settings.passthrough
@@ -619,8 +631,9 @@ impl ServerSession {
     pub fn feed(&mut self, input: &[u8]) -> (usize, Step) {
         let mut i = 0;
         loop {
-            if let Some(notice) = self.notice.take() {
-                return (i, Step::Refused(notice));
+            if self.refusal_pending {
+                self.refusal_pending = false;
+                return (i, Step::Refused);
             }
             match self.state {
                 State::Closed => return (i, Step::Close),
@@ -661,7 +674,8 @@ impl ServerSession {
                             self.reset_transaction();
                             self.state = State::Mail;
                             let size = self.decoder.size();
-                            return (i, Step::DiscardMessage(Refusal::Data { verdict, size }));
+                            self.refusal = Some(Refusal::Data { verdict, size });
+                            return (i, Step::DiscardMessage);
                         }
                     }
                 }
@@ -869,7 +883,8 @@ impl ServerSession {
 
     /// Queues `text` and tells the shell why (`Step::Refused`).
     fn refuse(&mut self, why: Refusal, text: &str) {
-        self.notice = Some(why);
+        self.refusal = Some(why);
+        self.refusal_pending = true;
         self.reply(text);
     }
 
@@ -1376,14 +1391,17 @@ pub(super) mod tests {
             Ok(())
         }
 
-        fn open(&mut self, _: &ServerSession) -> Result<driver::Opened<()>, StoreError> {
+        fn open(&mut self, _: &ServerSession) -> Result<(), StoreError> {
             self.open_result?;
             self.body.clear();
-            Ok(driver::Opened {
-                message: (),
-                id: driver::Id::try_from("ID1").unwrap(),
-                date: heapless::String::try_from("DATE").unwrap(),
-            })
+            Ok(())
+        }
+
+        fn stamp<'m>(&self, _: &'m ()) -> Stamp<'m> {
+            Stamp {
+                id: "ID1",
+                date: "DATE",
+            }
         }
 
         fn write_body(&mut self, _: &mut (), body: &[u8]) -> Result<(), StoreError> {
@@ -1392,7 +1410,7 @@ pub(super) mod tests {
             Ok(())
         }
 
-        fn commit(&mut self, _: (), _: &str, _: &ServerSession) -> Result<(), StoreError> {
+        fn commit(&mut self, _: &mut (), _: &ServerSession) -> Result<(), StoreError> {
             let body = std::mem::take(&mut self.body);
             self.store_result?;
             self.stored.push(body);
@@ -1461,18 +1479,20 @@ pub(super) mod tests {
             )
         }
 
-        fn upstream_data(
-            &mut self,
-            _: &ServerSession,
-        ) -> Option<(Reply, driver::Id, heapless::String<40>)> {
+        fn upstream_data(&mut self, _: &ServerSession) -> Option<Reply> {
             if self.no_smarthost {
                 return None;
             }
             self.asked.push("DATA".into());
             self.body.clear();
-            let r = self.next_upstream(354);
-            let id = driver::Id::try_from("ID1").unwrap();
-            Some((r, id, heapless::String::try_from("DATE").unwrap()))
+            Some(self.next_upstream(354))
+        }
+
+        fn upstream_stamp(&self) -> Option<Stamp<'_>> {
+            Some(Stamp {
+                id: "ID1",
+                date: "DATE",
+            })
         }
 
         fn upstream_body(&mut self, body: &[u8]) {

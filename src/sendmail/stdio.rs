@@ -9,9 +9,9 @@ use std::net::IpAddr;
 use std::process::ExitCode;
 
 use crate::config::Config;
-use crate::protocol::driver::{self, Input, Opened, Shell};
+use crate::protocol::driver::{self, Input, Shell};
 use crate::protocol::policy::Senders;
-use crate::protocol::server::{Peer, Refusal, ServerSession, StoreError};
+use crate::protocol::server::{Peer, Refusal, ServerSession, Stamp, StoreError};
 use crate::server::worker::Spooling;
 use crate::spool::Spool;
 
@@ -92,18 +92,22 @@ impl<R: Read, W: Write> Shell for Stdio<'_, R, W> {
         sent.map_err(|_| driver::Gone)
     }
 
-    fn open(&mut self, session: &ServerSession) -> Result<Opened<Spooling>, StoreError> {
+    fn open(&mut self, session: &ServerSession) -> Result<Spooling, StoreError> {
         let client = format!("local uid={} (sendmail -bs)", crate::privileges::uid());
         Spooling::open(self.spool, session, client)
+    }
+
+    fn stamp<'m>(&self, m: &'m Spooling) -> Stamp<'m> {
+        m.stamp()
     }
 
     fn write_body(&mut self, m: &mut Spooling, body: &[u8]) -> Result<(), StoreError> {
         m.write(body)
     }
 
-    fn commit(&mut self, m: Spooling, _: &str, session: &ServerSession) -> Result<(), StoreError> {
-        let (id, _) = m.commit(self.spool, session)?;
-        crate::relay::notify_queued(self.spool, &id);
+    fn commit(&mut self, m: &mut Spooling, session: &ServerSession) -> Result<(), StoreError> {
+        m.commit(self.spool, session)?;
+        crate::relay::notify_queued(self.spool, m.id());
         Ok(())
     }
 

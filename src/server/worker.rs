@@ -15,10 +15,10 @@ use super::passthrough::Passthrough;
 use crate::config::Mode;
 use crate::config::{BareNewline, Config};
 use crate::protocol::client::Reply;
-use crate::protocol::driver::{self, End, Input, Opened, Shell};
+use crate::protocol::driver::{self, End, Input, Shell};
 use crate::protocol::policy::Senders;
 use crate::protocol::server::{
-    Peer, Refusal, ServerSession, Settings, StoreError, received_header,
+    Peer, Refusal, ServerSession, Settings, Stamp, StoreError, received_header,
 };
 use crate::relay::Control;
 use crate::spool::{self, QueueId, Spool};
@@ -361,7 +361,7 @@ impl Worker {
 }
 
 /// Passthrough: the message going out, its start, and the size of its trace line.
-type Passing = (QueueId, Instant, u64);
+type Passing = (QueueId, Instant, u64, String);
 
 /// One connection as the session's shell: its stream and deadline, the message
 /// going out in passthrough, and what the disconnect line counts.
@@ -380,7 +380,11 @@ struct Connection<'a> {
 /// A spool file being written for a session: what the daemon's workers and
 /// `sendmail -bs` both do with the messages they take.
 pub struct Spooling {
-    writer: spool::Writer,
+    /// `None` once committed.
+    writer: Option<spool::Writer>,
+    id: QueueId,
+    /// When it was received, RFC 5322.
+    date: String,
 }
 
 impl Spooling {
@@ -390,7 +394,7 @@ impl Spooling {
         spool: &Spool,
         session: &ServerSession,
         client: String,
-    ) -> Result<Opened<Spooling>, StoreError> {
+    ) -> Result<Spooling, StoreError> {
         let now = time::now_unix();
         let record = envelope_record(session, now, client);
         let mut writer = spool.create(spool.new_id(), &record).map_err(|e| {
@@ -405,42 +409,56 @@ impl Spooling {
             writer.abort();
             return Err(store_error(&e));
         }
-        Ok(Opened {
-            id: driver::Id::try_from(id.as_str()).unwrap_or_default(),
-            date: heapless::String::try_from(date.as_str()).unwrap_or_default(),
-            message: Spooling { writer },
+        Ok(Spooling {
+            writer: Some(writer),
+            id,
+            date,
         })
     }
 
+    pub fn stamp(&self) -> Stamp<'_> {
+        Stamp {
+            id: &self.id,
+            date: &self.date,
+        }
+    }
+
+    pub fn id(&self) -> &QueueId {
+        &self.id
+    }
+
     pub fn write(&mut self, body: &[u8]) -> Result<(), StoreError> {
-        self.writer.write(body).map_err(|e| {
-            log::error!("{}: cannot write spool file: {e}", self.writer.id());
+        let Some(w) = self.writer.as_mut() else {
+            return Err(StoreError::Local);
+        };
+        w.write(body).map_err(|e| {
+            log::error!("{}: cannot write spool file: {e}", self.id);
             store_error(&e)
         })
     }
 
-    /// Commits the message (marked when it has long lines); its id and stored size.
-    pub fn commit(
-        mut self,
-        spool: &Spool,
-        session: &ServerSession,
-    ) -> Result<(QueueId, u64), StoreError> {
+    /// Commits the message (marked when it has long lines); its stored size.
+    pub fn commit(&mut self, spool: &Spool, session: &ServerSession) -> Result<u64, StoreError> {
+        let Some(mut w) = self.writer.take() else {
+            return Err(StoreError::Local);
+        };
         if session.saw_long_line() {
-            self.writer.set_long_lines();
+            w.set_long_lines();
         }
-        let size = self.writer.size();
-        let id = self.writer.id().clone();
-        match spool.commit(self.writer) {
-            Ok(id) => Ok((id, size)),
+        let size = w.size();
+        match spool.commit(w) {
+            Ok(_) => Ok(size),
             Err(e) => {
-                log::error!("{id}: cannot commit to spool: {e}");
+                log::error!("{}: cannot commit to spool: {e}", self.id);
                 Err(store_error(&e))
             }
         }
     }
 
     pub fn abort(self) {
-        self.writer.abort();
+        if let Some(w) = self.writer {
+            w.abort();
+        }
     }
 }
 
@@ -503,18 +521,22 @@ impl Shell for Connection<'_> {
             .map_err(|_| driver::Gone)
     }
 
-    fn open(&mut self, session: &ServerSession) -> Result<Opened<Spooling>, StoreError> {
+    fn open(&mut self, session: &ServerSession) -> Result<Spooling, StoreError> {
         Spooling::open(&self.worker.spool, session, session.peer().ip.to_string())
+    }
+
+    fn stamp<'m>(&self, m: &'m Spooling) -> Stamp<'m> {
+        m.stamp()
     }
 
     fn write_body(&mut self, m: &mut Spooling, body: &[u8]) -> Result<(), StoreError> {
         m.write(body)
     }
 
-    fn commit(&mut self, m: Spooling, _: &str, session: &ServerSession) -> Result<(), StoreError> {
-        let (id, size) = m.commit(&self.worker.spool, session)?;
+    fn commit(&mut self, m: &mut Spooling, session: &ServerSession) -> Result<(), StoreError> {
+        let size = m.commit(&self.worker.spool, session)?;
         self.messages += 1;
-        self.worker.accepted(session, id, size);
+        self.worker.accepted(session, m.id().clone(), size);
         Ok(())
     }
 
@@ -561,10 +583,7 @@ impl Shell for Connection<'_> {
         Some(p.rcpt(&session.envelope().recipients[first..]))
     }
 
-    fn upstream_data(
-        &mut self,
-        session: &ServerSession,
-    ) -> Option<(Reply, driver::Id, heapless::String<40>)> {
+    fn upstream_data(&mut self, session: &ServerSession) -> Option<Reply> {
         let p = self.pass.as_deref_mut()?;
         let now = time::now_unix();
         let id = self.worker.spool.new_id();
@@ -572,14 +591,15 @@ impl Shell for Connection<'_> {
         let mut trace = String::with_capacity(256);
         let _ = received_header(&mut trace, session, &id, &date);
         let r = p.data(trace.as_bytes());
-        let stamp = (
-            driver::Id::try_from(id.as_str()).unwrap_or_default(),
-            heapless::String::try_from(date.as_str()).unwrap_or_default(),
-        );
         if r.code == 354 {
-            self.passing = Some((id, Instant::now(), trace.len() as u64));
+            self.passing = Some((id, Instant::now(), trace.len() as u64, date));
         }
-        Some((r, stamp.0, stamp.1))
+        Some(r)
+    }
+
+    fn upstream_stamp(&self) -> Option<Stamp<'_>> {
+        let (id, _, _, date) = self.passing.as_ref()?;
+        Some(Stamp { id, date })
     }
 
     fn upstream_body(&mut self, body: &[u8]) {
@@ -592,10 +612,10 @@ impl Shell for Connection<'_> {
         let p = self.pass.as_deref_mut()?;
         let r = p.end();
         let worker = self.worker;
-        let (id, started, trace) = self
+        let (id, started, trace, _) = self
             .passing
             .take()
-            .unwrap_or_else(|| (worker.spool.new_id(), Instant::now(), 0));
+            .unwrap_or_else(|| (worker.spool.new_id(), Instant::now(), 0, String::new()));
         worker.log_message(session, &id, trace + session.message_size());
         let status = if r.code / 100 == 2 { "sent" } else { "refused" };
         for rcpt in &session.envelope().recipients {
