@@ -30,12 +30,16 @@ struct Logger {
     pid: u32,
 }
 
+/// The target of the line that ends the program (`fatal:`); inside the crate's
+/// module path, so that a `RUST_LOG` filter for `smtp_relayd` keeps it.
+pub const FATAL: &str = "smtp_relayd::fatal";
+
 /// RFC 5424 §6.2.1 facility `mail` (2), times 8.
 const FACILITY_MAIL: u8 = 2 << 3;
 
 fn prefix(record: &Record<'_>) -> &'static str {
     match record.level() {
-        _ if record.target() == "fatal" => "fatal: ",
+        _ if record.target() == FATAL => "fatal: ",
         Level::Error => "error: ",
         Level::Warn => "warning: ",
         Level::Info => "",
@@ -60,7 +64,7 @@ impl Log for Logger {
         let (prefix, pid) = (prefix(record), self.pid);
         if let Some((path, socket)) = &self.syslog {
             let severity = match record.level() {
-                _ if record.target() == "fatal" => 2,
+                _ if record.target() == FATAL => 2,
                 Level::Error => 3,
                 Level::Warn => 4,
                 Level::Info => 6,

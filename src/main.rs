@@ -312,7 +312,7 @@ fn main() -> ExitCode {
     match serve(parts) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            log::error!(target: "fatal", "{e}");
+            log::error!(target: smtp_relayd::logger::FATAL, "{e}");
             ExitCode::from(1)
         }
     }
