@@ -4,6 +4,7 @@ import os
 import re
 import signal
 import smtplib
+import socket
 import subprocess
 import threading
 import time
@@ -243,6 +244,29 @@ def test_spool_written_by_the_previous_version_is_delivered(sink, make_relay):
     assert b"Content-Transfer-Encoding: quoted-printable" in long_msg["content"]
     relay.wait_log(r"661BE699124E70000007966: to=<pending@example\.com>.*status=sent")
     assert relay.files("queue") == []
+
+
+def test_rust_log_filters_by_module(sink, make_relay, tmp_path):
+    # env_logger's syntax: warnings everywhere, info for the relay thread alone.
+    relay = make_relay(sink.port).start(env={"RUST_LOG": "warn,smtp_relayd::relay=info"})
+    with smtplib.SMTP("127.0.0.1", relay.port) as s:
+        s.sendmail("a@b.c", ["d@e.f"], b"Subject: filtered\r\n\r\nx\r\n")
+    sink.wait_for(1)
+    relay.wait_log(r"to=<d@e\.f>, relay=.*status=sent")
+    log = relay.log()
+    assert "connect from" not in log and "started:" not in log, log
+    # A fatal error shows under any filter that names the crate.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        conf = tmp_path / "taken.conf"
+        conf.write_text(f"listen 127.0.0.1:{port}\nsmarthost 127.0.0.1:9\nsmarthost_tls none\n"
+                        f"spool {tmp_path / 'spool2'}\n")
+        r = subprocess.run(RELAYD + ["-c", str(conf)], capture_output=True, text=True, timeout=30,
+                           env=dict(os.environ, RUST_LOG="smtp_relayd::relay=debug"))
+    assert r.returncode == 1
+    assert f"fatal: cannot listen on 127.0.0.1:{port}" in r.stderr, r.stderr
 
 
 def test_mixed_recipients_each_get_their_fate(make_relay):
