@@ -569,9 +569,6 @@ impl Shell for Connection<'_> {
     fn refused(&mut self, why: &Refusal, session: &ServerSession, id: Option<&str>) {
         let passing = self.passing.as_ref().map(|p| p.0.as_str());
         log_refusal(why, session, self.addr.port(), id.or(passing));
-        if matches!(why, Refusal::Data { .. }) {
-            self.passing = None;
-        }
     }
 
     fn upstream_mail(&mut self, session: &ServerSession) -> Option<Reply> {
@@ -633,6 +630,7 @@ impl Shell for Connection<'_> {
     }
 
     fn upstream_abandon(&mut self) {
+        self.passing = None;
         if let Some(p) = self.pass.as_deref_mut() {
             p.abandon();
         }
