@@ -243,6 +243,9 @@ def test_spool_written_by_the_previous_version_is_delivered(sink, make_relay):
     assert max(len(line) for line in long_msg["content"].split(b"\r\n")) <= 998
     assert b"Content-Transfer-Encoding: quoted-printable" in long_msg["content"]
     relay.wait_log(r"661BE699124E70000007966: to=<pending@example\.com>.*status=sent")
+    # A file is removed after its status=sent line: wait for both removals.
+    relay.wait_log(r"661BE699124E70000007966: removed \(delivered\)")
+    relay.wait_log(r"661BE69939A6D0000007968: removed \(delivered\)")
     assert relay.files("queue") == []
 
 
