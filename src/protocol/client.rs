@@ -218,6 +218,8 @@ pub struct Capabilities {
     pub enhanced_status_codes: bool,
     pub auth_plain: bool,
     pub auth_login: bool,
+    pub auth_xoauth2: bool,
+    pub auth_oauthbearer: bool,
 }
 
 impl Capabilities {
@@ -247,6 +249,8 @@ impl Capabilities {
             for mech in words {
                 self.auth_plain |= mech.eq_ignore_ascii_case(b"PLAIN");
                 self.auth_login |= mech.eq_ignore_ascii_case(b"LOGIN");
+                self.auth_xoauth2 |= mech.eq_ignore_ascii_case(b"XOAUTH2");
+                self.auth_oauthbearer |= mech.eq_ignore_ascii_case(b"OAUTHBEARER");
             }
         }
     }
@@ -314,8 +318,15 @@ enum State {
     Helo,
     /// STARTTLS was sent (RFC 3207 §4).
     StartTls,
-    /// AUTH PLAIN with its initial response was sent (RFC 4954, RFC 4616).
-    AuthPlain,
+    /// AUTH was sent without an initial response (it would not fit in the command
+    /// line, RFC 4954 §4); the server's empty `334` asks for it.
+    AuthChallenge,
+    /// The response was sent (PLAIN, XOAUTH2, OAUTHBEARER; on the AUTH line or after
+    /// `334`): the server answers 235, refuses, or (a token it does not take) sends an
+    /// error challenge in a `334`.
+    AuthResponse,
+    /// The client answered an error challenge; the server's refusal comes next.
+    AuthAbort,
     /// AUTH LOGIN was sent; the server asks for the user name next.
     AuthLogin,
     /// The user name was sent; the server asks for the password next.
@@ -356,21 +367,89 @@ pub enum Event {
     Closed(Reply),
 }
 
-/// The relay's credentials at the smarthost. `Debug` never shows the password.
+/// The relay's credentials at the smarthost. `Debug` never shows the secret.
 #[derive(Clone)]
 pub struct Credentials {
+    /// The account: AUTH's authcid, XOAUTH2's `user=`, OAUTHBEARER's `a=`.
     pub user: String,
-    pub password: String,
+    /// The password, or the OAuth2 access token.
+    pub secret: String,
+    pub mechanism: Mechanism,
+}
+
+/// How the secret is presented.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mechanism {
+    /// A password, with PLAIN (RFC 4616) or else LOGIN, as the server offers.
+    Password,
+    /// A bearer token with Google's and Microsoft's `XOAUTH2`.
+    Xoauth2,
+    /// A bearer token with RFC 7628's `OAUTHBEARER`; the server's name and port go
+    /// in the message, as §3.1 says the client SHOULD send them.
+    Oauthbearer { host: String, port: u16 },
+}
+
+impl Mechanism {
+    fn name(&self) -> &'static str {
+        match self {
+            Mechanism::Password => "PLAIN",
+            Mechanism::Xoauth2 => "XOAUTH2",
+            Mechanism::Oauthbearer { .. } => "OAUTHBEARER",
+        }
+    }
 }
 
 impl core::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         write!(
             f,
-            "Credentials {{ user: {:?}, password: <redacted> }}",
-            self.user
+            "Credentials {{ user: {:?}, secret: <redacted>, mechanism: {:?} }}",
+            self.user, self.mechanism
         )
     }
+}
+
+/// RFC 5801 §4 `saslname`: `,` and `=` escaped as `=2C` and `=3D`.
+fn saslname(user: &str, out: &mut Vec<u8>) {
+    for &b in user.as_bytes() {
+        match b {
+            b',' => out.extend_from_slice(b"=2C"),
+            b'=' => out.extend_from_slice(b"=3D"),
+            _ => out.push(b),
+        }
+    }
+}
+
+/// The client's first (and only) SASL message: PLAIN's `authzid NUL authcid NUL
+/// passwd` (RFC 4616 §2, empty authzid), XOAUTH2's `user=U^Aauth=Bearer T^A^A`, or
+/// OAUTHBEARER's `n,a=U,^Ahost=H^Aport=P^Aauth=Bearer T^A^A` (RFC 7628 §3.1).
+pub fn sasl_message(c: &Credentials) -> Vec<u8> {
+    let mut m = Vec::with_capacity(c.user.len() + c.secret.len() + 64);
+    match &c.mechanism {
+        Mechanism::Password => {
+            m.push(0);
+            m.extend_from_slice(c.user.as_bytes());
+            m.push(0);
+            m.extend_from_slice(c.secret.as_bytes());
+        }
+        Mechanism::Xoauth2 => {
+            m.extend_from_slice(b"user=");
+            m.extend_from_slice(c.user.as_bytes());
+            m.extend_from_slice(b"\x01auth=Bearer ");
+            m.extend_from_slice(c.secret.as_bytes());
+            m.extend_from_slice(b"\x01\x01");
+        }
+        Mechanism::Oauthbearer { host, port } => {
+            m.extend_from_slice(b"n,a=");
+            saslname(&c.user, &mut m);
+            m.extend_from_slice(b",\x01host=");
+            m.extend_from_slice(host.as_bytes());
+            let _ = write!(Out(&mut m), "\x01port={port}\x01auth=Bearer ");
+            m.extend_from_slice(c.secret.as_bytes());
+            m.extend_from_slice(b"\x01\x01");
+        }
+    }
+    m
 }
 
 /// What the session must do before it is ready for mail.
@@ -428,6 +507,8 @@ pub struct Client {
     accepted: usize,
     /// The recipients of the transaction, for RCPT one at a time without pipelining.
     pending: Vec<heapless::String<{ limits::MAILBOX }>>,
+    /// A token's error challenge (RFC 7628 §3.2.2), decoded, for the refusal's text.
+    auth_error: Option<String>,
 }
 
 impl Client {
@@ -447,6 +528,7 @@ impl Client {
             mail_reply: None,
             accepted: 0,
             pending: Vec::new(),
+            auth_error: None,
         }
     }
 
@@ -625,7 +707,50 @@ impl Client {
                 }
                 Event::StartTls
             }
-            State::AuthPlain | State::AuthLoginPassword => {
+            State::AuthChallenge => {
+                if reply.code != 334 {
+                    return self.fail(Stage::Auth, reply);
+                }
+                let Some(c) = self.options.credentials.as_ref() else {
+                    return self.fail(Stage::Auth, reply);
+                };
+                let mut line = String::new();
+                base64::encode(&sasl_message(c), &mut line);
+                line.push_str("\r\n");
+                self.out.extend_from_slice(line.as_bytes());
+                self.state = State::AuthResponse;
+                Event::Continue
+            }
+            State::AuthResponse if reply.code == 334 => {
+                // RFC 7628 §3.2.3: an error challenge is answered with a single ^A
+                // (OAUTHBEARER), XOAUTH2 with an empty line; the refusal follows.
+                let text = reply.text.strip_prefix("334").unwrap_or(&reply.text);
+                let mut decoded = heapless::Vec::<u8, 512>::new();
+                if base64::decode(text.trim().as_bytes(), &mut decoded).is_some() {
+                    self.auth_error = Some(Reply::new(0, &String::from_utf8_lossy(&decoded)).text);
+                }
+                let oauthbearer = matches!(
+                    self.options.credentials.as_ref().map(|c| &c.mechanism),
+                    Some(Mechanism::Oauthbearer { .. })
+                );
+                self.out
+                    .extend_from_slice(if oauthbearer { b"AQ==\r\n" } else { b"\r\n" });
+                self.state = State::AuthAbort;
+                Event::Continue
+            }
+            State::AuthAbort => {
+                let mut reply = reply;
+                if let Some(said) = self.auth_error.take() {
+                    let text = format!("{} (error challenge: {said})", reply.text);
+                    reply = Reply::new(reply.code, &text);
+                }
+                if reply.code == 235 {
+                    // Success after an error challenge is not a thing; do not trust it.
+                    reply = Reply::new(535, &reply.text);
+                }
+                self.fail(Stage::Auth, reply)
+            }
+            State::AuthResponse | State::AuthLoginPassword => {
                 if reply.code != 235 {
                     return self.fail(Stage::Auth, reply);
                 }
@@ -645,7 +770,7 @@ impl Client {
                     base64::encode(c.user.as_bytes(), &mut line);
                     self.state = State::AuthLoginUser;
                 } else {
-                    base64::encode(c.password.as_bytes(), &mut line);
+                    base64::encode(c.secret.as_bytes(), &mut line);
                     self.state = State::AuthLoginPassword;
                 }
                 line.push_str("\r\n");
@@ -743,25 +868,46 @@ impl Client {
                     "4.7.0 refusing to send credentials without TLS",
                 );
             }
-            let mut line = String::from("AUTH ");
-            if self.capabilities.auth_plain {
-                // RFC 4616: authzid NUL authcid NUL passwd, as the initial response.
-                let mut raw = Vec::with_capacity(c.user.len() + c.password.len() + 2);
-                raw.push(0);
-                raw.extend_from_slice(c.user.as_bytes());
-                raw.push(0);
-                raw.extend_from_slice(c.password.as_bytes());
-                line.push_str("PLAIN ");
-                base64::encode(&raw, &mut line);
-                self.state = State::AuthPlain;
-            } else if self.capabilities.auth_login {
-                line.push_str("LOGIN");
-                self.state = State::AuthLogin;
-            } else {
+            let caps = &self.capabilities;
+            let offered = match c.mechanism {
+                Mechanism::Password => caps.auth_plain,
+                Mechanism::Xoauth2 => caps.auth_xoauth2,
+                Mechanism::Oauthbearer { .. } => caps.auth_oauthbearer,
+            };
+            if !offered {
+                if c.mechanism == Mechanism::Password && caps.auth_login {
+                    self.out.extend_from_slice(b"AUTH LOGIN\r\n");
+                    self.state = State::AuthLogin;
+                    return Event::Continue;
+                }
+                let why = match c.mechanism {
+                    Mechanism::Password => {
+                        "4.7.0 smarthost offers neither AUTH PLAIN nor AUTH LOGIN".to_string()
+                    }
+                    _ => format!(
+                        "4.7.0 smarthost does not offer AUTH {}; nothing was sent",
+                        c.mechanism.name()
+                    ),
+                };
+                return self.give_up(Stage::Auth, &why);
+            }
+            let mut response = String::new();
+            base64::encode(&sasl_message(c), &mut response);
+            if response.len() + 2 > limits::AUTH_LINE {
                 return self.give_up(
                     Stage::Auth,
-                    "4.7.0 smarthost offers neither AUTH PLAIN nor AUTH LOGIN",
+                    "4.7.0 the credentials are longer than an AUTH line may be (12,288 octets)",
                 );
+            }
+            let mut line = format!("AUTH {}", c.mechanism.name());
+            // RFC 4954 §4: the initial response only if the command line stays within
+            // 512 octets; else the response follows the server's 334.
+            if line.len() + 1 + response.len() + 2 <= limits::COMMAND_LINE {
+                line.push(' ');
+                line.push_str(&response);
+                self.state = State::AuthResponse;
+            } else {
+                self.state = State::AuthChallenge;
             }
             line.push_str("\r\n");
             self.out.extend_from_slice(line.as_bytes());
@@ -792,7 +938,9 @@ impl Client {
             State::Banner => Stage::Greeting,
             State::Ehlo | State::Helo => Stage::Hello,
             State::StartTls => Stage::StartTls,
-            State::AuthPlain
+            State::AuthChallenge
+            | State::AuthResponse
+            | State::AuthAbort
             | State::AuthLogin
             | State::AuthLoginUser
             | State::AuthLoginPassword => Stage::Auth,
@@ -1126,7 +1274,8 @@ mod tests {
     fn creds() -> Credentials {
         Credentials {
             user: "user".into(),
-            password: "pass".into(),
+            secret: "pass".into(),
+            mechanism: Mechanism::Password,
         }
     }
 
@@ -1253,6 +1402,169 @@ mod tests {
         let (sent, ev) = drive(&mut c, &["220 mx|", "250-mx|250 AUTH CRAM-MD5|"]);
         assert_eq!(sent, "EHLO relay.test\r\nQUIT\r\n");
         assert!(matches!(ev.last(), Some(Event::Closed(_))));
+    }
+
+    fn bearer(mechanism: Mechanism, token: &str) -> Options {
+        Options {
+            implicit_tls: true,
+            credentials: Some(Credentials {
+                user: "someuser@example.com".into(),
+                secret: token.into(),
+                mechanism,
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn b64(bytes: &[u8]) -> String {
+        let mut s = String::new();
+        base64::encode(bytes, &mut s);
+        s
+    }
+
+    #[test]
+    fn sasl_messages_as_the_documents_give_them() {
+        // Google's XOAUTH2 document: user={User}^Aauth=Bearer {Access Token}^A^A.
+        let c = |mechanism, user: &str| Credentials {
+            user: user.into(),
+            secret: "vF9dft4qmTc2Nvb3RlckBhdHRhdmlzdGEuY29tCg==".into(),
+            mechanism,
+        };
+        assert_eq!(
+            sasl_message(&c(Mechanism::Xoauth2, "someuser@example.com")),
+            b"user=someuser@example.com\x01auth=Bearer vF9dft4qmTc2Nvb3RlckBhdHRhdmlzdGEuY29tCg==\x01\x01"
+        );
+        // RFC 7628 §4.1's example, with its host and port.
+        let ob = Mechanism::Oauthbearer {
+            host: "server.example.com".into(),
+            port: 143,
+        };
+        assert_eq!(
+            sasl_message(&c(ob.clone(), "user@example.com")),
+            b"n,a=user@example.com,\x01host=server.example.com\x01port=143\x01auth=Bearer vF9dft4qmTc2Nvb3RlckBhdHRhdmlzdGEuY29tCg==\x01\x01"
+        );
+        // RFC 5801 saslname: ',' and '=' are escaped in a=.
+        let m = sasl_message(&c(ob, "a,b=c"));
+        assert!(m.starts_with(b"n,a=a=2Cb=3Dc,\x01"), "{m:?}");
+        // PLAIN: empty authzid, NUL, authcid, NUL, password (RFC 4616 §2).
+        assert_eq!(sasl_message(&creds()), b"\0user\0pass");
+    }
+
+    #[test]
+    fn xoauth2_and_oauthbearer_with_a_short_token_on_the_auth_line() {
+        for (mech, name) in [
+            (Mechanism::Xoauth2, "XOAUTH2"),
+            (
+                Mechanism::Oauthbearer {
+                    host: "mx.test".into(),
+                    port: 587,
+                },
+                "OAUTHBEARER",
+            ),
+        ] {
+            let opts = bearer(mech, "tok");
+            let expect = b64(&sasl_message(opts.credentials.as_ref().unwrap()));
+            let mut c = Client::new("relay.test", opts);
+            let (sent, ev) = drive(
+                &mut c,
+                &[
+                    "220 mx|",
+                    "250-mx|250 AUTH LOGIN PLAIN XOAUTH2 OAUTHBEARER|",
+                    "235 2.7.0 Accepted|",
+                ],
+            );
+            assert_eq!(sent, format!("EHLO relay.test\r\nAUTH {name} {expect}\r\n"));
+            assert_eq!(ev.last(), Some(&Event::Ready));
+        }
+    }
+
+    #[test]
+    fn a_long_token_goes_after_the_334_not_on_the_auth_line() {
+        // Microsoft's tokens are over 2 KiB: the AUTH line would pass 512 octets.
+        let token = "t".repeat(4096);
+        let opts = bearer(Mechanism::Xoauth2, &token);
+        let expect = b64(&sasl_message(opts.credentials.as_ref().unwrap()));
+        let mut c = Client::new("relay.test", opts);
+        let (sent, _) = drive(&mut c, &["220 mx|", "250-mx|250 AUTH LOGIN XOAUTH2|"]);
+        assert_eq!(sent, "EHLO relay.test\r\nAUTH XOAUTH2\r\n");
+        let (sent, _) = drive(&mut c, &["334 |"]);
+        assert_eq!(sent, format!("{expect}\r\n"));
+        assert!(sent.len() > 5000 && sent.len() <= limits::AUTH_LINE);
+        let (_, ev) = drive(&mut c, &["235 2.7.0 Authentication successful|"]);
+        assert_eq!(ev, [Event::Ready]);
+        // The AUTH line carries the response while it stays within 512 octets:
+        // "user=someuser@example.com^Aauth=Bearer " + token + "^A^A" is 40 + n
+        // octets, base64 4*ceil((40+n)/3), after "AUTH XOAUTH2 " (13), then CRLF.
+        let line_len = |n: usize| {
+            let mut c = Client::new("r", bearer(Mechanism::Xoauth2, &"x".repeat(n)));
+            let (sent, _) = drive(&mut c, &["220 mx|", "250-mx|250 AUTH XOAUTH2|"]);
+            sent.lines().nth(1).unwrap().len() + 2
+        };
+        assert_eq!(line_len(332), 13 + 496 + 2);
+        assert_eq!(line_len(333), "AUTH XOAUTH2\r\n".len());
+        // A token no AUTH line can carry is not sent.
+        let mut c = Client::new("r", bearer(Mechanism::Xoauth2, &"x".repeat(9300)));
+        let (sent, ev) = drive(&mut c, &["220 mx|", "250-mx|250 AUTH XOAUTH2|"]);
+        assert_eq!(sent, "EHLO r\r\nQUIT\r\n");
+        assert!(matches!(ev.last(), Some(Event::Closed(r)) if r.code == 454));
+    }
+
+    #[test]
+    fn a_refused_token_answers_the_error_challenge_then_fails_at_auth() {
+        // Google: 334 with base64 JSON, the client sends an empty line, then 535.
+        let json = br#"{"status":"400","schemes":"Bearer","scope":"https://mail.google.com/"}"#;
+        let challenge = format!("334 {}|", b64(json));
+        let mut c = Client::new("relay.test", bearer(Mechanism::Xoauth2, "old"));
+        drive(&mut c, &["220 mx|", "250-mx|250 AUTH XOAUTH2|"]);
+        let (sent, ev) = drive(&mut c, &[challenge.as_str()]);
+        assert_eq!((sent.as_str(), ev[0].clone()), ("\r\n", Event::Continue));
+        let (sent, ev) = drive(
+            &mut c,
+            &["535-5.7.8 Username and Password not accepted|535 5.7.8 Learn more|"],
+        );
+        assert_eq!(sent, "");
+        let Some(Event::Closed(r)) = ev.last() else {
+            panic!("{ev:?}")
+        };
+        assert_eq!(r.code, 535);
+        assert!(
+            r.text.contains(r#"error challenge: {"status":"400""#),
+            "{}",
+            r.text
+        );
+        assert_eq!(c.stage(), Stage::Auth);
+        // OAUTHBEARER answers with ^A (RFC 7628 §3.2.3).
+        let ob = Mechanism::Oauthbearer {
+            host: "mx".into(),
+            port: 465,
+        };
+        let mut c = Client::new("relay.test", bearer(ob, "old"));
+        drive(&mut c, &["220 mx|", "250-mx|250 AUTH OAUTHBEARER|"]);
+        let (sent, _) = drive(&mut c, &[challenge.as_str()]);
+        assert_eq!(sent, "AQ==\r\n");
+        let (_, ev) = drive(&mut c, &["235 2.7.0 yes?|"]);
+        assert!(
+            matches!(ev.last(), Some(Event::Closed(r)) if r.code == 535),
+            "success after an error challenge is not taken: {ev:?}"
+        );
+        // Microsoft refuses at once.
+        let mut c = Client::new("relay.test", bearer(Mechanism::Xoauth2, "old"));
+        drive(&mut c, &["220 mx|", "250-mx|250 AUTH LOGIN XOAUTH2|"]);
+        let (_, ev) = drive(&mut c, &["535 5.7.3 Authentication unsuccessful|"]);
+        assert!(matches!(ev.last(), Some(Event::Closed(r)) if r.code == 535));
+    }
+
+    #[test]
+    fn a_token_mechanism_not_offered_sends_nothing() {
+        let mut c = Client::new("relay.test", bearer(Mechanism::Xoauth2, "tok"));
+        let (sent, ev) = drive(&mut c, &["220 mx|", "250-mx|250 AUTH PLAIN LOGIN|"]);
+        assert_eq!(sent, "EHLO relay.test\r\nQUIT\r\n");
+        let Some(Event::Closed(r)) = ev.last() else {
+            panic!("{ev:?}")
+        };
+        assert_eq!(r.code, 454);
+        assert!(r.text.contains("does not offer AUTH XOAUTH2"), "{}", r.text);
+        assert_eq!(c.stage(), Stage::Auth);
     }
 
     #[test]

@@ -14,6 +14,9 @@ pub const LOCAL_PART: usize = 64;
 pub const DOMAIN: usize = 255;
 /// §4.5.3.1.8: a server must accept at least 100 recipients per transaction.
 pub const RECIPIENTS: usize = 100;
+/// RFC 4954 §4: a line the client sends in an AUTH exchange (a base64 response) is at
+/// most 12,288 octets, CRLF included.
+pub const AUTH_LINE: usize = 12288;
 /// §4.5.3.1.5: a reply line, including the code and the CRLF, is at most 512 octets.
 /// The client reader allows more, since real servers exceed it in EHLO text.
 pub const REPLY_LINE: usize = 2048;

@@ -51,7 +51,8 @@ fn client_options(config: &Config) -> Result<Options, Reply> {
             let password = text.lines().next().unwrap_or("").to_string();
             Some(crate::protocol::client::Credentials {
                 user: user.clone(),
-                password,
+                secret: password,
+                mechanism: crate::protocol::client::Mechanism::Password,
             })
         }
         _ => None,
