@@ -38,6 +38,111 @@ pub enum SmarthostTls {
     None,
 }
 
+/// How the relay authenticates at the smarthost (`smarthost_auth`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmarthostAuth {
+    /// PLAIN or LOGIN with `smarthost_password_file`.
+    Password,
+    /// An OAuth2 access token with SASL XOAUTH2 (Google, Microsoft).
+    Xoauth2,
+    /// An OAuth2 access token with SASL OAUTHBEARER (RFC 7628).
+    Oauthbearer,
+}
+
+/// Where the OAuth2 access token comes from (the `smarthost_oauth_*` keys). Only
+/// paths to the secrets: the thread that needs a token reads them.
+#[derive(Debug, Clone)]
+pub struct OAuth {
+    pub token_url: Option<String>,
+    /// The device authorization endpoint for `oauth login`; `None`: the token URL's
+    /// last segment `token` made `devicecode` (Microsoft's pair).
+    pub device_url: Option<String>,
+    pub client_id: Option<String>,
+    pub client_secret_file: Option<PathBuf>,
+    /// Space-separated scopes.
+    pub scope: Option<String>,
+    pub refresh_token_file: Option<PathBuf>,
+    /// A program and its arguments, run without a shell.
+    pub token_command: Vec<String>,
+    /// For one exchange with the token endpoint, or one run of the token command.
+    pub timeout: Duration,
+}
+
+/// The grant the `smarthost_oauth_*` keys describe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grant {
+    ClientCredentials,
+    RefreshToken,
+    Command,
+}
+
+impl OAuth {
+    pub fn grant(&self) -> Grant {
+        if !self.token_command.is_empty() {
+            Grant::Command
+        } else if self.refresh_token_file.is_some() {
+            Grant::RefreshToken
+        } else {
+            Grant::ClientCredentials
+        }
+    }
+
+    pub fn device_url(&self) -> Option<String> {
+        self.device_url.clone().or_else(|| {
+            let url = self.token_url.as_deref()?;
+            url.strip_suffix("/token")
+                .map(|base| format!("{base}/devicecode"))
+        })
+    }
+}
+
+/// Words split at blanks, with `"..."` or `'...'` keeping blanks inside a word.
+fn split_words(v: &str) -> Result<Vec<String>, String> {
+    let mut words = Vec::new();
+    let mut word: Option<String> = None;
+    let mut quote = None;
+    for ch in v.chars() {
+        match (quote, ch) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), c) => word.get_or_insert_with(String::new).push(c),
+            (None, '"' | '\'') => {
+                quote = Some(ch);
+                word.get_or_insert_with(String::new);
+            }
+            (None, c) if c.is_ascii_whitespace() => words.extend(word.take()),
+            (None, c) => word.get_or_insert_with(String::new).push(c),
+        }
+    }
+    if quote.is_some() {
+        return Err(format!("unclosed quote in '{v}'"));
+    }
+    words.extend(word);
+    Ok(words)
+}
+
+/// `--check`'s form of a word list: quoted where a word has a blank or is empty.
+fn join_words(words: &[String]) -> String {
+    let quoted: Vec<String> = words
+        .iter()
+        .map(|w| {
+            if w.is_empty() || w.contains(|c: char| c.is_ascii_whitespace() || c == '\'') {
+                format!("\"{w}\"")
+            } else if w.contains('"') {
+                format!("'{w}'")
+            } else {
+                w.clone()
+            }
+        })
+        .collect();
+    quoted.join(" ")
+}
+
+/// An `https://` URL, which is all a token endpoint may be.
+fn parse_https_url(key: &str, v: &str) -> Result<String, String> {
+    crate::oauth::http::Url::parse(v).map_err(|e| format!("{key}: {e}"))?;
+    Ok(v.to_string())
+}
+
 /// An IP network, `ADDR/BITS`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cidr {
@@ -155,6 +260,8 @@ pub struct Config {
     /// ever holds it. Its permissions are checked when the file is loaded.
     pub smarthost_password_file: Option<PathBuf>,
     pub smarthost_auth_plaintext: bool,
+    pub smarthost_auth: SmarthostAuth,
+    pub smarthost_oauth: OAuth,
     /// The server certificate chain and key for STARTTLS and `tls` listeners.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
@@ -583,6 +690,161 @@ pub const TABLE: &[Key] = &[
         },
     },
     Key {
+        name: "smarthost_auth",
+        repeatable: false,
+        parse: |c, v| {
+            c.smarthost_auth = one_of(
+                "smarthost_auth",
+                v,
+                &[
+                    ("password", SmarthostAuth::Password),
+                    ("xoauth2", SmarthostAuth::Xoauth2),
+                    ("oauthbearer", SmarthostAuth::Oauthbearer),
+                ],
+            )?;
+            Ok(())
+        },
+        print: |c, s| {
+            let name = match c.smarthost_auth {
+                SmarthostAuth::Password => "password",
+                SmarthostAuth::Xoauth2 => "xoauth2",
+                SmarthostAuth::Oauthbearer => "oauthbearer",
+            };
+            line(s, "smarthost_auth", name)
+        },
+    },
+    Key {
+        name: "smarthost_oauth_token_url",
+        repeatable: false,
+        parse: |c, v| {
+            c.smarthost_oauth.token_url = Some(parse_https_url("smarthost_oauth_token_url", v)?);
+            Ok(())
+        },
+        print: |c, s| {
+            if let Some(v) = &c.smarthost_oauth.token_url {
+                line(s, "smarthost_oauth_token_url", v);
+            }
+        },
+    },
+    Key {
+        name: "smarthost_oauth_device_url",
+        repeatable: false,
+        parse: |c, v| {
+            c.smarthost_oauth.device_url = Some(parse_https_url("smarthost_oauth_device_url", v)?);
+            Ok(())
+        },
+        print: |c, s| {
+            if let Some(v) = &c.smarthost_oauth.device_url {
+                line(s, "smarthost_oauth_device_url", v);
+            }
+        },
+    },
+    Key {
+        name: "smarthost_oauth_client_id",
+        repeatable: false,
+        parse: |c, v| {
+            c.smarthost_oauth.client_id = Some(v.to_string());
+            Ok(())
+        },
+        print: |c, s| {
+            if let Some(v) = &c.smarthost_oauth.client_id {
+                line(s, "smarthost_oauth_client_id", v);
+            }
+        },
+    },
+    Key {
+        name: "smarthost_oauth_client_secret_file",
+        repeatable: false,
+        parse: |c, v| {
+            c.smarthost_oauth.client_secret_file = Some(absolute(v)?);
+            Ok(())
+        },
+        print: |c, s| {
+            if let Some(p) = &c.smarthost_oauth.client_secret_file {
+                line(
+                    s,
+                    "smarthost_oauth_client_secret_file",
+                    format!("{}  # contents not shown", p.display()),
+                );
+            }
+        },
+    },
+    Key {
+        name: "smarthost_oauth_scope",
+        repeatable: false,
+        parse: |c, v| {
+            let words = split_words(v)?;
+            let scopes = words.iter().flat_map(|w| w.split_whitespace());
+            let scopes = scopes.collect::<Vec<_>>().join(" ");
+            if scopes.is_empty() {
+                return Err("smarthost_oauth_scope needs at least one scope".into());
+            }
+            c.smarthost_oauth.scope = Some(scopes);
+            Ok(())
+        },
+        print: |c, s| {
+            if let Some(v) = &c.smarthost_oauth.scope {
+                line(s, "smarthost_oauth_scope", format!("\"{v}\""));
+            }
+        },
+    },
+    Key {
+        name: "smarthost_oauth_refresh_token_file",
+        repeatable: false,
+        parse: |c, v| {
+            c.smarthost_oauth.refresh_token_file = Some(absolute(v)?);
+            Ok(())
+        },
+        print: |c, s| {
+            if let Some(p) = &c.smarthost_oauth.refresh_token_file {
+                line(
+                    s,
+                    "smarthost_oauth_refresh_token_file",
+                    format!("{}  # contents not shown", p.display()),
+                );
+            }
+        },
+    },
+    Key {
+        name: "smarthost_oauth_token_command",
+        repeatable: false,
+        parse: |c, v| {
+            let words = split_words(v)?;
+            if !words.first().is_some_and(|w| w.starts_with('/')) {
+                return Err(
+                    "smarthost_oauth_token_command: the program must be an absolute path \
+                            (it is run without a shell)"
+                        .into(),
+                );
+            }
+            c.smarthost_oauth.token_command = words;
+            Ok(())
+        },
+        print: |c, s| {
+            if !c.smarthost_oauth.token_command.is_empty() {
+                let words = join_words(&c.smarthost_oauth.token_command);
+                line(s, "smarthost_oauth_token_command", words);
+            }
+        },
+    },
+    Key {
+        name: "smarthost_oauth_timeout",
+        repeatable: false,
+        parse: |c, v| {
+            c.smarthost_oauth.timeout = parse_duration(v)?;
+            Ok(())
+        },
+        print: |c, s| {
+            if c.smarthost_auth != SmarthostAuth::Password {
+                line(
+                    s,
+                    "smarthost_oauth_timeout",
+                    secs(&c.smarthost_oauth.timeout),
+                )
+            }
+        },
+    },
+    Key {
         name: "tls_cert",
         repeatable: false,
         parse: |c, v| {
@@ -889,6 +1151,17 @@ impl Default for Config {
             smarthost_user: None,
             smarthost_password_file: None,
             smarthost_auth_plaintext: false,
+            smarthost_auth: SmarthostAuth::Password,
+            smarthost_oauth: OAuth {
+                token_url: None,
+                device_url: None,
+                client_id: None,
+                client_secret_file: None,
+                scope: None,
+                refresh_token_file: None,
+                token_command: Vec::new(),
+                timeout: Duration::from_secs(30),
+            },
             tls_cert: None,
             tls_key: None,
             auth_users: None,
@@ -950,11 +1223,28 @@ impl Config {
         for (key, path) in [
             ("smarthost_password_file", &self.smarthost_password_file),
             ("auth_users", &self.auth_users),
+            (
+                "smarthost_oauth_client_secret_file",
+                &self.smarthost_oauth.client_secret_file,
+            ),
+            (
+                "smarthost_oauth_refresh_token_file",
+                &self.smarthost_oauth.refresh_token_file,
+            ),
         ] {
-            if let Some(p) = path {
-                check_secret_file(p)
-                    .map_err(|e| format!("{e} ({key} on {file}:{})", self.line_of(key)))?;
+            let Some(p) = path else { continue };
+            // No refresh token yet is a state `oauth login` ends, not a config error.
+            if key == "smarthost_oauth_refresh_token_file" && !p.exists() {
+                continue;
             }
+            check_secret_file(p)
+                .map_err(|e| format!("{e} ({key} on {file}:{})", self.line_of(key)))?;
+        }
+        if let Some(program) = self.smarthost_oauth.token_command.first() {
+            std::fs::metadata(program).map_err(|e| {
+                let line = self.line_of("smarthost_oauth_token_command");
+                format!("{file}:{line}: smarthost_oauth_token_command: {program}: {e}")
+            })?;
         }
         Ok(())
     }
@@ -1009,6 +1299,106 @@ impl Config {
     fn nth_line(&self, key: &str, nth: usize) -> usize {
         let mut lines = self.lines.iter().filter(|(k, _)| *k == key);
         lines.nth(nth).map_or(0, |(_, l)| *l)
+    }
+
+    /// `smarthost_auth password`: a user needs its password file, and no OAuth2 key.
+    fn validate_password(&self, at: &dyn Fn(usize, String) -> String) -> Result<(), String> {
+        let c = self;
+        let line_of = |key: &str| self.line_of(key);
+        if let Some((key, _)) = c
+            .lines
+            .iter()
+            .find(|(k, _)| k.starts_with("smarthost_oauth_"))
+        {
+            let what = format!("{key} needs smarthost_auth xoauth2 or oauthbearer");
+            return Err(at(line_of(key), what));
+        }
+        match (&c.smarthost_user, &c.smarthost_password_file) {
+            (Some(_), None) => {
+                let what = "smarthost_user needs smarthost_password_file".to_string();
+                return Err(at(line_of("smarthost_user"), what));
+            }
+            (None, Some(_)) => {
+                let what = "smarthost_password_file needs smarthost_user".to_string();
+                return Err(at(line_of("smarthost_password_file"), what));
+            }
+            _ => {}
+        }
+        if c.smarthost_user.is_some()
+            && c.smarthost_tls == SmarthostTls::None
+            && !c.smarthost_auth_plaintext
+        {
+            let what = "with smarthost_tls none the password would cross the network in clear; \
+                 use smarthost_tls starttls or implicit (or, on a trusted link, smarthost_auth_plaintext yes)";
+            return Err(at(line_of("smarthost_user"), what.to_string()));
+        }
+        Ok(())
+    }
+
+    /// `smarthost_auth xoauth2|oauthbearer`: the account, TLS, and exactly one source
+    /// of tokens with what its grant needs.
+    fn validate_oauth(&self, at: &dyn Fn(usize, String) -> String) -> Result<(), String> {
+        let line_of = |key: &str| self.line_of(key);
+        let o = &self.smarthost_oauth;
+        let auth = line_of("smarthost_auth");
+        if cfg!(not(feature = "tls")) {
+            let what = "this smtp-relayd was built without TLS, and OAuth2 needs it".to_string();
+            return Err(at(auth, what));
+        }
+        if self.smarthost_user.is_none() {
+            let what = "smarthost_auth with a token needs smarthost_user (the account the \
+                        token is for)";
+            return Err(at(auth, what.to_string()));
+        }
+        if self.smarthost_tls == SmarthostTls::None {
+            let what = "a token is only sent over TLS: use smarthost_tls starttls or implicit";
+            return Err(at(auth, what.to_string()));
+        }
+        if self.smarthost_password_file.is_some() {
+            let what = "smarthost_password_file is for smarthost_auth password; with a token, \
+                        remove it";
+            return Err(at(line_of("smarthost_password_file"), what.to_string()));
+        }
+        let given = |key: &str| line_of(key) != 0;
+        if !o.token_command.is_empty() {
+            for key in [
+                "smarthost_oauth_token_url",
+                "smarthost_oauth_refresh_token_file",
+                "smarthost_oauth_client_id",
+                "smarthost_oauth_client_secret_file",
+            ] {
+                if given(key) {
+                    let what = format!("{key} does not go with smarthost_oauth_token_command");
+                    return Err(at(line_of(key), what));
+                }
+            }
+            return Ok(());
+        }
+        if o.token_url.is_none() {
+            let what = "smarthost_auth with a token needs smarthost_oauth_token_url (with \
+                        client credentials or a refresh token) or smarthost_oauth_token_command";
+            return Err(at(auth, what.to_string()));
+        }
+        if o.client_id.is_none() {
+            let what = "smarthost_oauth_token_url needs smarthost_oauth_client_id".to_string();
+            return Err(at(line_of("smarthost_oauth_token_url"), what));
+        }
+        if o.refresh_token_file.is_none() {
+            // Client credentials: the secret and the scope (`.default` for Microsoft).
+            for key in [
+                "smarthost_oauth_client_secret_file",
+                "smarthost_oauth_scope",
+            ] {
+                if !given(key) {
+                    let what = format!(
+                        "the client credentials grant needs {key} (or give \
+                         smarthost_oauth_refresh_token_file for the refresh token grant)"
+                    );
+                    return Err(at(line_of("smarthost_oauth_token_url"), what));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The defaults that depend on what was given, and every check across keys.
@@ -1080,24 +1470,10 @@ impl Config {
                 "{file}: 'smarthost HOST:PORT' is required (the upstream server mail is relayed to)"
             ));
         }
-        match (&c.smarthost_user, &c.smarthost_password_file) {
-            (Some(_), None) => {
-                let what = "smarthost_user needs smarthost_password_file".to_string();
-                return Err(at(line_of("smarthost_user"), what));
-            }
-            (None, Some(_)) => {
-                let what = "smarthost_password_file needs smarthost_user".to_string();
-                return Err(at(line_of("smarthost_password_file"), what));
-            }
-            _ => {}
-        }
-        if c.smarthost_user.is_some()
-            && c.smarthost_tls == SmarthostTls::None
-            && !c.smarthost_auth_plaintext
-        {
-            let what = "with smarthost_tls none the password would cross the network in clear; \
-                 use smarthost_tls starttls or implicit (or, on a trusted link, smarthost_auth_plaintext yes)";
-            return Err(at(line_of("smarthost_user"), what.to_string()));
+        if c.smarthost_auth == SmarthostAuth::Password {
+            c.validate_password(&at)?;
+        } else {
+            c.validate_oauth(&at)?;
         }
         if cfg!(not(feature = "tls")) && c.smarthost_tls != SmarthostTls::None {
             let what = "this smtp-relayd was built without TLS; set 'smarthost_tls none'";
@@ -1474,6 +1850,108 @@ mod tests {
             assert_eq!(&again.connection_limit_exempt, want, "reparsed {text}");
             assert_eq!(again.effective(), printed);
         }
+    }
+
+    #[test]
+    fn oauth_keys_validate_and_round_trip() {
+        let base = "smarthost smtp.office365.com:587\nsmarthost_user alerts@example.net\n";
+        let ok = |extra: &str| {
+            let c = parse(&format!("{base}{extra}")).unwrap_or_else(|e| panic!("{extra}: {e}"));
+            let printed = c.effective();
+            let again = parse(&printed).unwrap_or_else(|e| panic!("{printed}: {e}"));
+            assert_eq!(again.effective(), printed);
+            again
+        };
+        let c = ok("smarthost_auth xoauth2\n\
+                    smarthost_oauth_token_url https://login.microsoftonline.com/T/oauth2/v2.0/token\n\
+                    smarthost_oauth_client_id app-1\n\
+                    smarthost_oauth_scope \"https://outlook.office.com/SMTP.Send  offline_access\"\n\
+                    smarthost_oauth_refresh_token_file /etc/smtp-relayd/refresh\n");
+        assert_eq!(c.smarthost_auth, SmarthostAuth::Xoauth2);
+        assert_eq!(c.smarthost_oauth.grant(), Grant::RefreshToken);
+        assert_eq!(
+            c.smarthost_oauth.scope.as_deref(),
+            Some("https://outlook.office.com/SMTP.Send offline_access")
+        );
+        assert_eq!(
+            c.smarthost_oauth.device_url().as_deref(),
+            Some("https://login.microsoftonline.com/T/oauth2/v2.0/devicecode")
+        );
+        assert_eq!(c.smarthost_oauth.timeout, Duration::from_secs(30));
+        let c = ok("smarthost_auth oauthbearer\n\
+                    smarthost_oauth_token_url https://127.0.0.1:8443/token\n\
+                    smarthost_oauth_client_id app-1\n\
+                    smarthost_oauth_client_secret_file /etc/smtp-relayd/secret\n\
+                    smarthost_oauth_scope https://outlook.office365.com/.default\n\
+                    smarthost_oauth_timeout 5s\n");
+        assert_eq!(c.smarthost_oauth.grant(), Grant::ClientCredentials);
+        assert_eq!(c.smarthost_oauth.timeout, Duration::from_secs(5));
+        let c = ok("smarthost_auth xoauth2\n\
+                    smarthost_oauth_token_command /usr/bin/oama access 'a b@x' \"it's\"\n");
+        assert_eq!(c.smarthost_oauth.grant(), Grant::Command);
+        assert_eq!(
+            c.smarthost_oauth.token_command,
+            ["/usr/bin/oama", "access", "a b@x", "it's"]
+        );
+        // Password mode prints no OAuth2 key.
+        let c = ok("smarthost_password_file /etc/p\n");
+        assert!(!c.effective().contains("oauth"), "{}", c.effective());
+        let bad: &[(&str, &str)] = &[
+            (
+                "smarthost_auth xoauth2\nsmarthost_password_file /etc/p\n",
+                "t.conf:4: smarthost_password_file is for",
+            ),
+            (
+                "smarthost_auth xoauth2\n",
+                "t.conf:3: smarthost_auth with a token needs smarthost_oauth_token_url",
+            ),
+            ("smarthost_auth kerberos\n", "t.conf:3: "),
+            (
+                "smarthost_oauth_client_id x\nsmarthost_password_file /etc/p\n",
+                "t.conf:3: smarthost_oauth_client_id needs smarthost_auth xoauth2",
+            ),
+            (
+                "smarthost_auth xoauth2\nsmarthost_tls none\nsmarthost_oauth_token_command /bin/t\n",
+                "t.conf:3: a token is only sent over TLS",
+            ),
+            (
+                "smarthost_auth xoauth2\nsmarthost_oauth_token_url http://h/token\n",
+                "t.conf:4: smarthost_oauth_token_url: 'http://h/token' must be an https:// URL",
+            ),
+            (
+                "smarthost_auth xoauth2\nsmarthost_oauth_token_url https://h/token\n",
+                "t.conf:4: smarthost_oauth_token_url needs smarthost_oauth_client_id",
+            ),
+            (
+                "smarthost_auth xoauth2\nsmarthost_oauth_token_url https://h/token\nsmarthost_oauth_client_id c\n",
+                "the client credentials grant needs smarthost_oauth_client_secret_file",
+            ),
+            (
+                "smarthost_auth xoauth2\nsmarthost_oauth_token_command /bin/t\nsmarthost_oauth_token_url https://h/token\n",
+                "t.conf:5: smarthost_oauth_token_url does not go with smarthost_oauth_token_command",
+            ),
+            (
+                "smarthost_auth xoauth2\nsmarthost_oauth_token_command t\n",
+                "the program must be an absolute path",
+            ),
+            (
+                "smarthost_auth xoauth2\nsmarthost_oauth_token_command /bin/t 'open\n",
+                "unclosed quote",
+            ),
+            (
+                "smarthost_auth xoauth2\nsmarthost_oauth_scope \"\"\n",
+                "needs at least one scope",
+            ),
+        ];
+        for (extra, want) in bad {
+            let e = parse(&format!("{base}{extra}")).unwrap_err();
+            assert!(e.contains(want), "{extra}: {e}");
+        }
+        let e = parse(
+            "smarthost a.b:587\nsmarthost_auth xoauth2\nsmarthost_oauth_token_command /bin/t\n",
+        )
+        .unwrap_err();
+        assert!(e.contains("needs smarthost_user"), "{e}");
     }
 
     /// One row per key, each documented in the README's table of keys.

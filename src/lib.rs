@@ -9,6 +9,7 @@ pub mod header;
 pub mod logger;
 pub mod longlines;
 pub mod notify;
+pub mod oauth;
 pub mod privileges;
 pub mod protocol;
 pub mod relay;

@@ -79,20 +79,59 @@ impl TlsClient {
 
     /// Runs the handshake over `tcp` (whose timeouts bound it). The error says why in
     /// words a mail admin can act on.
-    pub fn handshake(&self, mut tcp: TcpStream) -> Result<TlsStream, String> {
-        let mut conn = ClientConnection::new(Arc::clone(&self.config), self.server_name.clone())
-            .map_err(|e| format!("TLS setup failed: {e}"))?;
-        while conn.is_handshaking() {
-            if let Err(e) = conn.complete_io(&mut tcp) {
-                let mut why = format!("TLS handshake failed: {e}");
-                if why.contains("not valid yet") || why.contains("NotValidYet") {
-                    why.push_str(" (is the system clock set? the message stays queued)");
-                }
-                return Err(why);
-            }
-        }
-        Ok(StreamOwned::new(conn, tcp))
+    pub fn handshake(&self, tcp: TcpStream) -> Result<TlsStream, String> {
+        handshake(&self.config, self.server_name.clone(), tcp)
     }
+}
+
+/// TLS to an HTTPS endpoint (the OAuth2 token endpoint): the smarthost's trust
+/// anchors, and always verified: certificate, name and dates. A fingerprint pin and
+/// `smarthost_tls_verify no` are for the smarthost alone.
+#[derive(Debug, Clone)]
+pub struct Https {
+    config: Arc<ClientConfig>,
+    pub trust: String,
+}
+
+impl Https {
+    pub fn new(config: &Config) -> Result<Https, String> {
+        let (roots, trust) = root_store(config)?;
+        let tls = ClientConfig::builder_with_provider(super::provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS: {e}"))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(Https {
+            config: Arc::new(tls),
+            trust,
+        })
+    }
+
+    /// The handshake with `host` over `tcp`, whose timeouts bound it.
+    pub fn handshake(&self, host: &str, tcp: TcpStream) -> Result<TlsStream, String> {
+        let name = ServerName::try_from(host.to_string())
+            .map_err(|e| format!("'{host}' is not a valid TLS server name: {e}"))?;
+        handshake(&self.config, name, tcp)
+    }
+}
+
+fn handshake(
+    config: &Arc<ClientConfig>,
+    name: ServerName<'static>,
+    mut tcp: TcpStream,
+) -> Result<TlsStream, String> {
+    let mut conn = ClientConnection::new(Arc::clone(config), name)
+        .map_err(|e| format!("TLS setup failed: {e}"))?;
+    while conn.is_handshaking() {
+        if let Err(e) = conn.complete_io(&mut tcp) {
+            let mut why = format!("TLS handshake failed: {e}");
+            if why.contains("not valid yet") || why.contains("NotValidYet") {
+                why.push_str(" (is the system clock set? the message stays queued)");
+            }
+            return Err(why);
+        }
+    }
+    Ok(StreamOwned::new(conn, tcp))
 }
 
 /// `smarthost_ca_file`, else the system bundle, else the compiled-in Mozilla roots.
