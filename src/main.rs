@@ -17,6 +17,8 @@ use smtp_relayd::server::worker::TlsServer;
 /// sysexits.h
 const EX_USAGE: u8 = 64;
 const EX_CONFIG: u8 = 78;
+#[cfg(feature = "tls")]
+const EX_TEMPFAIL: u8 = 75;
 
 const DEFAULT_CONFIG: &str = "/etc/smtp-relayd.conf";
 
@@ -26,6 +28,7 @@ smtp-relayd: a small, durable SMTP relay for embedded Linux
 Usage: smtp-relayd [-c FILE] [--check]
        smtp-relayd sendmail [sendmail options] [recipient...]   (also as a link named sendmail)
        smtp-relayd queue [-c FILE] [list | show ID | flush | delete ID | retry-failed ID|all]   (mailq)
+       smtp-relayd oauth [-c FILE] login | token   (OAuth2: first sign-in; fetch one token as a test)
 
 Options:
   -c, --config FILE   configuration file (default /etc/smtp-relayd.conf)
@@ -152,6 +155,121 @@ fn queue_main(args: &[String]) -> ExitCode {
     queue_run(&config, tls, rest)
 }
 
+const OAUTH_USAGE: &str = "usage: smtp-relayd oauth [-c FILE] login | token
+  login   sign in once with the device code flow (RFC 8628): prints a URL and a code
+          to enter in any browser, waits, and writes smarthost_oauth_refresh_token_file
+  token   gets one access token as the relay would, and prints only its expiry";
+
+/// `smtp-relayd oauth login|token`.
+fn oauth_main(args: &[String]) -> ExitCode {
+    if args.iter().any(|a| a == "-h" || a == "--help") {
+        println!("{OAUTH_USAGE}");
+        return ExitCode::SUCCESS;
+    }
+    let (explicit, rest) = match args {
+        [c, file, rest @ ..] if c == "-c" || c == "--config" => (Some(PathBuf::from(file)), rest),
+        rest => (None, rest),
+    };
+    let [what] = rest else {
+        eprintln!("{OAUTH_USAGE}");
+        return ExitCode::from(EX_USAGE);
+    };
+    let (config, tls) = match tool_config(explicit) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    smtp_relayd::logger::init_level(
+        smtp_relayd::logger::Target::Stderr,
+        config.syslog_socket.clone(),
+        "warn",
+    );
+    #[cfg(feature = "tls")]
+    {
+        let Some(source) = tls.as_ref().and_then(|t| t.tokens.as_ref()) else {
+            eprintln!(
+                "smtp-relayd oauth: {}: smarthost_auth is password; set smarthost_auth xoauth2 \
+                 or oauthbearer and the smarthost_oauth_* keys",
+                config.path.display()
+            );
+            return ExitCode::from(EX_CONFIG);
+        };
+        match what.as_str() {
+            "token" => match source.fresh() {
+                Ok(t) => {
+                    match t.expires_in {
+                        Some(s) => println!(
+                            "OK: got an access token for {}; it expires in {s}s (at {})",
+                            config.smarthost_user.as_deref().unwrap_or_default(),
+                            smtp_relayd::time::iso8601(smtp_relayd::time::now_unix() + s)
+                        ),
+                        None => println!(
+                            "OK: got an access token for {} (its expiry is not known)",
+                            config.smarthost_user.as_deref().unwrap_or_default()
+                        ),
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(reply) => {
+                    eprintln!("smtp-relayd oauth token: {reply}");
+                    ExitCode::from(EX_TEMPFAIL)
+                }
+            },
+            "login" => {
+                if config.smarthost_oauth.grant() != smtp_relayd::config::Grant::RefreshToken {
+                    eprintln!(
+                        "smtp-relayd oauth login: needs smarthost_oauth_token_url, \
+                         smarthost_oauth_client_id and smarthost_oauth_refresh_token_file"
+                    );
+                    return ExitCode::from(EX_CONFIG);
+                }
+                match source.login(&mut std::io::stdout()) {
+                    Ok(()) => match give_token_file(&config) {
+                        Ok(()) => ExitCode::SUCCESS,
+                        Err(e) => {
+                            eprintln!("smtp-relayd oauth login: {e}");
+                            ExitCode::from(EX_CONFIG)
+                        }
+                    },
+                    Err(e) => {
+                        eprintln!("smtp-relayd oauth login: {e}");
+                        ExitCode::from(EX_TEMPFAIL)
+                    }
+                }
+            }
+            _ => {
+                eprintln!("{OAUTH_USAGE}");
+                ExitCode::from(EX_USAGE)
+            }
+        }
+    }
+    #[cfg(not(feature = "tls"))]
+    {
+        let _ = (what, config, tls);
+        eprintln!("smtp-relayd oauth: this smtp-relayd was built without TLS, and OAuth2 needs it");
+        ExitCode::from(EX_CONFIG)
+    }
+}
+
+/// After `oauth login` as root with `user NAME`: the refresh token file belongs to
+/// NAME, who reads it and replaces it when it rotates.
+#[cfg(feature = "tls")]
+fn give_token_file(config: &Config) -> Result<(), String> {
+    let (Some(user), Some(path)) = (&config.user, &config.smarthost_oauth.refresh_token_file)
+    else {
+        return Ok(());
+    };
+    if !smtp_relayd::privileges::is_root() {
+        return Ok(());
+    }
+    let passwd = std::fs::read_to_string("/etc/passwd").map_err(|e| format!("/etc/passwd: {e}"))?;
+    let ids = smtp_relayd::privileges::lookup(&passwd, user)
+        .ok_or_else(|| format!("user '{user}' is not in /etc/passwd"))?;
+    std::os::unix::fs::chown(path, Some(ids.uid), Some(ids.gid))
+        .map_err(|e| format!("chown {user} {}: {e}", path.display()))?;
+    println!("Given to {user}, who runs the relay.");
+    Ok(())
+}
+
 const QUEUE_USAGE: &str =
     "usage: smtp-relayd queue [-c FILE] [list | show ID | flush | delete ID | retry-failed ID|all]";
 
@@ -228,6 +346,17 @@ fn main() -> ExitCode {
         ("mailq", _) => return queue_main(&["list".to_string()]),
         (_, Some("sendmail")) => return sendmail_main(&argv[2..]),
         (_, Some("queue")) => return queue_main(&argv[2..]),
+        (_, Some("oauth")) => return oauth_main(&argv[2..]),
+        // `smtp-relayd -c FILE queue|oauth ...` works too.
+        (_, Some("-c" | "--config")) if argv.len() > 3 => {
+            let mut rest = vec!["-c".to_string(), argv[2].clone()];
+            rest.extend_from_slice(&argv[4..]);
+            match argv[3].as_str() {
+                "queue" => return queue_main(&rest),
+                "oauth" => return oauth_main(&rest),
+                _ => {}
+            }
+        }
         _ => {}
     }
     let args = match parse_args() {
@@ -329,25 +458,32 @@ fn check_user(config: &Config, checking: bool) -> Result<(), String> {
     let passwd = std::fs::read_to_string("/etc/passwd").map_err(|e| format!("/etc/passwd: {e}"))?;
     let ids = smtp_relayd::privileges::lookup(&passwd, user)
         .ok_or_else(|| config.error_at("user", &format!("user '{user}' is not in /etc/passwd")))?;
-    if let Some(path) = config
-        .smarthost_password_file
-        .as_ref()
-        .filter(|_| checking || smtp_relayd::privileges::is_root())
-    {
+    let o = &config.smarthost_oauth;
+    let files = [
+        ("smarthost_password_file", &config.smarthost_password_file),
+        ("smarthost_oauth_client_secret_file", &o.client_secret_file),
+        // Not there yet: `oauth login` makes it (and gives it to NAME).
+        (
+            "smarthost_oauth_refresh_token_file",
+            &o.refresh_token_file.clone().filter(|p| p.exists()),
+        ),
+    ];
+    for (key, path) in files {
+        let Some(path) = path
+            .as_ref()
+            .filter(|_| checking || smtp_relayd::privileges::is_root())
+        else {
+            continue;
+        };
         use std::os::unix::fs::MetadataExt;
         let owner = std::fs::metadata(path)
-            .map_err(|e| {
-                config.error_at(
-                    "smarthost_password_file",
-                    &format!("{}: {e}", path.display()),
-                )
-            })?
+            .map_err(|e| config.error_at(key, &format!("{}: {e}", path.display())))?
             .uid();
         if ids.uid != 0 && owner != ids.uid {
             return Err(config.error_at(
-                "smarthost_password_file",
+                key,
                 &format!(
-                    "{} is owned by uid {owner}, so user {user} (uid {}) will not be able to read it                      after dropping root: chown {user} {}",
+                    "{} is owned by uid {owner}, so user {user} (uid {}) will not be able to read it after dropping root: chown {user} {}",
                     path.display(),
                     ids.uid,
                     path.display()

@@ -41,6 +41,31 @@ impl Drop for Secret {
     }
 }
 
+/// A token to present, and whether it came from memory (a `535` to it is then worth
+/// one retry with a fresh one).
+#[derive(Debug, Clone)]
+pub struct Token {
+    pub secret: Secret,
+    pub from_memory: bool,
+    /// What the endpoint said (`None`: the token command, or no `expires_in`).
+    pub expires_in: Option<u64>,
+}
+
+/// A build without TLS has no token source: this type has no values.
+#[cfg(not(feature = "tls"))]
+pub enum NoTokens {}
+
+#[cfg(not(feature = "tls"))]
+impl NoTokens {
+    pub fn token(&self) -> Result<Token, crate::protocol::client::Reply> {
+        match *self {}
+    }
+
+    pub fn forget(&self, _: &Token) {
+        match *self {}
+    }
+}
+
 /// A successful token response (RFC 6749 §5.1).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Granted {

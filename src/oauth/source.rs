@@ -13,20 +13,11 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::http::{self, Response, Url};
-use super::{Granted, Refusal, Secret, form};
+use super::{Granted, Refusal, Secret, Token, form};
 use crate::config::{Config, Grant, OAuth};
 use crate::protocol::client::Reply;
 use crate::tls::client::Https;
 
-/// A token to present, and whether it came from memory (a `535` to it is then worth
-/// one retry with a fresh one).
-#[derive(Debug, Clone)]
-pub struct Token {
-    pub secret: Secret,
-    pub from_memory: bool,
-    /// What the endpoint said (`None`: the token command, or no `expires_in`).
-    pub expires_in: Option<u64>,
-}
 
 pub struct TokenSource {
     oauth: OAuth,
@@ -34,6 +25,12 @@ pub struct TokenSource {
     /// The endpoint's host, for the log.
     endpoint: String,
     state: Mutex<State>,
+}
+
+impl core::fmt::Debug for TokenSource {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "TokenSource {{ {:?}, {} }}", self.oauth.grant(), self.endpoint)
+    }
 }
 
 #[derive(Default)]

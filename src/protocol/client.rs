@@ -468,6 +468,8 @@ pub struct Options {
 /// choices (a permanent refusal at `Auth` is a configuration error, not the message's).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
+    /// Before the connection: getting the OAuth2 token.
+    Token,
     /// Before any reply: name resolution, TCP, implicit TLS.
     Connect,
     Greeting,
@@ -482,6 +484,7 @@ pub enum Stage {
 impl core::fmt::Display for Stage {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.write_str(match self {
+            Stage::Token => "OAuth2 token",
             Stage::Connect => "connect",
             Stage::Greeting => "greeting",
             Stage::Hello => "EHLO/HELO",

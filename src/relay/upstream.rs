@@ -15,6 +15,7 @@ use crate::protocol::client::{
 };
 use crate::protocol::stuff::DotStuffer;
 use crate::spool::Message;
+use crate::oauth::Token;
 #[cfg(feature = "tls")]
 pub use crate::tls::client::TlsClient;
 #[cfg(feature = "tls")]
@@ -39,9 +40,27 @@ type Layer = crate::stream::NoTls;
 type Stream = crate::stream::Stream<Layer>;
 
 /// Reads the smarthost password: only the relay thread does, at each connection,
-/// so a changed password needs no restart and no other thread ever holds it.
-fn client_options(config: &Config) -> Result<Options, Reply> {
+/// so a changed password needs no restart and no other thread ever holds it. With
+/// OAuth2, `token` is the secret instead.
+fn client_options(config: &Config, token: Option<&Token>) -> Result<Options, Reply> {
+    use crate::config::SmarthostAuth;
+    use crate::protocol::client::{Credentials, Mechanism};
+    let bearer = |mechanism| {
+        let user = config.smarthost_user.clone().unwrap_or_default();
+        token.map(|t| Credentials {
+            user,
+            secret: t.secret.expose().to_string(),
+            mechanism,
+        })
+    };
     let credentials = match (&config.smarthost_user, &config.smarthost_password_file) {
+        _ if config.smarthost_auth == SmarthostAuth::Xoauth2 => bearer(Mechanism::Xoauth2),
+        _ if config.smarthost_auth == SmarthostAuth::Oauthbearer => {
+            bearer(Mechanism::Oauthbearer {
+                host: config.smarthost.host.clone(),
+                port: config.smarthost.port,
+            })
+        }
         (Some(user), Some(path)) => {
             let text = crate::config::check_secret_file(path)
                 .and_then(|()| {
@@ -49,10 +68,10 @@ fn client_options(config: &Config) -> Result<Options, Reply> {
                 })
                 .map_err(|e| local(&format!("4.7.0 cannot use smarthost_password_file: {e}")))?;
             let password = text.lines().next().unwrap_or("").to_string();
-            Some(crate::protocol::client::Credentials {
+            Some(Credentials {
                 user: user.clone(),
                 secret: password,
-                mechanism: crate::protocol::client::Mechanism::Password,
+                mechanism: Mechanism::Password,
             })
         }
         _ => None,
@@ -135,17 +154,55 @@ pub struct Header {
 impl Upstream {
     /// Connects, reads the greeting and says EHLO (or HELO). An `Err` is the reason
     /// to record for every message that was due.
+    ///
+    /// With OAuth2 the token comes first; a permanent refusal at AUTH of a token from
+    /// memory drops it and tries once more with a fresh one.
     pub fn connect(config: &Config, tls: Option<&TlsClient>) -> Result<Upstream, ConnectError> {
-        let mut stage = Stage::Connect;
-        Self::open(config, tls, &mut stage).map_err(|reply| ConnectError { reply, stage })
+        #[cfg(feature = "tls")]
+        let tokens = tls.and_then(|t| t.tokens.as_deref());
+        #[cfg(not(feature = "tls"))]
+        let tokens: Option<&crate::oauth::NoTokens> = None;
+        let mut retried = false;
+        loop {
+            let token = match tokens {
+                Some(source) => Some(source.token().map_err(|reply| ConnectError {
+                    reply,
+                    stage: Stage::Token,
+                })?),
+                None => None,
+            };
+            let mut stage = Stage::Connect;
+            match Self::open(config, tls, token.as_ref(), &mut stage) {
+                Ok(up) => return Ok(up),
+                Err(reply) => {
+                    if let (Some(source), Some(t)) = (tokens, &token)
+                        && stage == Stage::Auth
+                        && reply.is_permanent()
+                        && t.from_memory
+                        && !retried
+                    {
+                        log::info!(
+                            "relay: {} refused the access token from memory ({reply}); \
+                             getting a new one",
+                            config.smarthost
+                        );
+                        source.forget(t);
+                        retried = true;
+                        continue;
+                    }
+                    return Err(ConnectError { reply, stage });
+                }
+            }
+        }
     }
 
     fn open(
         config: &Config,
         tls: Option<&TlsClient>,
+        token: Option<&Token>,
         stage: &mut Stage,
     ) -> Result<Upstream, Reply> {
-        let options = client_options(config)?;
+        let options = client_options(config, token)?;
         let sh = &config.smarthost;
         let name = sh.to_string();
         let addrs = (sh.host.as_str(), sh.port)

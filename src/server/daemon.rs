@@ -266,6 +266,26 @@ fn log_start(config: &Config, trust: Option<String>) {
     } else {
         log::info!("relay: smarthost connection is plain TCP (smarthost_tls none)");
     }
+    if config.smarthost_auth != crate::config::SmarthostAuth::Password {
+        let o = &config.smarthost_oauth;
+        let from = match o.grant() {
+            crate::config::Grant::Command => format!("the token command {}", o.token_command[0]),
+            crate::config::Grant::RefreshToken => format!(
+                "{} (refresh token grant, {})",
+                o.token_url.as_deref().unwrap_or_default(),
+                o.refresh_token_file.as_deref().unwrap_or(std::path::Path::new("")).display()
+            ),
+            crate::config::Grant::ClientCredentials => format!(
+                "{} (client credentials grant)",
+                o.token_url.as_deref().unwrap_or_default()
+            ),
+        };
+        log::info!(
+            "relay: AUTH {:?} as {} with tokens from {from}",
+            config.smarthost_auth,
+            config.smarthost_user.as_deref().unwrap_or_default()
+        );
+    }
     if config.smarthost_tls != SmarthostTls::None && !config.smarthost_tls_verify {
         log::warn!(
             "smarthost_tls_verify no: the smarthost's certificate is NOT verified; anyone on the path can read and change mail"

@@ -21,6 +21,9 @@ pub struct TlsClient {
     server_name: ServerName<'static>,
     /// How the smarthost is trusted, for the start-up log line.
     pub trust: String,
+    /// With `smarthost_auth xoauth2|oauthbearer`: where tokens come from, shared by
+    /// every thread that connects to the smarthost.
+    pub tokens: Option<Arc<crate::oauth::source::TokenSource>>,
 }
 
 pub type TlsStream = StreamOwned<ClientConnection, TcpStream>;
@@ -70,10 +73,12 @@ impl TlsClient {
                 config.smarthost.host
             )
         })?;
+        let tokens = crate::oauth::source::TokenSource::new(config)?.map(Arc::new);
         Ok(TlsClient {
             config: Arc::new(tls.with_no_client_auth()),
             server_name,
             trust,
+            tokens,
         })
     }
 
