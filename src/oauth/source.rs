@@ -18,7 +18,6 @@ use crate::config::{Config, Grant, OAuth};
 use crate::protocol::client::Reply;
 use crate::tls::client::Https;
 
-
 pub struct TokenSource {
     oauth: OAuth,
     https: Https,
@@ -29,7 +28,12 @@ pub struct TokenSource {
 
 impl core::fmt::Debug for TokenSource {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(f, "TokenSource {{ {:?}, {} }}", self.oauth.grant(), self.endpoint)
+        write!(
+            f,
+            "TokenSource {{ {:?}, {} }}",
+            self.oauth.grant(),
+            self.endpoint
+        )
     }
 }
 
@@ -103,8 +107,8 @@ impl TokenSource {
         }
         match self.fetch(&mut state) {
             Ok(t) => {
-                state.failed = None;
-                if state.reported.take().is_some() {
+                let failed = state.failed.take().is_some();
+                if state.reported.take().is_some() || failed {
                     log::info!("oauth: tokens from {} work again", self.endpoint);
                 }
                 Ok(t)

@@ -504,10 +504,20 @@ impl Relay {
     fn connection(&mut self) -> Result<&mut Upstream, Reply> {
         if self.conn.is_none() {
             let c = Upstream::connect(&self.config, self.tls.as_ref()).map_err(|e| {
-                if e.stage == Stage::Auth && e.reply.is_permanent() {
+                let password = self.config.smarthost_auth == crate::config::SmarthostAuth::Password;
+                if e.stage == Stage::Auth && e.reply.is_permanent() && password {
                     log::error!(
                         "relay: {} refused our credentials ({}): check smarthost_user and \
                          smarthost_password_file; mail stays queued",
+                        self.config.smarthost,
+                        e.reply
+                    );
+                } else if e.stage == Stage::Auth && e.reply.is_permanent() {
+                    log::error!(
+                        "relay: {} refused a fresh OAuth2 token ({}): check smarthost_user (the \
+                         mailbox the token is for), the app's permission to send (Microsoft: \
+                         SMTP.SendAsApp or SMTP.Send, and SMTP AUTH enabled for the mailbox; \
+                         Google: the https://mail.google.com/ scope); mail stays queued",
                         self.config.smarthost,
                         e.reply
                     );

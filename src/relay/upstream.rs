@@ -10,12 +10,12 @@ use std::time::Duration;
 
 use crate::config::{Config, SmarthostTls};
 use crate::longlines::{Encoder, Plan};
+use crate::oauth::Token;
 use crate::protocol::client::{
     Client, Event, Options, RcptResult, Reply, ReplyReader, Single, Stage, Transaction,
 };
 use crate::protocol::stuff::DotStuffer;
 use crate::spool::Message;
-use crate::oauth::Token;
 #[cfg(feature = "tls")]
 pub use crate::tls::client::TlsClient;
 #[cfg(feature = "tls")]

@@ -273,7 +273,10 @@ fn log_start(config: &Config, trust: Option<String>) {
             crate::config::Grant::RefreshToken => format!(
                 "{} (refresh token grant, {})",
                 o.token_url.as_deref().unwrap_or_default(),
-                o.refresh_token_file.as_deref().unwrap_or(std::path::Path::new("")).display()
+                o.refresh_token_file
+                    .as_deref()
+                    .unwrap_or(std::path::Path::new(""))
+                    .display()
             ),
             crate::config::Grant::ClientCredentials => format!(
                 "{} (client credentials grant)",
