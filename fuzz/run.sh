@@ -8,7 +8,7 @@
 set -eu
 cd "$(dirname "$0")"
 SECONDS_EACH=${1:-60}
-TARGETS=${TARGETS:-"command session data reply config sendmail_header rewrite_from spool"}
+TARGETS=${TARGETS:-"command session data reply config sendmail_header rewrite_from spool token_endpoint"}
 if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
     CARGO="cargo +nightly"
 else
