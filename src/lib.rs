@@ -11,6 +11,7 @@ pub mod longlines;
 pub mod notify;
 pub mod oauth;
 pub mod privileges;
+pub mod process;
 pub mod protocol;
 pub mod relay;
 pub mod rewrite;

@@ -2,8 +2,8 @@
 //! that starts daemons as root. The user is looked up in /etc/passwd (what small
 //! devices have); the drop is checked, and running on as root is refused.
 
-// The only unsafe code of the crate: the libc calls that std does not wrap (dropping
-// root, and the free space of the spool's filesystem).
+// Unsafe code (with `process`): the libc calls that std does not wrap (dropping root,
+// and the free space of the spool's filesystem).
 #![allow(unsafe_code)]
 
 use std::path::Path;

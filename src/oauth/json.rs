@@ -6,7 +6,8 @@
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
     Str(String),
-    Num(f64),
+    /// A number, as its text (no float parsing is needed, nor linked in).
+    Num(String),
     Bool(bool),
     Null,
     /// An array or object, skipped.
@@ -24,7 +25,7 @@ impl Value {
     /// A whole number of seconds, given as a number or (as some providers do) a string.
     pub fn as_secs(&self) -> Option<u64> {
         match self {
-            Value::Num(n) if *n >= 0.0 && n.fract() == 0.0 && *n < 1e15 => Some(*n as u64),
+            Value::Num(n) => n.parse().ok(),
             Value::Str(s) => s.trim().parse().ok(),
             _ => None,
         }
@@ -210,9 +211,10 @@ impl Parser<'_> {
             }
         }
         let text = core::str::from_utf8(&self.s[start..self.i]).expect("ASCII");
-        text.parse()
-            .map(Value::Num)
-            .or_else(|_| self.err("bad number"))
+        if text.len() > 64 {
+            return self.err("number too long");
+        }
+        Ok(Value::Num(text.to_string()))
     }
 
     fn hex4(&mut self) -> Result<u32, String> {
@@ -318,7 +320,7 @@ mod tests {
         assert_eq!(object(b" {} ").unwrap(), Object::default());
         assert_eq!(
             object(br#"{"n":-1.5e3,"z":0}"#).unwrap().get("n"),
-            Some(&Value::Num(-1500.0))
+            Some(&Value::Num("-1.5e3".into()))
         );
     }
 

@@ -59,7 +59,7 @@ struct Cached {
 /// How long a failure to get a token is answered from memory.
 const HOLD: Duration = Duration::from_secs(5);
 /// The token command's output that is read; the first line is the token.
-const COMMAND_OUTPUT: u64 = 16 * 1024;
+const COMMAND_OUTPUT: usize = 16 * 1024;
 
 /// A failure that has no server reply: a 4xx, so the mail is deferred, never failed.
 fn local(text: &str) -> Reply {
@@ -490,48 +490,12 @@ pub fn replace_secret_file(path: &Path, text: &str) -> io::Result<()> {
 /// Runs the token command (no shell, stdin from /dev/null) and takes the first line
 /// of its output, within `timeout`; after it the program is killed.
 fn run_command(argv: &[String], timeout: Duration) -> Result<Secret, String> {
-    use std::process::{Command, Stdio};
-    let mut child = Command::new(&argv[0])
-        .args(&argv[1..])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| e.to_string())?;
-    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut out = Vec::new();
-        let mut err = Vec::new();
-        if let Some(s) = stdout {
-            let _ = s.take(COMMAND_OUTPUT).read_to_end(&mut out);
-        }
-        if let Some(s) = stderr {
-            let _ = s.take(4096).read_to_end(&mut err);
-        }
-        let _ = tx.send((out, err));
-    });
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
-            Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("no token within {}s; killed", timeout.as_secs()));
-            }
-            Err(e) => return Err(e.to_string()),
-        }
-    };
-    let (out, err) = rx
-        .recv_timeout(Duration::from_secs(1))
-        .map_err(|_| "its output did not end (a child process kept it open?)".to_string())?;
-    let out = Secret::new(String::from_utf8_lossy(&out).into_owned());
-    if !status.success() {
-        let err = String::from_utf8_lossy(&err);
+    let run = crate::process::run(argv, COMMAND_OUTPUT, timeout)?;
+    let out = Secret::new(String::from_utf8_lossy(&run.stdout).into_owned());
+    if let Some(failure) = run.failure {
+        let err = String::from_utf8_lossy(&run.stderr);
         let first = err.lines().next().unwrap_or("").trim();
-        return Err(format!("{status}: {}", http::printable(first)));
+        return Err(format!("{failure}: {}", http::printable(first)));
     }
     let token = out.expose().lines().next().unwrap_or("").trim();
     if token.is_empty() {
@@ -570,7 +534,18 @@ mod tests {
         assert!(e.contains("killed"), "{e}");
         assert!(started.elapsed() < Duration::from_secs(10));
         let e = run_command(&["/nonexistent/helper".to_string()], Duration::from_secs(1));
-        assert!(e.is_err());
+        assert!(e.unwrap_err().contains("No such file"));
+        // Closing its output and living on is still bounded by the timeout.
+        let e = run_command(&sh("exec >&- 2>&-; sleep 30"), Duration::from_secs(1)).unwrap_err();
+        assert!(e.contains("killed"), "{e}");
+        // Output past the limit is read and dropped, so the program is not blocked.
+        let t = run_command(
+            &sh("echo tok; head -c 200000 /dev/zero"),
+            Duration::from_secs(5),
+        );
+        assert_eq!(t.unwrap().expose(), "tok");
+        let e = run_command(&sh("kill -9 $$"), Duration::from_secs(5)).unwrap_err();
+        assert!(e.contains("killed by signal 9"), "{e}");
     }
 
     #[test]
