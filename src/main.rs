@@ -174,6 +174,10 @@ fn oauth_main(args: &[String]) -> ExitCode {
         eprintln!("{OAUTH_USAGE}");
         return ExitCode::from(EX_USAGE);
     };
+    if what != "login" && what != "token" {
+        eprintln!("{OAUTH_USAGE}");
+        return ExitCode::from(EX_USAGE);
+    }
     let (config, tls) = match tool_config(explicit) {
         Ok(c) => c,
         Err(code) => return code,

@@ -282,3 +282,26 @@ def test_passthrough_with_xoauth2(make_relay, oauth, pki, tmp_path):
     assert len(smarthost.messages) == 1 and smarthost.logins[0][3]
     assert relay.files("queue") == []
     assert_no_secret(relay.log(), ep)
+
+
+def test_the_token_endpoint_certificate_is_verified(make_relay, pki, tmp_path):
+    # A self-signed certificate for 127.0.0.1: the relay sends nothing to it.
+    ep = TokenEndpoint(pki["rogue_cert"], pki["rogue_key"], free_port()).start()
+    ctl, smarthost = start_smarthost(ep, server_context(pki["cert"], pki["key"]), free_port())
+    try:
+        relay = make_relay(ctl.port, **relay_conf(pki, ep, tmp_path, "client_credentials")).start()
+        send(relay)
+        relay.wait_log(r"status=deferred \(451 4\.7\.0 cannot get an OAuth2 token from 127\.0\.0\.1: "
+                       r"TLS handshake failed: invalid peer certificate")
+        assert ep.requests == [] and smarthost.logins == []
+    finally:
+        ctl.stop()
+        ep.stop()
+
+
+def test_oauth_command_without_oauth_config(make_relay, sink):
+    relay = make_relay(sink.port)
+    r = subprocess.run(RELAYD + ["oauth", "-c", relay.conf_path, "token"], capture_output=True, text=True)
+    assert r.returncode == 78 and "smarthost_auth is password" in r.stderr, r
+    r = subprocess.run(RELAYD + ["oauth", "-c", relay.conf_path, "refresh"], capture_output=True, text=True)
+    assert r.returncode == 64 and "usage: smtp-relayd oauth" in r.stderr, r
