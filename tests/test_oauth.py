@@ -133,15 +133,15 @@ def test_refresh_token_with_oauthbearer_rotates_and_survives_a_restart(make_rela
 
 
 def test_expiry_forces_a_refresh_between_two_messages(make_relay, oauth, pki, tmp_path):
-    # A 4 s token is used while it has more than a quarter of its life left.
-    ep, smarthost, port = oauth(lifetime=4)
+    # An 8 s token is used while it has more than a quarter of its life left.
+    ep, smarthost, port = oauth(lifetime=8)
     relay = make_relay(port, **relay_conf(pki, ep, tmp_path, "client_credentials")).start()
     send(relay, "one")
     relay.wait_log(r"status=sent")
     send(relay, "two")
     relay.wait_log(r"status=sent", count=2)
     assert len(token_requests(ep)) == 1, "a fresh token is reused"
-    time.sleep(3.5)
+    time.sleep(6.5)
     send(relay, "three")
     relay.wait_log(r"status=sent", count=3)
     assert len(token_requests(ep)) == 2, "a token near its expiry is refreshed first"
@@ -156,7 +156,7 @@ def test_535_to_a_token_from_memory_refreshes_once_and_delivers(make_relay, oaut
     send(relay, "one")
     relay.wait_log(r"status=sent")
     ep.revoke_access_tokens()  # the smarthost no longer takes what the relay holds
-    time.sleep(1.5)  # past smarthost_idle: the next message opens a new connection
+    time.sleep(2.5)  # past smarthost_idle (1s): the next message opens a new connection
     send(relay, "two")
     relay.wait_log(r"status=sent", count=2)
     log = relay.log()
@@ -231,7 +231,7 @@ def test_token_command(make_relay, oauth, pki, tmp_path):
     assert "with tokens from the token command /bin/cat" in relay.log()
     # A failing command defers with its first line of stderr.
     token_file.unlink()
-    time.sleep(1.5)
+    time.sleep(2.5)
     send(relay, "two")
     relay.wait_log(r"status=deferred \(451 4\.7\.0 smarthost_oauth_token_command /bin/cat: exit status: 1: "
                    r"/bin/cat: .*current\.tok")
