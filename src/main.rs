@@ -139,20 +139,33 @@ fn queue_main(args: &[String]) -> ExitCode {
         println!("{QUEUE_USAGE}");
         return ExitCode::SUCCESS;
     }
-    let (explicit, rest) = match args {
-        [c, file, rest @ ..] if c == "-c" => (Some(PathBuf::from(file)), rest),
+    let (explicit, rest) = split_config_arg(args);
+    match tool_setup(explicit, "info") {
+        Ok((config, tls)) => queue_run(&config, tls, rest),
+        Err(code) => code,
+    }
+}
+
+/// A leading `-c FILE` (or `--config FILE`), and the arguments after it.
+fn split_config_arg(args: &[String]) -> (Option<PathBuf>, &[String]) {
+    match args {
+        [c, file, rest @ ..] if c == "-c" || c == "--config" => (Some(PathBuf::from(file)), rest),
         rest => (None, rest),
-    };
-    let (config, tls) = match tool_config(explicit) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
+    }
+}
+
+/// The config and TLS client of a tool command, with its log lines to stderr at `level`.
+fn tool_setup(
+    explicit: Option<PathBuf>,
+    level: &str,
+) -> Result<(Config, Option<TlsClient>), ExitCode> {
+    let (config, tls) = tool_config(explicit)?;
     smtp_relayd::logger::init_level(
         smtp_relayd::logger::Target::Stderr,
         config.syslog_socket.clone(),
-        "info",
+        level,
     );
-    queue_run(&config, tls, rest)
+    Ok((config, tls))
 }
 
 const OAUTH_USAGE: &str = "usage: smtp-relayd oauth [-c FILE] login | token
@@ -166,10 +179,7 @@ fn oauth_main(args: &[String]) -> ExitCode {
         println!("{OAUTH_USAGE}");
         return ExitCode::SUCCESS;
     }
-    let (explicit, rest) = match args {
-        [c, file, rest @ ..] if c == "-c" || c == "--config" => (Some(PathBuf::from(file)), rest),
-        rest => (None, rest),
-    };
+    let (explicit, rest) = split_config_arg(args);
     let [what] = rest else {
         eprintln!("{OAUTH_USAGE}");
         return ExitCode::from(EX_USAGE);
@@ -178,15 +188,10 @@ fn oauth_main(args: &[String]) -> ExitCode {
         eprintln!("{OAUTH_USAGE}");
         return ExitCode::from(EX_USAGE);
     }
-    let (config, tls) = match tool_config(explicit) {
+    let (config, tls) = match tool_setup(explicit, "warn") {
         Ok(c) => c,
         Err(code) => return code,
     };
-    smtp_relayd::logger::init_level(
-        smtp_relayd::logger::Target::Stderr,
-        config.syslog_socket.clone(),
-        "warn",
-    );
     #[cfg(feature = "tls")]
     {
         let Some(source) = tls.as_ref().and_then(|t| t.tokens.as_ref()) else {

@@ -5,6 +5,35 @@
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 
+/// Why `connect` failed: the name did not resolve, or no address answered.
+pub enum Unreachable {
+    Resolve(io::Error),
+    Connect(String),
+}
+
+/// Resolves `host` and connects to its first address that answers within `timeout`
+/// each.
+pub fn connect(
+    host: &str,
+    port: u16,
+    timeout: std::time::Duration,
+) -> Result<TcpStream, Unreachable> {
+    use std::net::ToSocketAddrs;
+    let addrs = (host, port)
+        .to_socket_addrs()
+        .map_err(Unreachable::Resolve)?;
+    let mut last = None;
+    for addr in addrs {
+        match TcpStream::connect_timeout(&addr, timeout) {
+            Ok(s) => return Ok(s),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(Unreachable::Connect(
+        last.map_or("no address".to_string(), |e| e.to_string()),
+    ))
+}
+
 /// What is layered on the socket: a rustls stream, or `NoTls` in builds without TLS.
 pub trait Layer: Read + Write {
     fn tcp(&self) -> &TcpStream;

@@ -7,7 +7,6 @@
 //! timeout), and the refresh token file (replaced atomically when it rotates).
 
 use std::io::{self, Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -16,6 +15,7 @@ use super::http::{self, Response, Url};
 use super::{Granted, Refusal, Secret, Token, form};
 use crate::config::{Config, Grant, OAuth};
 use crate::protocol::client::Reply;
+use crate::stream::Unreachable;
 use crate::tls::client::Https;
 
 pub struct TokenSource {
@@ -298,23 +298,11 @@ impl TokenSource {
                 .filter(|d| !d.is_zero())
                 .ok_or_else(|| format!("no answer within {}s", self.oauth.timeout.as_secs()))
         };
-        let addrs = (url.host.as_str(), url.port)
-            .to_socket_addrs()
-            .map_err(|e| format!("cannot resolve {}: {e}", url.host))?;
-        let mut last = None;
-        let mut tcp = None;
-        for addr in addrs {
-            match TcpStream::connect_timeout(&addr, left()?) {
-                Ok(s) => {
-                    tcp = Some(s);
-                    break;
-                }
-                Err(e) => last = Some(e),
+        let tcp = crate::stream::connect(&url.host, url.port, left()?).map_err(|e| match e {
+            Unreachable::Resolve(e) => format!("cannot resolve {}: {e}", url.host),
+            Unreachable::Connect(why) => {
+                format!("cannot connect to {}:{}: {why}", url.host, url.port)
             }
-        }
-        let tcp = tcp.ok_or_else(|| {
-            let why = last.map_or("no address".to_string(), |e| e.to_string());
-            format!("cannot connect to {}:{}: {why}", url.host, url.port)
         })?;
         tcp.set_read_timeout(Some(left()?)).ok();
         tcp.set_write_timeout(Some(left()?)).ok();

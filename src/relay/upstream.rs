@@ -4,8 +4,8 @@
 //! machine decides what to send. The stream is an enum so that TLS slots in beside
 //! plain TCP without touching the protocol code.
 
+use crate::stream::Unreachable;
 use std::io::{self, Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
 use crate::config::{Config, SmarthostTls};
@@ -205,24 +205,15 @@ impl Upstream {
         let options = client_options(config, token)?;
         let sh = &config.smarthost;
         let name = sh.to_string();
-        let addrs = (sh.host.as_str(), sh.port)
-            .to_socket_addrs()
-            .map_err(|e| local(&format!("4.4.3 cannot resolve smarthost {name}: {e}")))?;
-        let mut last = None;
-        let mut tcp = None;
-        for addr in addrs {
-            match TcpStream::connect_timeout(&addr, config.smarthost_connect_timeout) {
-                Ok(s) => {
-                    tcp = Some(s);
-                    break;
+        let tcp = crate::stream::connect(&sh.host, sh.port, config.smarthost_connect_timeout)
+            .map_err(|e| match e {
+                Unreachable::Resolve(e) => {
+                    local(&format!("4.4.3 cannot resolve smarthost {name}: {e}"))
                 }
-                Err(e) => last = Some(e),
-            }
-        }
-        let tcp = tcp.ok_or_else(|| {
-            let why = last.map_or("no address".to_string(), |e| e.to_string());
-            local(&format!("4.4.1 cannot connect to smarthost {name}: {why}"))
-        })?;
+                Unreachable::Connect(why) => {
+                    local(&format!("4.4.1 cannot connect to smarthost {name}: {why}"))
+                }
+            })?;
         let _ = tcp.set_nodelay(true);
         let timeout = config.smarthost_timeout.unwrap_or(GREETING);
         let _ = tcp.set_read_timeout(Some(timeout));
