@@ -53,28 +53,32 @@ fn client_options(config: &Config, token: Option<&Token>) -> Result<Options, Rep
             mechanism,
         })
     };
-    let credentials = match (&config.smarthost_user, &config.smarthost_password_file) {
-        _ if config.smarthost_auth == SmarthostAuth::Xoauth2 => bearer(Mechanism::Xoauth2),
-        _ if config.smarthost_auth == SmarthostAuth::Oauthbearer => {
-            bearer(Mechanism::Oauthbearer {
-                host: config.smarthost.host.clone(),
-                port: config.smarthost.port,
-            })
-        }
-        (Some(user), Some(path)) => {
-            let text = crate::config::check_secret_file(path)
-                .and_then(|()| {
-                    std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))
+    let credentials = match (config.smarthost_auth, &config.smarthost_user) {
+        (SmarthostAuth::Xoauth2, _) => bearer(Mechanism::Xoauth2),
+        (SmarthostAuth::Oauthbearer, _) => bearer(Mechanism::Oauthbearer {
+            host: config.smarthost.host.clone(),
+            port: config.smarthost.port,
+        }),
+        (SmarthostAuth::Password, Some(user)) => match &config.smarthost_password_file {
+            Some(path) => {
+                let text = crate::config::check_secret_file(path)
+                    .and_then(|()| {
+                        std::fs::read_to_string(path)
+                            .map_err(|e| format!("{}: {e}", path.display()))
+                    })
+                    .map_err(|e| {
+                        local(&format!("4.7.0 cannot use smarthost_password_file: {e}"))
+                    })?;
+                let password = text.lines().next().unwrap_or("").to_string();
+                Some(Credentials {
+                    user: user.clone(),
+                    secret: password,
+                    mechanism: Mechanism::Password,
                 })
-                .map_err(|e| local(&format!("4.7.0 cannot use smarthost_password_file: {e}")))?;
-            let password = text.lines().next().unwrap_or("").to_string();
-            Some(Credentials {
-                user: user.clone(),
-                secret: password,
-                mechanism: Mechanism::Password,
-            })
-        }
-        _ => None,
+            }
+            None => None,
+        },
+        (SmarthostAuth::Password, None) => None,
     };
     Ok(Options {
         starttls: config.smarthost_tls == SmarthostTls::Starttls,
