@@ -57,6 +57,7 @@ bench: release
 	-[ "$$(uname -m)" != x86_64 ] || { rustup target add x86_64-unknown-linux-musl && \
 		CC_x86_64_unknown_linux_musl=gcc $(CARGO) build --release --target x86_64-unknown-linux-musl; }
 	$(PYTHON) benches/e2e.py
+	$(PYTHON) benches/failover.py
 	sh benches/micro.sh
 
 # libFuzzer (cargo-fuzz) on every parsing entry point, FUZZ_SECONDS each, from the

@@ -209,20 +209,196 @@ impl std::fmt::Display for Listen {
     }
 }
 
-/// The upstream smarthost, `HOST:PORT`.
+/// Where a smarthost is, `HOST:PORT`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Smarthost {
+pub struct HostPort {
     pub host: String,
     pub port: u16,
 }
 
-impl std::fmt::Display for Smarthost {
+impl std::fmt::Display for HostPort {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         if self.host.contains(':') {
             write!(f, "[{}]:{}", self.host, self.port)
         } else {
             write!(f, "{}:{}", self.host, self.port)
         }
+    }
+}
+
+/// One smarthost: where it is, how it is trusted, who the relay is there, its
+/// timeouts and how many deliveries it takes side by side. The `smarthost_*` keys.
+#[derive(Debug, Clone)]
+pub struct Smarthost {
+    /// Its name in the log (`relay=NAME`), in `route` and in `queue list`: as given
+    /// (`smarthost NAME HOST:PORT`), or `HOST:PORT` for the one unnamed smarthost.
+    pub name: String,
+    pub named: bool,
+    pub address: HostPort,
+    pub connect_timeout: Duration,
+    /// Overrides every reply wait of RFC 5321 §4.5.3.2 when set.
+    pub timeout: Option<Duration>,
+    pub idle: Duration,
+    /// Deliveries to it at once, each over its own connection.
+    pub connections: usize,
+    pub tls: SmarthostTls,
+    pub ca_file: Option<PathBuf>,
+    /// SHA-256 of the smarthost's certificate; when set, it alone decides trust.
+    pub fingerprint: Option<[u8; 32]>,
+    pub tls_verify: bool,
+    pub user: Option<String>,
+    /// Only the path: the thread that connects reads the secret itself, so no other
+    /// thread ever holds it. Its permissions are checked when the file is loaded.
+    pub password_file: Option<PathBuf>,
+    pub auth_plaintext: bool,
+    pub auth: SmarthostAuth,
+    pub oauth: OAuth,
+    /// The line of its `smarthost` line (0 for the defaults).
+    pub line: usize,
+    /// The lines that gave its keys, the defaults it started from included.
+    pub lines: Vec<(&'static str, usize)>,
+}
+
+impl Default for Smarthost {
+    fn default() -> Smarthost {
+        Smarthost {
+            name: String::new(),
+            named: false,
+            address: HostPort {
+                host: String::new(),
+                port: 0,
+            },
+            connect_timeout: Duration::from_secs(30),
+            timeout: None,
+            idle: Duration::from_secs(5),
+            connections: 2,
+            tls: SmarthostTls::Starttls,
+            ca_file: None,
+            fingerprint: None,
+            tls_verify: true,
+            user: None,
+            password_file: None,
+            auth_plaintext: false,
+            auth: SmarthostAuth::Password,
+            oauth: OAuth {
+                token_url: None,
+                device_url: None,
+                client_id: None,
+                client_secret_file: None,
+                scope: None,
+                refresh_token_file: None,
+                token_command: Vec::new(),
+                timeout: Duration::from_secs(30),
+            },
+            line: 0,
+            lines: Vec::new(),
+        }
+    }
+}
+
+/// A `smarthost_*` key: read into the smarthost whose block it is in, or into the
+/// defaults; printed in each smarthost's block.
+pub struct HostKey {
+    pub name: &'static str,
+    parse: fn(&mut Smarthost, &str) -> Result<(), String>,
+    print: fn(&Smarthost, &mut String),
+}
+
+/// A smarthost name: letters, digits, `-`, `_` and `.`, so that it reads in a log
+/// line and in a `route` list.
+fn parse_host_name(v: &str) -> Result<String, String> {
+    let ok = !v.is_empty()
+        && v.len() <= 64
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if !ok {
+        return Err(format!(
+            "smarthost name '{v}': use letters, digits, '-', '_' and '.' (up to 64)"
+        ));
+    }
+    Ok(v.to_string())
+}
+
+/// A `route` line: the smarthosts to try, in order, for the recipients it matches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// The smarthosts' names, as given.
+    pub via: Vec<String>,
+    /// The same as indexes into `Config::smarthosts`.
+    pub hosts: Vec<usize>,
+    /// Empty: any sender.
+    pub senders: Vec<crate::protocol::policy::Pattern>,
+    /// Empty: any recipient.
+    pub recipients: Vec<crate::protocol::policy::Pattern>,
+    /// Its line, 0 for the default added when no `route` line has no condition.
+    pub line: usize,
+}
+
+impl Route {
+    /// `NAME[,NAME...] [sender PATTERN[,PATTERN...]] [recipient PATTERN[,PATTERN...]]`.
+    fn parse(v: &str) -> Result<Route, String> {
+        let mut words = v.split_ascii_whitespace();
+        let via: Vec<String> = words
+            .next()
+            .unwrap_or("")
+            .split(',')
+            .map(parse_host_name)
+            .collect::<Result<_, _>>()?;
+        let mut route = Route {
+            via,
+            hosts: Vec::new(),
+            senders: Vec::new(),
+            recipients: Vec::new(),
+            line: 0,
+        };
+        while let Some(what) = words.next() {
+            let Some(patterns) = words.next() else {
+                return Err(format!("route: '{what}' needs a pattern"));
+            };
+            let patterns = crate::protocol::policy::parse_patterns(patterns)?;
+            match what {
+                "sender" if route.senders.is_empty() => route.senders = patterns,
+                "recipient" if route.recipients.is_empty() => route.recipients = patterns,
+                "sender" | "recipient" => return Err(format!("route: '{what}' given twice")),
+                _ => {
+                    return Err(format!(
+                        "route: unknown condition '{what}' (use 'sender PATTERN' or \
+                         'recipient PATTERN')"
+                    ));
+                }
+            }
+        }
+        Ok(route)
+    }
+
+    /// The route applies to this sender (empty for `<>`) and recipient.
+    pub fn matches(&self, sender: &[u8], recipient: &[u8]) -> bool {
+        (self.senders.is_empty() || self.senders.iter().any(|p| p.matches(sender)))
+            && (self.recipients.is_empty() || self.recipients.iter().any(|p| p.matches(recipient)))
+    }
+
+    /// The route applies to everything.
+    pub fn is_default(&self) -> bool {
+        self.senders.is_empty() && self.recipients.is_empty()
+    }
+}
+
+impl std::fmt::Display for Route {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.via.join(","))?;
+        let list = |p: &[crate::protocol::policy::Pattern]| {
+            p.iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        if !self.senders.is_empty() {
+            write!(f, " sender {}", list(&self.senders))?;
+        }
+        if !self.recipients.is_empty() {
+            write!(f, " recipient {}", list(&self.recipients))?;
+        }
+        Ok(())
     }
 }
 
@@ -233,7 +409,14 @@ pub struct Config {
     pub hostname: String,
     pub allow: Vec<Cidr>,
     pub spool: PathBuf,
-    pub smarthost: Smarthost,
+    /// In the order given; never empty after parsing.
+    pub smarthosts: Vec<Smarthost>,
+    /// The `route` lines, then (unless the last one has no condition) the default:
+    /// every smarthost in order.
+    pub routes: Vec<Route>,
+    /// The `smarthost_*` keys given before the first named smarthost (or, with one
+    /// unnamed smarthost, anywhere): every smarthost starts from these.
+    host_defaults: Smarthost,
     pub workers: usize,
     pub max_connections: usize,
     pub max_message_size: u64,
@@ -245,23 +428,7 @@ pub struct Config {
     pub retry_min: Duration,
     pub retry_max: Duration,
     pub max_queue_lifetime: Duration,
-    pub smarthost_connect_timeout: Duration,
-    /// Overrides every reply wait of RFC 5321 §4.5.3.2 when set.
-    pub smarthost_timeout: Option<Duration>,
-    pub smarthost_idle: Duration,
     pub shutdown_grace: Duration,
-    pub smarthost_tls: SmarthostTls,
-    pub smarthost_ca_file: Option<PathBuf>,
-    /// SHA-256 of the smarthost's certificate; when set, it alone decides trust.
-    pub smarthost_fingerprint: Option<[u8; 32]>,
-    pub smarthost_tls_verify: bool,
-    pub smarthost_user: Option<String>,
-    /// Only the path: the relay thread reads the secret itself, so no other thread
-    /// ever holds it. Its permissions are checked when the file is loaded.
-    pub smarthost_password_file: Option<PathBuf>,
-    pub smarthost_auth_plaintext: bool,
-    pub smarthost_auth: SmarthostAuth,
-    pub smarthost_oauth: OAuth,
     /// The server certificate chain and key for STARTTLS and `tls` listeners.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
@@ -398,6 +565,27 @@ fn print_cidrs(out: &mut String, key: &str, list: &[Cidr]) {
     }
 }
 
+/// Every smarthost with all its keys: an unnamed one as `smarthost HOST:PORT` and its
+/// keys, named ones each as a block, its keys indented below it.
+fn print_smarthosts(c: &Config, s: &mut String) {
+    for h in &c.smarthosts {
+        let indent = if h.named {
+            line(s, "smarthost", format_args!("{} {}", h.name, h.address));
+            "    "
+        } else {
+            line(s, "smarthost", &h.address);
+            ""
+        };
+        let mut keys = String::new();
+        for k in HOST_KEYS {
+            (k.print)(h, &mut keys);
+        }
+        for l in keys.lines() {
+            let _ = writeln!(s, "{indent}{l}");
+        }
+    }
+}
+
 /// The rows: see `Key`.
 pub const TABLE: &[Key] = &[
     Key {
@@ -444,12 +632,77 @@ pub const TABLE: &[Key] = &[
     },
     Key {
         name: "smarthost",
-        repeatable: false,
+        repeatable: true,
         parse: |c, v| {
-            c.smarthost = parse_smarthost(v)?;
+            let at = c.lines.last().map_or(0, |(_, l)| *l);
+            let words: Vec<&str> = v.split_ascii_whitespace().collect();
+            match words[..] {
+                [addr] => {
+                    if let Some(h) = c.smarthosts.first() {
+                        return Err(format!(
+                            "this smarthost needs a name too ('smarthost NAME {addr}'), as \
+                             the one on line {} has one",
+                            h.line
+                        ));
+                    }
+                    if c.host_defaults.line != 0 {
+                        return Err(format!(
+                            "'smarthost' given again (first on line {}); for several, give \
+                             each a name: smarthost NAME HOST:PORT",
+                            c.host_defaults.line
+                        ));
+                    }
+                    c.host_defaults.address = parse_host_port(addr)?;
+                    c.host_defaults.line = at;
+                }
+                [name, addr] => {
+                    if c.host_defaults.line != 0 {
+                        return Err(format!(
+                            "the smarthost on line {} has no name: with several, give each a \
+                             name (smarthost NAME HOST:PORT)",
+                            c.host_defaults.line
+                        ));
+                    }
+                    let name = parse_host_name(name)?;
+                    if let Some(h) = c.smarthosts.iter().find(|h| h.name == name) {
+                        return Err(format!(
+                            "smarthost '{name}' given twice (first on line {})",
+                            h.line
+                        ));
+                    }
+                    let mut h = c.host_defaults.clone();
+                    h.address = parse_host_port(addr)?;
+                    (h.name, h.named, h.line) = (name, true, at);
+                    c.smarthosts.push(h);
+                }
+                _ => {
+                    return Err(format!(
+                        "smarthost '{v}' is not HOST:PORT (or NAME HOST:PORT, one of several)"
+                    ));
+                }
+            }
             Ok(())
         },
-        print: |c, s| line(s, "smarthost", &c.smarthost),
+        print: print_smarthosts,
+    },
+    Key {
+        name: "route",
+        repeatable: true,
+        parse: |c, v| {
+            let mut r = Route::parse(v)?;
+            r.line = c.lines.last().map_or(0, |(_, l)| *l);
+            c.routes.push(r);
+            Ok(())
+        },
+        print: |c, s| {
+            for r in &c.routes {
+                if r.line == 0 {
+                    let _ = writeln!(s, "# route (the default, no route line for it): {r}");
+                } else {
+                    line(s, "route", r);
+                }
+            }
+        },
     },
     Key {
         name: "workers",
@@ -570,279 +823,6 @@ pub const TABLE: &[Key] = &[
             Ok(())
         },
         print: |c, s| line(s, "max_queue_lifetime", secs(&c.max_queue_lifetime)),
-    },
-    Key {
-        name: "smarthost_connect_timeout",
-        repeatable: false,
-        parse: |c, v| {
-            c.smarthost_connect_timeout = parse_duration(v)?;
-            Ok(())
-        },
-        print: |c, s| {
-            line(
-                s,
-                "smarthost_connect_timeout",
-                secs(&c.smarthost_connect_timeout),
-            )
-        },
-    },
-    Key {
-        name: "smarthost_timeout",
-        repeatable: false,
-        parse: |c, v| {
-            c.smarthost_timeout = Some(parse_duration(v)?);
-            Ok(())
-        },
-        print: |c, s| {
-            match &c.smarthost_timeout {
-            Some(t) => line(s, "smarthost_timeout", secs(t)),
-            None => s.push_str(
-                "# smarthost_timeout unset: RFC 5321 4.5.3.2 (5m per command, 10m after the data)\n",
-            ),
-        }
-        },
-    },
-    Key {
-        name: "smarthost_tls",
-        repeatable: false,
-        parse: |c, v| {
-            c.smarthost_tls = one_of("smarthost_tls", v, SMARTHOST_TLS)?;
-            Ok(())
-        },
-        print: |c, s| line(s, "smarthost_tls", name_of(SMARTHOST_TLS, &c.smarthost_tls)),
-    },
-    Key {
-        name: "smarthost_ca_file",
-        repeatable: false,
-        parse: |c, v| {
-            c.smarthost_ca_file = Some(absolute(v)?);
-            Ok(())
-        },
-        print: |c, s| {
-            if let Some(p) = &c.smarthost_ca_file {
-                line(s, "smarthost_ca_file", p.display());
-            }
-        },
-    },
-    Key {
-        name: "smarthost_fingerprint",
-        repeatable: false,
-        parse: |c, v| {
-            c.smarthost_fingerprint = Some(parse_fingerprint(v)?);
-            Ok(())
-        },
-        print: |c, s| {
-            if let Some(fp) = &c.smarthost_fingerprint {
-                let hex: String = fp.iter().map(|b| format!("{b:02x}")).collect();
-                line(s, "smarthost_fingerprint", format!("sha256:{hex}"));
-            }
-        },
-    },
-    Key {
-        name: "smarthost_tls_verify",
-        repeatable: false,
-        parse: |c, v| {
-            c.smarthost_tls_verify = parse_yes_no("smarthost_tls_verify", v)?;
-            Ok(())
-        },
-        print: |c, s| line(s, "smarthost_tls_verify", yes_no(c.smarthost_tls_verify)),
-    },
-    Key {
-        name: "smarthost_user",
-        repeatable: false,
-        parse: |c, v| {
-            c.smarthost_user = Some(v.to_string());
-            Ok(())
-        },
-        print: |c, s| {
-            if let Some(u) = &c.smarthost_user {
-                line(s, "smarthost_user", u);
-            }
-        },
-    },
-    Key {
-        name: "smarthost_password_file",
-        repeatable: false,
-        parse: |c, v| {
-            c.smarthost_password_file = Some(absolute(v)?);
-            Ok(())
-        },
-        print: |c, s| {
-            if let Some(p) = &c.smarthost_password_file {
-                let shown = format!("{}  # contents not shown", p.display());
-                line(s, "smarthost_password_file", shown);
-            }
-        },
-    },
-    Key {
-        name: "smarthost_auth_plaintext",
-        repeatable: false,
-        parse: |c, v| {
-            c.smarthost_auth_plaintext = parse_yes_no("smarthost_auth_plaintext", v)?;
-            Ok(())
-        },
-        print: |c, s| {
-            line(
-                s,
-                "smarthost_auth_plaintext",
-                yes_no(c.smarthost_auth_plaintext),
-            )
-        },
-    },
-    Key {
-        name: "smarthost_auth",
-        repeatable: false,
-        parse: |c, v| {
-            c.smarthost_auth = one_of(
-                "smarthost_auth",
-                v,
-                &[
-                    ("password", SmarthostAuth::Password),
-                    ("xoauth2", SmarthostAuth::Xoauth2),
-                    ("oauthbearer", SmarthostAuth::Oauthbearer),
-                ],
-            )?;
-            Ok(())
-        },
-        print: |c, s| {
-            let name = match c.smarthost_auth {
-                SmarthostAuth::Password => "password",
-                SmarthostAuth::Xoauth2 => "xoauth2",
-                SmarthostAuth::Oauthbearer => "oauthbearer",
-            };
-            line(s, "smarthost_auth", name)
-        },
-    },
-    Key {
-        name: "smarthost_oauth_token_url",
-        repeatable: false,
-        parse: |c, v| {
-            c.smarthost_oauth.token_url = Some(parse_https_url("smarthost_oauth_token_url", v)?);
-            Ok(())
-        },
-        print: |c, s| {
-            if let Some(v) = &c.smarthost_oauth.token_url {
-                line(s, "smarthost_oauth_token_url", v);
-            }
-        },
-    },
-    Key {
-        name: "smarthost_oauth_device_url",
-        repeatable: false,
-        parse: |c, v| {
-            c.smarthost_oauth.device_url = Some(parse_https_url("smarthost_oauth_device_url", v)?);
-            Ok(())
-        },
-        print: |c, s| {
-            if let Some(v) = &c.smarthost_oauth.device_url {
-                line(s, "smarthost_oauth_device_url", v);
-            }
-        },
-    },
-    Key {
-        name: "smarthost_oauth_client_id",
-        repeatable: false,
-        parse: |c, v| {
-            c.smarthost_oauth.client_id = Some(v.to_string());
-            Ok(())
-        },
-        print: |c, s| {
-            if let Some(v) = &c.smarthost_oauth.client_id {
-                line(s, "smarthost_oauth_client_id", v);
-            }
-        },
-    },
-    Key {
-        name: "smarthost_oauth_client_secret_file",
-        repeatable: false,
-        parse: |c, v| {
-            c.smarthost_oauth.client_secret_file = Some(absolute(v)?);
-            Ok(())
-        },
-        print: |c, s| {
-            if let Some(p) = &c.smarthost_oauth.client_secret_file {
-                line(
-                    s,
-                    "smarthost_oauth_client_secret_file",
-                    format!("{}  # contents not shown", p.display()),
-                );
-            }
-        },
-    },
-    Key {
-        name: "smarthost_oauth_scope",
-        repeatable: false,
-        parse: |c, v| {
-            let words = split_words(v)?;
-            let scopes = words.iter().flat_map(|w| w.split_whitespace());
-            let scopes = scopes.collect::<Vec<_>>().join(" ");
-            if scopes.is_empty() {
-                return Err("smarthost_oauth_scope needs at least one scope".into());
-            }
-            c.smarthost_oauth.scope = Some(scopes);
-            Ok(())
-        },
-        print: |c, s| {
-            if let Some(v) = &c.smarthost_oauth.scope {
-                line(s, "smarthost_oauth_scope", format!("\"{v}\""));
-            }
-        },
-    },
-    Key {
-        name: "smarthost_oauth_refresh_token_file",
-        repeatable: false,
-        parse: |c, v| {
-            c.smarthost_oauth.refresh_token_file = Some(absolute(v)?);
-            Ok(())
-        },
-        print: |c, s| {
-            if let Some(p) = &c.smarthost_oauth.refresh_token_file {
-                line(
-                    s,
-                    "smarthost_oauth_refresh_token_file",
-                    format!("{}  # contents not shown", p.display()),
-                );
-            }
-        },
-    },
-    Key {
-        name: "smarthost_oauth_token_command",
-        repeatable: false,
-        parse: |c, v| {
-            let words = split_words(v)?;
-            if !words.first().is_some_and(|w| w.starts_with('/')) {
-                return Err(
-                    "smarthost_oauth_token_command: the program must be an absolute path \
-                            (it is run without a shell)"
-                        .into(),
-                );
-            }
-            c.smarthost_oauth.token_command = words;
-            Ok(())
-        },
-        print: |c, s| {
-            if !c.smarthost_oauth.token_command.is_empty() {
-                let words = join_words(&c.smarthost_oauth.token_command);
-                line(s, "smarthost_oauth_token_command", words);
-            }
-        },
-    },
-    Key {
-        name: "smarthost_oauth_timeout",
-        repeatable: false,
-        parse: |c, v| {
-            c.smarthost_oauth.timeout = parse_duration(v)?;
-            Ok(())
-        },
-        print: |c, s| {
-            if c.smarthost_auth != SmarthostAuth::Password {
-                line(
-                    s,
-                    "smarthost_oauth_timeout",
-                    secs(&c.smarthost_oauth.timeout),
-                )
-            }
-        },
     },
     Key {
         name: "tls_cert",
@@ -1096,15 +1076,6 @@ pub const TABLE: &[Key] = &[
         print: |c, s| line(s, "syslog_socket", c.syslog_socket.display()),
     },
     Key {
-        name: "smarthost_idle",
-        repeatable: false,
-        parse: |c, v| {
-            c.smarthost_idle = parse_duration_or_zero(v)?;
-            Ok(())
-        },
-        print: |c, s| line(s, "smarthost_idle", secs(&c.smarthost_idle)),
-    },
-    Key {
         name: "shutdown_grace",
         repeatable: false,
         parse: |c, v| {
@@ -1112,6 +1083,265 @@ pub const TABLE: &[Key] = &[
             Ok(())
         },
         print: |c, s| line(s, "shutdown_grace", secs(&c.shutdown_grace)),
+    },
+];
+
+/// The rows of the `smarthost_*` keys, in `--check` order within a smarthost.
+pub const HOST_KEYS: &[HostKey] = &[
+    HostKey {
+        name: "smarthost_connections",
+        parse: |h, v| {
+            h.connections = parse_count(v, 1, 64)?;
+            Ok(())
+        },
+        print: |h, s| line(s, "smarthost_connections", h.connections),
+    },
+    HostKey {
+        name: "smarthost_connect_timeout",
+        parse: |h, v| {
+            h.connect_timeout = parse_duration(v)?;
+            Ok(())
+        },
+        print: |h, s| line(s, "smarthost_connect_timeout", secs(&h.connect_timeout)),
+    },
+    HostKey {
+        name: "smarthost_timeout",
+        parse: |h, v| {
+            h.timeout = Some(parse_duration(v)?);
+            Ok(())
+        },
+        print: |h, s| {
+            match &h.timeout {
+            Some(t) => line(s, "smarthost_timeout", secs(t)),
+            None => s.push_str(
+                "# smarthost_timeout unset: RFC 5321 4.5.3.2 (5m per command, 10m after the data)\n",
+            ),
+        }
+        },
+    },
+    HostKey {
+        name: "smarthost_tls",
+        parse: |h, v| {
+            h.tls = one_of("smarthost_tls", v, SMARTHOST_TLS)?;
+            Ok(())
+        },
+        print: |h, s| line(s, "smarthost_tls", name_of(SMARTHOST_TLS, &h.tls)),
+    },
+    HostKey {
+        name: "smarthost_ca_file",
+        parse: |h, v| {
+            h.ca_file = Some(absolute(v)?);
+            Ok(())
+        },
+        print: |h, s| {
+            if let Some(p) = &h.ca_file {
+                line(s, "smarthost_ca_file", p.display());
+            }
+        },
+    },
+    HostKey {
+        name: "smarthost_fingerprint",
+        parse: |h, v| {
+            h.fingerprint = Some(parse_fingerprint(v)?);
+            Ok(())
+        },
+        print: |h, s| {
+            if let Some(fp) = &h.fingerprint {
+                let hex: String = fp.iter().map(|b| format!("{b:02x}")).collect();
+                line(s, "smarthost_fingerprint", format!("sha256:{hex}"));
+            }
+        },
+    },
+    HostKey {
+        name: "smarthost_tls_verify",
+        parse: |h, v| {
+            h.tls_verify = parse_yes_no("smarthost_tls_verify", v)?;
+            Ok(())
+        },
+        print: |h, s| line(s, "smarthost_tls_verify", yes_no(h.tls_verify)),
+    },
+    HostKey {
+        name: "smarthost_user",
+        parse: |h, v| {
+            h.user = Some(v.to_string());
+            Ok(())
+        },
+        print: |h, s| {
+            if let Some(u) = &h.user {
+                line(s, "smarthost_user", u);
+            }
+        },
+    },
+    HostKey {
+        name: "smarthost_password_file",
+        parse: |h, v| {
+            h.password_file = Some(absolute(v)?);
+            Ok(())
+        },
+        print: |h, s| {
+            if let Some(p) = &h.password_file {
+                let shown = format!("{}  # contents not shown", p.display());
+                line(s, "smarthost_password_file", shown);
+            }
+        },
+    },
+    HostKey {
+        name: "smarthost_auth_plaintext",
+        parse: |h, v| {
+            h.auth_plaintext = parse_yes_no("smarthost_auth_plaintext", v)?;
+            Ok(())
+        },
+        print: |h, s| line(s, "smarthost_auth_plaintext", yes_no(h.auth_plaintext)),
+    },
+    HostKey {
+        name: "smarthost_auth",
+        parse: |h, v| {
+            h.auth = one_of(
+                "smarthost_auth",
+                v,
+                &[
+                    ("password", SmarthostAuth::Password),
+                    ("xoauth2", SmarthostAuth::Xoauth2),
+                    ("oauthbearer", SmarthostAuth::Oauthbearer),
+                ],
+            )?;
+            Ok(())
+        },
+        print: |h, s| {
+            let name = match h.auth {
+                SmarthostAuth::Password => "password",
+                SmarthostAuth::Xoauth2 => "xoauth2",
+                SmarthostAuth::Oauthbearer => "oauthbearer",
+            };
+            line(s, "smarthost_auth", name)
+        },
+    },
+    HostKey {
+        name: "smarthost_oauth_token_url",
+        parse: |h, v| {
+            h.oauth.token_url = Some(parse_https_url("smarthost_oauth_token_url", v)?);
+            Ok(())
+        },
+        print: |h, s| {
+            if let Some(v) = &h.oauth.token_url {
+                line(s, "smarthost_oauth_token_url", v);
+            }
+        },
+    },
+    HostKey {
+        name: "smarthost_oauth_device_url",
+        parse: |h, v| {
+            h.oauth.device_url = Some(parse_https_url("smarthost_oauth_device_url", v)?);
+            Ok(())
+        },
+        print: |h, s| {
+            if let Some(v) = &h.oauth.device_url {
+                line(s, "smarthost_oauth_device_url", v);
+            }
+        },
+    },
+    HostKey {
+        name: "smarthost_oauth_client_id",
+        parse: |h, v| {
+            h.oauth.client_id = Some(v.to_string());
+            Ok(())
+        },
+        print: |h, s| {
+            if let Some(v) = &h.oauth.client_id {
+                line(s, "smarthost_oauth_client_id", v);
+            }
+        },
+    },
+    HostKey {
+        name: "smarthost_oauth_client_secret_file",
+        parse: |h, v| {
+            h.oauth.client_secret_file = Some(absolute(v)?);
+            Ok(())
+        },
+        print: |h, s| {
+            if let Some(p) = &h.oauth.client_secret_file {
+                line(
+                    s,
+                    "smarthost_oauth_client_secret_file",
+                    format!("{}  # contents not shown", p.display()),
+                );
+            }
+        },
+    },
+    HostKey {
+        name: "smarthost_oauth_scope",
+        parse: |h, v| {
+            let words = split_words(v)?;
+            let scopes = words.iter().flat_map(|w| w.split_whitespace());
+            let scopes = scopes.collect::<Vec<_>>().join(" ");
+            if scopes.is_empty() {
+                return Err("smarthost_oauth_scope needs at least one scope".into());
+            }
+            h.oauth.scope = Some(scopes);
+            Ok(())
+        },
+        print: |h, s| {
+            if let Some(v) = &h.oauth.scope {
+                line(s, "smarthost_oauth_scope", format!("\"{v}\""));
+            }
+        },
+    },
+    HostKey {
+        name: "smarthost_oauth_refresh_token_file",
+        parse: |h, v| {
+            h.oauth.refresh_token_file = Some(absolute(v)?);
+            Ok(())
+        },
+        print: |h, s| {
+            if let Some(p) = &h.oauth.refresh_token_file {
+                line(
+                    s,
+                    "smarthost_oauth_refresh_token_file",
+                    format!("{}  # contents not shown", p.display()),
+                );
+            }
+        },
+    },
+    HostKey {
+        name: "smarthost_oauth_token_command",
+        parse: |h, v| {
+            let words = split_words(v)?;
+            if !words.first().is_some_and(|w| w.starts_with('/')) {
+                return Err(
+                    "smarthost_oauth_token_command: the program must be an absolute path \
+                            (it is run without a shell)"
+                        .into(),
+                );
+            }
+            h.oauth.token_command = words;
+            Ok(())
+        },
+        print: |h, s| {
+            if !h.oauth.token_command.is_empty() {
+                let words = join_words(&h.oauth.token_command);
+                line(s, "smarthost_oauth_token_command", words);
+            }
+        },
+    },
+    HostKey {
+        name: "smarthost_oauth_timeout",
+        parse: |h, v| {
+            h.oauth.timeout = parse_duration(v)?;
+            Ok(())
+        },
+        print: |h, s| {
+            if h.auth != SmarthostAuth::Password {
+                line(s, "smarthost_oauth_timeout", secs(&h.oauth.timeout))
+            }
+        },
+    },
+    HostKey {
+        name: "smarthost_idle",
+        parse: |h, v| {
+            h.idle = parse_duration_or_zero(v)?;
+            Ok(())
+        },
+        print: |h, s| line(s, "smarthost_idle", secs(&h.idle)),
     },
 ];
 
@@ -1124,10 +1354,9 @@ impl Default for Config {
             hostname: "localhost".into(),
             allow: Vec::new(),
             spool: PathBuf::from("/var/spool/smtp-relayd"),
-            smarthost: Smarthost {
-                host: String::new(),
-                port: 0,
-            },
+            smarthosts: Vec::new(),
+            routes: Vec::new(),
+            host_defaults: Smarthost::default(),
             workers: 4,
             max_connections: 64,
             max_message_size: 10 * 1024 * 1024,
@@ -1140,28 +1369,7 @@ impl Default for Config {
             retry_min: Duration::from_secs(60),
             retry_max: Duration::from_secs(3600),
             max_queue_lifetime: Duration::from_secs(5 * 86400),
-            smarthost_connect_timeout: Duration::from_secs(30),
-            smarthost_timeout: None,
-            smarthost_idle: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(10),
-            smarthost_tls: SmarthostTls::Starttls,
-            smarthost_ca_file: None,
-            smarthost_fingerprint: None,
-            smarthost_tls_verify: true,
-            smarthost_user: None,
-            smarthost_password_file: None,
-            smarthost_auth_plaintext: false,
-            smarthost_auth: SmarthostAuth::Password,
-            smarthost_oauth: OAuth {
-                token_url: None,
-                device_url: None,
-                client_id: None,
-                client_secret_file: None,
-                scope: None,
-                refresh_token_file: None,
-                token_command: Vec::new(),
-                timeout: Duration::from_secs(30),
-            },
             tls_cert: None,
             tls_key: None,
             auth_users: None,
@@ -1201,104 +1409,38 @@ fn loopback() -> Vec<Cidr> {
     ]
 }
 
-impl Config {
-    /// Reads and parses the file, takes the kernel's host name when `hostname` is not
-    /// given, and checks the files named for secrets (their permissions).
-    pub fn load(path: &Path) -> Result<Config, String> {
-        let text =
-            std::fs::read(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-        let text =
-            String::from_utf8(text).map_err(|_| format!("{}: not UTF-8 text", path.display()))?;
-        let mut c = Self::parse(path, &text)?;
-        if c.line_of("hostname") == 0 {
-            c.hostname = system_hostname();
-        }
-        c.check_files()?;
-        Ok(c)
+impl Smarthost {
+    /// The line `key` was last given on for this smarthost (0: not given).
+    pub fn line_of(&self, key: &str) -> usize {
+        self.lines
+            .iter()
+            .rev()
+            .find(|(k, _)| *k == key)
+            .map_or(0, |(_, l)| *l)
     }
 
-    /// The files that hold secrets must not be readable by group or others.
-    pub fn check_files(&self) -> Result<(), String> {
-        let file = self.path.display();
-        for (key, path) in [
-            ("smarthost_password_file", &self.smarthost_password_file),
-            ("auth_users", &self.auth_users),
+    /// The files with its secrets, by key.
+    pub fn secret_files(&self) -> [(&'static str, &Option<PathBuf>); 3] {
+        [
+            ("smarthost_password_file", &self.password_file),
             (
                 "smarthost_oauth_client_secret_file",
-                &self.smarthost_oauth.client_secret_file,
+                &self.oauth.client_secret_file,
             ),
             (
                 "smarthost_oauth_refresh_token_file",
-                &self.smarthost_oauth.refresh_token_file,
+                &self.oauth.refresh_token_file,
             ),
-        ] {
-            let Some(p) = path else { continue };
-            // No refresh token yet is a state `oauth login` ends, not a config error.
-            if key == "smarthost_oauth_refresh_token_file" && !p.exists() {
-                continue;
-            }
-            check_secret_file(p)
-                .map_err(|e| format!("{e} ({key} on {file}:{})", self.line_of(key)))?;
-        }
-        if let Some(program) = self.smarthost_oauth.token_command.first() {
-            std::fs::metadata(program).map_err(|e| {
-                let line = self.line_of("smarthost_oauth_token_command");
-                format!("{file}:{line}: smarthost_oauth_token_command: {program}: {e}")
-            })?;
-        }
-        Ok(())
+        ]
     }
 
-    /// Parses the text of a config file: each line through its key's row, then the
-    /// checks across keys (`validate`). No file is read.
-    pub fn parse(path: &Path, text: &str) -> Result<Config, String> {
-        let file = path.display();
-        let mut c = Config {
-            path: path.to_path_buf(),
-            ..Config::default()
+    /// `FILE:LINE: what` for a problem with this smarthost's `key`.
+    pub fn error_at(&self, config: &Config, key: &str, what: &str) -> String {
+        let line = match self.line_of(key) {
+            0 => self.line,
+            l => l,
         };
-        for (n, raw) in text.lines().enumerate() {
-            let line_no = n + 1;
-            let line = raw.split_once('#').map_or(raw, |(a, _)| a).trim();
-            if line.is_empty() {
-                continue;
-            }
-            let (name, value) = match line.split_once(|c: char| c.is_ascii_whitespace()) {
-                Some((k, v)) => (k, v.trim()),
-                None => (line, ""),
-            };
-            let err = |what: String| format!("{file}:{line_no}: {what}");
-            let Some(key) = TABLE.iter().find(|k| k.name == name) else {
-                let hint = TABLE
-                    .iter()
-                    .map(|k| k.name)
-                    .min_by_key(|k| edit_distance(k, name))
-                    .filter(|k| edit_distance(k, name) <= 2);
-                return Err(err(match hint {
-                    Some(h) => format!("unknown key '{name}' (did you mean '{h}'?)"),
-                    None => format!("unknown key '{name}'"),
-                }));
-            };
-            if value.is_empty() {
-                return Err(err(format!("'{name}' needs a value")));
-            }
-            let first = c.lines.iter().find(|(k, _)| *k == key.name);
-            if let (Some((_, first)), false) = (first, key.repeatable) {
-                return Err(err(format!(
-                    "'{name}' given again (first on line {first}); it takes one value"
-                )));
-            }
-            c.lines.push((key.name, line_no));
-            (key.parse)(&mut c, value).map_err(err)?;
-        }
-        c.validate()?;
-        Ok(c)
-    }
-
-    /// The `FILE:LINE` of the `nth` line that gave `key`.
-    fn nth_line(&self, key: &str, nth: usize) -> usize {
-        let mut lines = self.lines.iter().filter(|(k, _)| *k == key);
-        lines.nth(nth).map_or(0, |(_, l)| *l)
+        format!("{}:{line}: {what}", config.path.display())
     }
 
     /// `smarthost_auth password`: a user needs its password file, and no OAuth2 key.
@@ -1313,7 +1455,7 @@ impl Config {
             let what = format!("{key} needs smarthost_auth xoauth2 or oauthbearer");
             return Err(at(line_of(key), what));
         }
-        match (&c.smarthost_user, &c.smarthost_password_file) {
+        match (&c.user, &c.password_file) {
             (Some(_), None) => {
                 let what = "smarthost_user needs smarthost_password_file".to_string();
                 return Err(at(line_of("smarthost_user"), what));
@@ -1324,10 +1466,7 @@ impl Config {
             }
             _ => {}
         }
-        if c.smarthost_user.is_some()
-            && c.smarthost_tls == SmarthostTls::None
-            && !c.smarthost_auth_plaintext
-        {
+        if c.user.is_some() && c.tls == SmarthostTls::None && !c.auth_plaintext {
             let what = "with smarthost_tls none the password would cross the network in clear; \
                  use smarthost_tls starttls or implicit (or, on a trusted link, smarthost_auth_plaintext yes)";
             return Err(at(line_of("smarthost_user"), what.to_string()));
@@ -1339,22 +1478,22 @@ impl Config {
     /// of tokens with what its grant needs.
     fn validate_oauth(&self, at: &dyn Fn(usize, String) -> String) -> Result<(), String> {
         let line_of = |key: &str| self.line_of(key);
-        let o = &self.smarthost_oauth;
+        let o = &self.oauth;
         let auth = line_of("smarthost_auth");
         if cfg!(not(feature = "tls")) {
             let what = "this smtp-relayd was built without TLS, and OAuth2 needs it".to_string();
             return Err(at(auth, what));
         }
-        if self.smarthost_user.is_none() {
+        if self.user.is_none() {
             let what = "smarthost_auth with a token needs smarthost_user (the account the \
                         token is for)";
             return Err(at(auth, what.to_string()));
         }
-        if self.smarthost_tls == SmarthostTls::None {
+        if self.tls == SmarthostTls::None {
             let what = "a token is only sent over TLS: use smarthost_tls starttls or implicit";
             return Err(at(auth, what.to_string()));
         }
-        if self.smarthost_password_file.is_some() {
+        if self.password_file.is_some() {
             let what = "smarthost_password_file is for smarthost_auth password; with a token, \
                         remove it";
             return Err(at(line_of("smarthost_password_file"), what.to_string()));
@@ -1401,6 +1540,217 @@ impl Config {
         Ok(())
     }
 
+    /// Every check across this smarthost's keys.
+    fn validate(&self, at: &dyn Fn(usize, String) -> String) -> Result<(), String> {
+        if self.auth == SmarthostAuth::Password {
+            self.validate_password(at)?;
+        } else {
+            self.validate_oauth(at)?;
+        }
+        if cfg!(not(feature = "tls")) && self.tls != SmarthostTls::None {
+            let what = "this smtp-relayd was built without TLS; set 'smarthost_tls none'";
+            return Err(at(self.line_of("smarthost_tls"), what.to_string()));
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Reads and parses the file, takes the kernel's host name when `hostname` is not
+    /// given, and checks the files named for secrets (their permissions).
+    pub fn load(path: &Path) -> Result<Config, String> {
+        let text =
+            std::fs::read(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+        let text =
+            String::from_utf8(text).map_err(|_| format!("{}: not UTF-8 text", path.display()))?;
+        let mut c = Self::parse(path, &text)?;
+        if c.line_of("hostname") == 0 {
+            c.hostname = system_hostname();
+        }
+        c.check_files()?;
+        Ok(c)
+    }
+
+    /// The files that hold secrets must not be readable by group or others.
+    pub fn check_files(&self) -> Result<(), String> {
+        let file = self.path.display();
+        if let Some(p) = &self.auth_users {
+            check_secret_file(p).map_err(|e| {
+                format!("{e} (auth_users on {file}:{})", self.line_of("auth_users"))
+            })?;
+        }
+        for h in &self.smarthosts {
+            for (key, path) in h.secret_files() {
+                let Some(p) = path else { continue };
+                // No refresh token yet is a state `oauth login` ends, not a config error.
+                if key == "smarthost_oauth_refresh_token_file" && !p.exists() {
+                    continue;
+                }
+                check_secret_file(p)
+                    .map_err(|e| format!("{e} ({key} on {file}:{})", h.line_of(key)))?;
+            }
+            if let Some(program) = h.oauth.token_command.first() {
+                std::fs::metadata(program).map_err(|e| {
+                    let line = h.line_of("smarthost_oauth_token_command");
+                    format!("{file}:{line}: smarthost_oauth_token_command: {program}: {e}")
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Parses the text of a config file: each line through its key's row, then the
+    /// checks across keys (`validate`). No file is read.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, String> {
+        let file = path.display();
+        let mut c = Config {
+            path: path.to_path_buf(),
+            ..Config::default()
+        };
+        for (n, raw) in text.lines().enumerate() {
+            let line_no = n + 1;
+            let line = raw.split_once('#').map_or(raw, |(a, _)| a).trim();
+            if line.is_empty() {
+                continue;
+            }
+            let (name, value) = match line.split_once(|c: char| c.is_ascii_whitespace()) {
+                Some((k, v)) => (k, v.trim()),
+                None => (line, ""),
+            };
+            let err = |what: String| format!("{file}:{line_no}: {what}");
+            if let Some(key) = HOST_KEYS.iter().find(|k| k.name == name) {
+                if value.is_empty() {
+                    return Err(err(format!("'{name}' needs a value")));
+                }
+                // In the block of the last named smarthost, else a default for all.
+                let host = match c.smarthosts.last_mut() {
+                    Some(h) => h,
+                    None => &mut c.host_defaults,
+                };
+                let block = if host.named { host.line } else { 0 };
+                let first = host
+                    .lines
+                    .iter()
+                    .find(|(k, l)| *k == key.name && *l > block);
+                if let Some((_, first)) = first {
+                    return Err(err(format!(
+                        "'{name}' given again (first on line {first}); it takes one value"
+                    )));
+                }
+                host.lines.push((key.name, line_no));
+                (key.parse)(host, value).map_err(err)?;
+                c.lines.push((key.name, line_no));
+                continue;
+            }
+            let Some(key) = TABLE.iter().find(|k| k.name == name) else {
+                let hint = TABLE
+                    .iter()
+                    .map(|k| k.name)
+                    .chain(HOST_KEYS.iter().map(|k| k.name))
+                    .min_by_key(|k| edit_distance(k, name))
+                    .filter(|k| edit_distance(k, name) <= 2);
+                return Err(err(match hint {
+                    Some(h) => format!("unknown key '{name}' (did you mean '{h}'?)"),
+                    None => format!("unknown key '{name}'"),
+                }));
+            };
+            if value.is_empty() {
+                return Err(err(format!("'{name}' needs a value")));
+            }
+            let first = c.lines.iter().find(|(k, _)| *k == key.name);
+            if let (Some((_, first)), false) = (first, key.repeatable) {
+                return Err(err(format!(
+                    "'{name}' given again (first on line {first}); it takes one value"
+                )));
+            }
+            c.lines.push((key.name, line_no));
+            (key.parse)(&mut c, value).map_err(err)?;
+        }
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// The `FILE:LINE` of the `nth` line that gave `key`.
+    fn nth_line(&self, key: &str, nth: usize) -> usize {
+        let mut lines = self.lines.iter().filter(|(k, _)| *k == key);
+        lines.nth(nth).map_or(0, |(_, l)| *l)
+    }
+
+    /// The one unnamed smarthost made the list, the routes' names made indexes, and
+    /// the default route added unless the last `route` line has no condition.
+    fn resolve_smarthosts(&mut self, at: &dyn Fn(usize, String) -> String) -> Result<(), String> {
+        let file = self.path.display().to_string();
+        if self.smarthosts.is_empty() {
+            if self.host_defaults.line == 0 {
+                return Err(format!(
+                    "{file}: 'smarthost HOST:PORT' is required (the upstream server mail is \
+                     relayed to)"
+                ));
+            }
+            let mut h = self.host_defaults.clone();
+            h.name = h.address.to_string();
+            self.smarthosts.push(h);
+        } else if self.smarthosts.len() > 64 {
+            let what = "at most 64 smarthosts".to_string();
+            return Err(at(self.smarthosts[64].line, what));
+        }
+        let names: Vec<String> = self.smarthosts.iter().map(|h| h.name.clone()).collect();
+        let mut default_at = None;
+        for r in &mut self.routes {
+            if let Some(d) = default_at {
+                let what = format!(
+                    "this route is never used: the route on line {d} has no condition and takes all mail"
+                );
+                return Err(at(r.line, what));
+            }
+            if !self.smarthosts[0].named {
+                let what = "route needs named smarthosts (smarthost NAME HOST:PORT)".to_string();
+                return Err(at(r.line, what));
+            }
+            r.hosts.clear();
+            for name in &r.via {
+                let Some(i) = names.iter().position(|n| n == name) else {
+                    let what = format!(
+                        "route: no smarthost named '{name}' (there are: {})",
+                        names.join(", ")
+                    );
+                    return Err(at(r.line, what));
+                };
+                if r.hosts.contains(&i) {
+                    return Err(at(r.line, format!("route: '{name}' given twice")));
+                }
+                r.hosts.push(i);
+            }
+            if self.mode == Mode::Passthrough && !r.recipients.is_empty() {
+                let what = "with mode passthrough a route can only choose by sender: the \
+                            smarthost is chosen at MAIL, before any recipient";
+                return Err(at(r.line, what.to_string()));
+            }
+            if r.is_default() {
+                default_at = Some(r.line);
+            }
+        }
+        if default_at.is_none() {
+            self.routes.push(Route {
+                via: names,
+                hosts: (0..self.smarthosts.len()).collect(),
+                senders: Vec::new(),
+                recipients: Vec::new(),
+                line: 0,
+            });
+        }
+        Ok(())
+    }
+
+    /// The route for one recipient of a message from `sender` (empty for `<>`): the
+    /// first that matches (the last one always does).
+    pub fn route_of(&self, sender: &[u8], recipient: &[u8]) -> usize {
+        self.routes
+            .iter()
+            .position(|r| r.matches(sender, recipient))
+            .unwrap_or(self.routes.len() - 1)
+    }
+
     /// The defaults that depend on what was given, and every check across keys.
     fn validate(&mut self) -> Result<(), String> {
         let file = self.path.display().to_string();
@@ -1434,6 +1784,7 @@ impl Config {
         if self.line_of("connection_limit_exempt") == 0 {
             self.connection_limit_exempt = loopback();
         }
+        self.resolve_smarthosts(&at)?;
         let line_of = |key: &str| self.line_of(key);
         let c = &*self;
         if c.tls_cert.is_some() != c.tls_key.is_some() {
@@ -1465,19 +1816,8 @@ impl Config {
             let what = "this smtp-relayd was built without TLS".to_string();
             return Err(at(line_of("tls_cert"), what));
         }
-        if c.smarthost.host.is_empty() {
-            return Err(format!(
-                "{file}: 'smarthost HOST:PORT' is required (the upstream server mail is relayed to)"
-            ));
-        }
-        if c.smarthost_auth == SmarthostAuth::Password {
-            c.validate_password(&at)?;
-        } else {
-            c.validate_oauth(&at)?;
-        }
-        if cfg!(not(feature = "tls")) && c.smarthost_tls != SmarthostTls::None {
-            let what = "this smtp-relayd was built without TLS; set 'smarthost_tls none'";
-            return Err(at(line_of("smarthost_tls"), what.to_string()));
+        for h in &c.smarthosts {
+            h.validate(&at)?;
         }
         if c.retry_max < c.retry_min {
             let line = c
@@ -1578,7 +1918,7 @@ fn parse_listen(v: &str) -> Result<Listen, String> {
     Ok(Listen { addr, tls })
 }
 
-fn parse_smarthost(v: &str) -> Result<Smarthost, String> {
+fn parse_host_port(v: &str) -> Result<HostPort, String> {
     let bad = || {
         format!("smarthost '{v}' is not HOST:PORT (e.g. smtp.example.com:587 or [2001:db8::1]:25)")
     };
@@ -1599,7 +1939,7 @@ fn parse_smarthost(v: &str) -> Result<Smarthost, String> {
     if !host_ok {
         return Err(bad());
     }
-    Ok(Smarthost {
+    Ok(HostPort {
         host: host.to_string(),
         port,
     })
@@ -1805,8 +2145,8 @@ mod tests {
         );
         assert!(c.relay_allowed("fd12::1".parse().unwrap()));
         assert_eq!(
-            c.smarthost,
-            Smarthost {
+            c.smarthosts[0].address,
+            HostPort {
                 host: "2001:db8::1".into(),
                 port: 25
             }
@@ -1852,6 +2192,82 @@ mod tests {
         }
     }
 
+    /// Named smarthosts: keys before the first are defaults, keys after a
+    /// `smarthost` line are its own; routes resolve to indexes; `effective()` parses
+    /// back to the same text.
+    #[test]
+    fn several_smarthosts_blocks_defaults_and_routes() {
+        let text = "smarthost_tls none\nsmarthost_idle 7s\n\
+                    smarthost a a.example:25\n  smarthost_connections 4\n\
+                    smarthost b b.example:465\n  smarthost_tls implicit\n  smarthost_idle 1s\n\
+                    route b recipient *@b.test\nroute b,a sender cron@*\n";
+        let c = parse(text).unwrap();
+        let names: Vec<&str> = c.smarthosts.iter().map(|h| h.name.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+        let (a, b) = (&c.smarthosts[0], &c.smarthosts[1]);
+        assert_eq!(
+            (a.tls, a.idle, a.connections),
+            (SmarthostTls::None, Duration::from_secs(7), 4)
+        );
+        assert_eq!(
+            (b.tls, b.idle, b.connections),
+            (SmarthostTls::Implicit, Duration::from_secs(1), 2)
+        );
+        assert_eq!(b.address.port, 465);
+        // The default route, every smarthost in order, is added after the given ones.
+        let hosts: Vec<&[usize]> = c.routes.iter().map(|r| r.hosts.as_slice()).collect();
+        assert_eq!(hosts, [&[1][..], &[1, 0], &[0, 1]]);
+        assert_eq!(c.routes[2].line, 0);
+        let cases: [(&str, &str, usize); 6] = [
+            ("x@y", "r@b.test", 0),
+            ("cron@box", "r@b.test", 0),
+            ("cron@box", "r@a.test", 1),
+            ("CRON@BOX", "r@a.test", 1),
+            ("", "r@a.test", 2),
+            ("x@y", "r@sub.b.test", 2),
+        ];
+        for (sender, rcpt, want) in cases {
+            assert_eq!(
+                c.route_of(sender.as_bytes(), rcpt.as_bytes()),
+                want,
+                "{sender} {rcpt}"
+            );
+        }
+        let printed = c.effective();
+        assert!(
+            printed.contains("smarthost a a.example:25\n    smarthost_connections 4\n"),
+            "{printed}"
+        );
+        assert!(printed.contains("route b,a sender cron@*\n"), "{printed}");
+        assert_eq!(parse(&printed).unwrap().effective(), printed);
+        // One unnamed smarthost: keys before and after it are its own, as always.
+        let c = parse("smarthost_idle 3s\nsmarthost a.b:25\nsmarthost_tls none\n").unwrap();
+        assert_eq!(c.smarthosts.len(), 1);
+        assert_eq!(c.smarthosts[0].name, "a.b:25");
+        assert_eq!(
+            (c.smarthosts[0].idle, c.smarthosts[0].tls),
+            (Duration::from_secs(3), SmarthostTls::None)
+        );
+        assert_eq!(c.routes.len(), 1);
+        let e = parse("smarthost_idle 3s\nsmarthost a.b:25\nsmarthost_idle 4s\n").unwrap_err();
+        assert!(
+            e.contains("t.conf:3: 'smarthost_idle' given again (first on line 1)"),
+            "{e}"
+        );
+        let e = parse("smarthost a.b:25\nsmarthost c.d:25\n").unwrap_err();
+        assert!(
+            e.contains("t.conf:2: 'smarthost' given again (first on line 1)"),
+            "{e}"
+        );
+        let e = parse("smarthost a.b:25\nroute a.b:25\n").unwrap_err();
+        assert!(e.contains("t.conf:2: smarthost name 'a.b:25'"), "{e}");
+        let e = parse("smarthost a x:1\nsmarthost y:2\n").unwrap_err();
+        assert!(
+            e.contains("t.conf:2: this smarthost needs a name too"),
+            "{e}"
+        );
+    }
+
     #[test]
     fn oauth_keys_validate_and_round_trip() {
         let base = "smarthost smtp.office365.com:587\nsmarthost_user alerts@example.net\n";
@@ -1867,30 +2283,30 @@ mod tests {
                     smarthost_oauth_client_id app-1\n\
                     smarthost_oauth_scope \"https://outlook.office.com/SMTP.Send  offline_access\"\n\
                     smarthost_oauth_refresh_token_file /etc/smtp-relayd/refresh\n");
-        assert_eq!(c.smarthost_auth, SmarthostAuth::Xoauth2);
-        assert_eq!(c.smarthost_oauth.grant(), Grant::RefreshToken);
+        assert_eq!(c.smarthosts[0].auth, SmarthostAuth::Xoauth2);
+        assert_eq!(c.smarthosts[0].oauth.grant(), Grant::RefreshToken);
         assert_eq!(
-            c.smarthost_oauth.scope.as_deref(),
+            c.smarthosts[0].oauth.scope.as_deref(),
             Some("https://outlook.office.com/SMTP.Send offline_access")
         );
         assert_eq!(
-            c.smarthost_oauth.device_url().as_deref(),
+            c.smarthosts[0].oauth.device_url().as_deref(),
             Some("https://login.microsoftonline.com/T/oauth2/v2.0/devicecode")
         );
-        assert_eq!(c.smarthost_oauth.timeout, Duration::from_secs(30));
+        assert_eq!(c.smarthosts[0].oauth.timeout, Duration::from_secs(30));
         let c = ok("smarthost_auth oauthbearer\n\
                     smarthost_oauth_token_url https://127.0.0.1:8443/token\n\
                     smarthost_oauth_client_id app-1\n\
                     smarthost_oauth_client_secret_file /etc/smtp-relayd/secret\n\
                     smarthost_oauth_scope https://outlook.office365.com/.default\n\
                     smarthost_oauth_timeout 5s\n");
-        assert_eq!(c.smarthost_oauth.grant(), Grant::ClientCredentials);
-        assert_eq!(c.smarthost_oauth.timeout, Duration::from_secs(5));
+        assert_eq!(c.smarthosts[0].oauth.grant(), Grant::ClientCredentials);
+        assert_eq!(c.smarthosts[0].oauth.timeout, Duration::from_secs(5));
         let c = ok("smarthost_auth xoauth2\n\
                     smarthost_oauth_token_command /usr/bin/oama access 'a b@x' \"it's\"\n");
-        assert_eq!(c.smarthost_oauth.grant(), Grant::Command);
+        assert_eq!(c.smarthosts[0].oauth.grant(), Grant::Command);
         assert_eq!(
-            c.smarthost_oauth.token_command,
+            c.smarthosts[0].oauth.token_command,
             ["/usr/bin/oama", "access", "a b@x", "it's"]
         );
         // Password mode prints no OAuth2 key.
@@ -1958,12 +2374,17 @@ mod tests {
     #[test]
     fn every_key_is_one_row_and_documented() {
         let readme = include_str!("../README.md");
-        for (i, key) in TABLE.iter().enumerate() {
-            assert!(
-                TABLE[..i].iter().all(|k| k.name != key.name),
-                "{} twice",
-                key.name
-            );
+        let names: Vec<&str> = TABLE
+            .iter()
+            .map(|k| k.name)
+            .chain(HOST_KEYS.iter().map(|k| k.name))
+            .collect();
+        for (i, name) in names.iter().enumerate() {
+            struct Named<'a> {
+                name: &'a str,
+            }
+            let key = Named { name };
+            assert!(!names[..i].contains(name), "{name} twice");
             // The first cell of a row of the table: `` `name VALUE` `` (or two keys
             // in one row, comma-separated).
             let named = |cell: &str| {

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use smtp_relayd::config::{Config, SmarthostTls};
-use smtp_relayd::relay::TlsClient;
+use smtp_relayd::config::Config;
+use smtp_relayd::relay::Hosts;
 use smtp_relayd::server::daemon::{Daemon, Parts};
 use smtp_relayd::server::worker::TlsServer;
 
@@ -81,7 +81,7 @@ fn parse_args() -> Result<Option<Args>, String> {
 
 /// The config for the sendmail and queue commands: `-c`, else `$SMTP_RELAYD_CONFIG`,
 /// else the default.
-fn tool_config(explicit: Option<PathBuf>) -> Result<(Config, Option<TlsClient>), ExitCode> {
+fn tool_config(explicit: Option<PathBuf>) -> Result<(Config, Hosts), ExitCode> {
     let path = explicit
         .or_else(|| std::env::var_os("SMTP_RELAYD_CONFIG").map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
@@ -89,11 +89,11 @@ fn tool_config(explicit: Option<PathBuf>) -> Result<(Config, Option<TlsClient>),
         eprintln!("{e}");
         ExitCode::from(EX_CONFIG)
     })?;
-    let tls = smarthost_tls(&config).map_err(|e| {
+    let hosts = smtp_relayd::relay::hosts::build(&config).map_err(|e| {
         eprintln!("{e}");
         ExitCode::from(EX_CONFIG)
     })?;
-    Ok((config, tls))
+    Ok((config, hosts))
 }
 
 fn sendmail_main(args: &[String]) -> ExitCode {
@@ -155,10 +155,7 @@ fn split_config_arg(args: &[String]) -> (Option<PathBuf>, &[String]) {
 }
 
 /// The config and TLS client of a tool command, with its log lines to stderr at `level`.
-fn tool_setup(
-    explicit: Option<PathBuf>,
-    level: &str,
-) -> Result<(Config, Option<TlsClient>), ExitCode> {
+fn tool_setup(explicit: Option<PathBuf>, level: &str) -> Result<(Config, Hosts), ExitCode> {
     let (config, tls) = tool_config(explicit)?;
     smtp_relayd::logger::init_level(
         smtp_relayd::logger::Target::Stderr,
@@ -168,10 +165,11 @@ fn tool_setup(
     Ok((config, tls))
 }
 
-const OAUTH_USAGE: &str = "usage: smtp-relayd oauth [-c FILE] login | token
+const OAUTH_USAGE: &str = "usage: smtp-relayd oauth [-c FILE] login | token [SMARTHOST]
   login   sign in once with the device code flow (RFC 8628): prints a URL and a code
           to enter in any browser, waits, and writes smarthost_oauth_refresh_token_file
-  token   gets one access token as the relay would, and prints only its expiry";
+  token   gets one access token as the relay would, and prints only its expiry
+  SMARTHOST  the named smarthost to do it for (needed when several use OAuth2)";
 
 /// `smtp-relayd oauth login|token`.
 fn oauth_main(args: &[String]) -> ExitCode {
@@ -180,21 +178,32 @@ fn oauth_main(args: &[String]) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let (explicit, rest) = split_config_arg(args);
-    let [what] = rest else {
-        eprintln!("{OAUTH_USAGE}");
-        return ExitCode::from(EX_USAGE);
+    let (what, name) = match rest {
+        [what] => (what, None),
+        [what, name] => (what, Some(name.as_str())),
+        _ => {
+            eprintln!("{OAUTH_USAGE}");
+            return ExitCode::from(EX_USAGE);
+        }
     };
     if what != "login" && what != "token" {
         eprintln!("{OAUTH_USAGE}");
         return ExitCode::from(EX_USAGE);
     }
-    let (config, tls) = match tool_setup(explicit, "warn") {
+    let (config, hosts) = match tool_setup(explicit, "warn") {
         Ok(c) => c,
         Err(code) => return code,
     };
+    let host = match oauth_host(&config, &hosts, name) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("smtp-relayd oauth: {}: {e}", config.path.display());
+            return ExitCode::from(EX_CONFIG);
+        }
+    };
     #[cfg(feature = "tls")]
     {
-        let Some(source) = tls.as_ref().and_then(|t| t.tokens.as_ref()) else {
+        let Some(source) = host.tls.as_ref().and_then(|t| t.tokens.as_ref()) else {
             eprintln!(
                 "smtp-relayd oauth: {}: smarthost_auth is password; set smarthost_auth xoauth2 \
                  or oauthbearer and the smarthost_oauth_* keys",
@@ -202,18 +211,19 @@ fn oauth_main(args: &[String]) -> ExitCode {
             );
             return ExitCode::from(EX_CONFIG);
         };
+        let sh = &host.conf;
         match what.as_str() {
             "token" => match source.fresh() {
                 Ok(t) => {
                     match t.expires_in {
                         Some(s) => println!(
                             "OK: got an access token for {}; it expires in {s}s (at {})",
-                            config.smarthost_user.as_deref().unwrap_or_default(),
+                            sh.user.as_deref().unwrap_or_default(),
                             smtp_relayd::time::iso8601(smtp_relayd::time::now_unix() + s)
                         ),
                         None => println!(
                             "OK: got an access token for {} (its expiry is not known)",
-                            config.smarthost_user.as_deref().unwrap_or_default()
+                            sh.user.as_deref().unwrap_or_default()
                         ),
                     }
                     ExitCode::SUCCESS
@@ -224,7 +234,7 @@ fn oauth_main(args: &[String]) -> ExitCode {
                 }
             },
             "login" => {
-                if config.smarthost_oauth.grant() != smtp_relayd::config::Grant::RefreshToken {
+                if sh.oauth.grant() != smtp_relayd::config::Grant::RefreshToken {
                     eprintln!(
                         "smtp-relayd oauth login: needs smarthost_oauth_token_url, \
                          smarthost_oauth_client_id and smarthost_oauth_refresh_token_file"
@@ -232,7 +242,7 @@ fn oauth_main(args: &[String]) -> ExitCode {
                     return ExitCode::from(EX_CONFIG);
                 }
                 match source.login(&mut std::io::stdout()) {
-                    Ok(()) => match give_token_file(&config) {
+                    Ok(()) => match give_token_file(&config, sh) {
                         Ok(()) => ExitCode::SUCCESS,
                         Err(e) => {
                             eprintln!("smtp-relayd oauth login: {e}");
@@ -253,18 +263,54 @@ fn oauth_main(args: &[String]) -> ExitCode {
     }
     #[cfg(not(feature = "tls"))]
     {
-        let _ = (what, config, tls);
+        let _ = (what, config, host);
         eprintln!("smtp-relayd oauth: this smtp-relayd was built without TLS, and OAuth2 needs it");
         ExitCode::from(EX_CONFIG)
+    }
+}
+
+/// The smarthost `oauth` works for: the one named, else the only one with OAuth2
+/// (or, with none, the first, for the error that follows).
+fn oauth_host<'a>(
+    config: &Config,
+    hosts: &'a Hosts,
+    name: Option<&str>,
+) -> Result<&'a smtp_relayd::relay::Host, String> {
+    use smtp_relayd::config::SmarthostAuth;
+    let names = || {
+        let n: Vec<&str> = hosts.iter().map(|h| h.name()).collect();
+        n.join(", ")
+    };
+    if let Some(name) = name {
+        return hosts
+            .iter()
+            .find(|h| h.name() == name)
+            .ok_or_else(|| format!("no smarthost named '{name}' (there are: {})", names()));
+    }
+    let oauth: Vec<_> = hosts
+        .iter()
+        .filter(|h| h.conf.auth != SmarthostAuth::Password)
+        .collect();
+    match oauth[..] {
+        [one] => Ok(one),
+        [] => Ok(&hosts[0]),
+        _ => {
+            let _ = config;
+            let n: Vec<&str> = oauth.iter().map(|h| h.name()).collect();
+            Err(format!(
+                "several smarthosts use OAuth2 ({}): name one, e.g. smtp-relayd oauth login {}",
+                n.join(", "),
+                n[0]
+            ))
+        }
     }
 }
 
 /// After `oauth login` as root with `user NAME`: the refresh token file belongs to
 /// NAME, who reads it and replaces it when it rotates.
 #[cfg(feature = "tls")]
-fn give_token_file(config: &Config) -> Result<(), String> {
-    let (Some(user), Some(path)) = (&config.user, &config.smarthost_oauth.refresh_token_file)
-    else {
+fn give_token_file(config: &Config, sh: &smtp_relayd::config::Smarthost) -> Result<(), String> {
+    let (Some(user), Some(path)) = (&config.user, &sh.oauth.refresh_token_file) else {
         return Ok(());
     };
     if !smtp_relayd::privileges::is_root() {
@@ -282,7 +328,7 @@ fn give_token_file(config: &Config) -> Result<(), String> {
 const QUEUE_USAGE: &str =
     "usage: smtp-relayd queue [-c FILE] [list | show ID | flush | delete ID | retry-failed ID|all]";
 
-fn queue_run(config: &Config, tls: Option<TlsClient>, args: &[String]) -> ExitCode {
+fn queue_run(config: &Config, tls: Hosts, args: &[String]) -> ExitCode {
     use QueueOutput::{Listing, Told};
     use smtp_relayd::relay::{Answer, Request};
     use smtp_relayd::sendmail::queue;
@@ -297,9 +343,9 @@ fn queue_run(config: &Config, tls: Option<TlsClient>, args: &[String]) -> ExitCo
     let args: Vec<&String> = args.iter().collect();
     let result = match args.as_slice() {
         // Listings are printed as they are.
-        [] => queue::list(&spool).map(Listing),
-        [c] if *c == "list" => queue::list(&spool).map(Listing),
-        [c, i] if *c == "show" => queue::show(&spool, i).map(Listing),
+        [] => queue::list(&spool, config).map(Listing),
+        [c] if *c == "list" => queue::list(&spool, config).map(Listing),
+        [c, i] if *c == "show" => queue::show(&spool, config, i).map(Listing),
         [c] if *c == "flush" => queue::command(config, tls, spool, Request::Flush).map(Told),
         [c, i] if *c == "delete" && id(i).is_some() => {
             queue::command(config, tls, spool, Request::Delete(id(i).unwrap())).map(Told)
@@ -383,7 +429,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EX_CONFIG);
         }
     };
-    let tls = match smarthost_tls(&config) {
+    let hosts = match smtp_relayd::relay::hosts::build(&config) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("{e}");
@@ -430,22 +476,25 @@ fn main() -> ExitCode {
         if let Some(u) = &users {
             println!("# auth_users: {} user(s)", u.len());
         }
-        if let Some(t) = describe_tls(&tls) {
-            println!("# smarthost TLS: trusting {t}");
+        for h in hosts.iter() {
+            if let Some(t) = describe_tls(h) {
+                match h.conf.named {
+                    true => println!("# smarthost {} TLS: trusting {t}", h.name()),
+                    false => println!("# smarthost TLS: trusting {t}"),
+                }
+            }
         }
         return ExitCode::SUCCESS;
     }
     smtp_relayd::logger::init(config.log, config.syslog_socket.clone());
     #[cfg(not(feature = "tls"))]
     let users = None;
-    let trust = describe_tls(&tls);
     let parts = Parts {
         config,
         policy,
-        tls,
+        hosts,
         tls_server,
         users,
-        trust,
     };
     match serve(parts) {
         Ok(()) => ExitCode::SUCCESS,
@@ -467,17 +516,17 @@ fn check_user(config: &Config, checking: bool) -> Result<(), String> {
     let passwd = std::fs::read_to_string("/etc/passwd").map_err(|e| format!("/etc/passwd: {e}"))?;
     let ids = smtp_relayd::privileges::lookup(&passwd, user)
         .ok_or_else(|| config.error_at("user", &format!("user '{user}' is not in /etc/passwd")))?;
-    let o = &config.smarthost_oauth;
-    let files = [
-        ("smarthost_password_file", &config.smarthost_password_file),
-        ("smarthost_oauth_client_secret_file", &o.client_secret_file),
-        // Not there yet: `oauth login` makes it (and gives it to NAME).
-        (
-            "smarthost_oauth_refresh_token_file",
-            &o.refresh_token_file.clone().filter(|p| p.exists()),
-        ),
-    ];
-    for (key, path) in files {
+    let mut files = Vec::new();
+    for h in &config.smarthosts {
+        for (key, path) in h.secret_files() {
+            // Not there yet: `oauth login` makes it (and gives it to NAME).
+            let path = path
+                .clone()
+                .filter(|p| p.exists() || key != "smarthost_oauth_refresh_token_file");
+            files.push((h, key, path));
+        }
+    }
+    for (h, key, path) in files {
         let Some(path) = path
             .as_ref()
             .filter(|_| checking || smtp_relayd::privileges::is_root())
@@ -486,10 +535,11 @@ fn check_user(config: &Config, checking: bool) -> Result<(), String> {
         };
         use std::os::unix::fs::MetadataExt;
         let owner = std::fs::metadata(path)
-            .map_err(|e| config.error_at(key, &format!("{}: {e}", path.display())))?
+            .map_err(|e| h.error_at(config, key, &format!("{}: {e}", path.display())))?
             .uid();
         if ids.uid != 0 && owner != ids.uid {
-            return Err(config.error_at(
+            return Err(h.error_at(
+                config,
                 key,
                 &format!(
                     "{} is owned by uid {owner}, so user {user} (uid {}) will not be able to read it after dropping root: chown {user} {}",
@@ -520,23 +570,6 @@ fn become_user(user: &str, config: &Config) -> Result<(), String> {
     Ok(())
 }
 
-/// The relay's TLS client, built (and so checked: CA file, names) before anything starts.
-fn smarthost_tls(config: &Config) -> Result<Option<TlsClient>, String> {
-    #[cfg(feature = "tls")]
-    if config.smarthost_tls != SmarthostTls::None {
-        return TlsClient::new(config).map(Some).map_err(|e| {
-            let key = if config.smarthost_ca_file.is_some() {
-                "smarthost_ca_file"
-            } else {
-                "smarthost_tls"
-            };
-            config.error_at(key, &e)
-        });
-    }
-    let _ = (config, SmarthostTls::None);
-    Ok(None)
-}
-
 /// The server certificate for STARTTLS and `tls` listeners, loaded (and so checked) first.
 fn server_tls(config: &Config) -> Result<Option<TlsServer>, String> {
     #[cfg(feature = "tls")]
@@ -554,12 +587,12 @@ fn server_tls(config: &Config) -> Result<Option<TlsServer>, String> {
     Ok(None)
 }
 
-fn describe_tls(tls: &Option<TlsClient>) -> Option<String> {
+fn describe_tls(host: &smtp_relayd::relay::Host) -> Option<String> {
     #[cfg(feature = "tls")]
-    return tls.as_ref().map(|t| t.trust.clone());
+    return host.tls.as_ref().map(|t| t.trust.clone());
     #[cfg(not(feature = "tls"))]
     {
-        let _ = tls;
+        let _ = host;
         None
     }
 }

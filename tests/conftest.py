@@ -31,7 +31,9 @@ def free_port():
 class Relay:
     """One smtp-relayd process with its own config, spool and log."""
 
-    def __init__(self, tmp_path, smarthost_port, **conf):
+    def __init__(self, tmp_path, smarthost_port, extra="", **conf):
+        """`conf` keys are written first, in order; `extra` (raw config text, such as
+        named smarthost blocks) after them."""
         self.dir = tmp_path
         self.spool = os.path.join(tmp_path, "spool")
         self.port = conf.pop("port", None) or free_port()
@@ -62,6 +64,7 @@ class Relay:
             for k, v in settings.items():
                 for item in v if isinstance(v, list) else [v]:
                     f.write(f"{k} {item}\n")
+            f.write(extra)
         self.proc = None
 
     def start(self, wait=True, env=None):

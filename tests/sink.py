@@ -46,6 +46,9 @@ class Sink:
         self.plan = plan or Plan()
         self.messages = []  # dicts: sender, rcpts, raw, content
         self.sessions = 0
+        # Sessions open now, and the most ever open at once.
+        self.active = 0
+        self.max_active = 0
         self.tls_sessions = 0
         self.commands = []
         self.out_dir = out_dir
@@ -64,7 +67,14 @@ class Sink:
             disable_nagle_algorithm = True
 
             def handle(self):
-                sink.session(self.request, self.rfile, self.wfile)
+                with sink.lock:
+                    sink.active += 1
+                    sink.max_active = max(sink.max_active, sink.active)
+                try:
+                    sink.session(self.request, self.rfile, self.wfile)
+                finally:
+                    with sink.lock:
+                        sink.active -= 1
 
         class Server(socketserver.ThreadingTCPServer):
             allow_reuse_address = True
@@ -161,7 +171,8 @@ class Sink:
                     lines = wire.split(b"\r\n")[:-1]
                     content = b"".join((l[1:] if l.startswith(b".") else l) + b"\r\n" for l in lines)
                     r = Plan.take(plan.data_end)
-                    if r.startswith("2"):
+                    final = r.split(" ", 2)[2] if r.startswith("delay ") else r
+                    if final.startswith("2"):
                         self.record(sender, rcpts, wire, content)
                     say(r)
                     sender, rcpts = None, []

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use super::http::{self, Response, Url};
 use super::{Granted, Refusal, Secret, Token, form};
-use crate::config::{Config, Grant, OAuth};
+use crate::config::{Grant, OAuth, Smarthost};
 use crate::protocol::client::Reply;
 use crate::stream::Unreachable;
 use crate::tls::client::Https;
@@ -69,11 +69,11 @@ fn local(text: &str) -> Reply {
 impl TokenSource {
     /// `None` for `smarthost_auth password`. The trust anchors are loaded now, so a
     /// bad CA file stops the start, not the first delivery.
-    pub fn new(config: &Config) -> Result<Option<TokenSource>, String> {
-        if config.smarthost_auth == crate::config::SmarthostAuth::Password {
+    pub fn new(config: &Smarthost) -> Result<Option<TokenSource>, String> {
+        if config.auth == crate::config::SmarthostAuth::Password {
             return Ok(None);
         }
-        let o = &config.smarthost_oauth;
+        let o = &config.oauth;
         let endpoint = match &o.token_url {
             Some(u) => Url::parse(u)?.host,
             None => "the token command".to_string(),

@@ -5,20 +5,24 @@
 //! the channel is full they raise `rescan` instead, and the relay re-reads `queue/`.
 //! At start it reads `queue/` and tries everything promptly.
 
+pub mod hosts;
+mod lane;
 mod upstream;
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashSet, VecDeque};
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crossbeam_channel::{Receiver, Sender};
 
 use crate::config::Config;
-use crate::protocol::client::{RcptResult, Reply, Stage, Transaction};
+use crate::protocol::client::{RcptResult, Reply};
 use crate::spool::{Message, QueueId, RcptState, ReadError, Record, Spool};
 use crate::time::now_unix;
+pub use hosts::{Host, Hosts};
+use lane::{Job, Outcome, Work, local};
 pub use upstream::{TlsClient, Upstream};
 
 /// What the relay thread is told.
@@ -145,11 +149,40 @@ pub struct Relay {
     rescan: Arc<AtomicBool>,
     due: VecDeque<QueueId>,
     waiting: BinaryHeap<Reverse<(Instant, QueueId)>>,
+    /// Every id scheduled: due, waiting, or being delivered.
     known: HashSet<QueueId>,
-    conn: Option<Upstream>,
-    tls: Option<TlsClient>,
-    idle_since: Instant,
+    hosts: Hosts,
+    lanes: Vec<Lanes>,
+    done_tx: Sender<Outcome>,
+    done_rx: Receiver<Outcome>,
+    /// Messages with jobs placed or in a lane.
+    progress: HashMap<QueueId, Progress>,
     last_scan: Instant,
+    /// Shutting down: no job starts any more.
+    stopping: bool,
+}
+
+/// One smarthost's lanes: the channel they take work from, how many are busy, the
+/// jobs waiting for one, the threads.
+struct Lanes {
+    tx: Option<Sender<Work>>,
+    busy: usize,
+    backlog: VecDeque<Job>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// A message being delivered: its jobs not finished, and what they found so far.
+#[derive(Default)]
+struct Progress {
+    jobs: usize,
+    /// Jobs of it in a lane now.
+    running: usize,
+    /// It was split across routes: the records hold each route's results.
+    split: bool,
+    /// The first deferral's reason, and the smarthost it came from.
+    deferred: Option<(Reply, Option<usize>)>,
+    /// The smarthost last tried for each recipient, for the log.
+    tried: Vec<(usize, usize)>,
 }
 
 impl Relay {
@@ -159,8 +192,9 @@ impl Relay {
         rx: Receiver<Control>,
         stop: Arc<AtomicBool>,
         rescan: Arc<AtomicBool>,
-        tls: Option<TlsClient>,
+        hosts: Hosts,
     ) -> Relay {
+        let (done_tx, done_rx) = crossbeam_channel::unbounded();
         Relay {
             config,
             spool,
@@ -170,10 +204,55 @@ impl Relay {
             due: VecDeque::new(),
             waiting: BinaryHeap::new(),
             known: HashSet::new(),
-            conn: None,
-            tls,
-            idle_since: Instant::now(),
+            lanes: Vec::new(),
+            hosts,
+            done_tx,
+            done_rx,
+            progress: HashMap::new(),
             last_scan: Instant::now(),
+            stopping: false,
+        }
+    }
+
+    /// Starts every smarthost's lanes: `smarthost_connections` threads each.
+    fn start_lanes(&mut self) {
+        for (i, h) in self.hosts.iter().enumerate() {
+            let (tx, rx) = crossbeam_channel::unbounded::<Work>();
+            let mut threads = Vec::new();
+            for n in 0..h.conf.connections {
+                let (config, hosts, rx, done) = (
+                    Arc::clone(&self.config),
+                    Arc::clone(&self.hosts),
+                    rx.clone(),
+                    self.done_tx.clone(),
+                );
+                let spawned = std::thread::Builder::new()
+                    .name(format!("relay-{i}.{n}"))
+                    .stack_size(256 * 1024)
+                    .spawn(move || lane::run(config, hosts, i, rx, done));
+                match spawned {
+                    Ok(t) => threads.push(t),
+                    Err(e) => log::error!("relay: cannot start a lane for {}: {e}", h.name()),
+                }
+            }
+            self.lanes.push(Lanes {
+                tx: Some(tx),
+                busy: 0,
+                backlog: VecDeque::new(),
+                threads,
+            });
+        }
+    }
+
+    /// Drops the lanes' channels (each lane says QUIT and ends) and waits for them.
+    fn stop_lanes(&mut self) {
+        for l in &mut self.lanes {
+            l.tx = None;
+        }
+        for l in &mut self.lanes {
+            for t in l.threads.drain(..) {
+                let _ = t.join();
+            }
         }
     }
 
@@ -197,22 +276,27 @@ impl Relay {
     }
 
     /// One delivery pass over the whole queue, then QUIT (for `queue flush` when no
-    /// daemon runs). The caller holds the relay lock.
+    /// daemon runs). The caller holds the relay lock. Returns the messages tried.
     pub fn run_once(mut self) -> usize {
+        self.start_lanes();
         self.scan();
-        let mut tried = 0;
+        let tried = self.due.len();
         while let Some(id) = self.due.pop_front() {
-            self.deliver(id);
-            tried += 1;
+            self.start(id);
         }
-        if let Some(c) = self.conn.take() {
-            c.quit();
+        while !self.progress.is_empty() {
+            match self.done_rx.recv() {
+                Ok(o) => self.finished(o),
+                Err(_) => break,
+            }
         }
+        self.stop_lanes();
         tried
     }
 
     pub fn run(mut self) {
         let _lock = self.lock();
+        self.start_lanes();
         self.scan();
         if !self.due.is_empty() {
             log::info!("relay: {} message(s) in the queue at start", self.due.len());
@@ -220,6 +304,9 @@ impl Relay {
         while !self.stop.load(Ordering::Relaxed) {
             while let Ok(c) = self.rx.try_recv() {
                 self.take(c);
+            }
+            while let Ok(o) = self.done_rx.try_recv() {
+                self.finished(o);
             }
             if self.rescan.swap(false, Ordering::Relaxed)
                 || self.last_scan.elapsed() >= RESCAN_EVERY
@@ -235,44 +322,47 @@ impl Relay {
                 self.due.push_back(id);
             }
             if let Some(id) = self.due.pop_front() {
-                self.deliver(id);
+                self.start(id);
                 continue;
             }
-            // Nothing due: sleep until the next retry, a new message, or the moment to
-            // close an idle connection.
-            let mut wait = self
+            // Nothing due: sleep until the next retry, a new message, a lane's result.
+            let wait = self
                 .waiting
                 .peek()
                 .map_or(RESCAN_EVERY, |Reverse((at, _))| {
                     at.saturating_duration_since(now)
-                });
-            wait = wait.min(RESCAN_EVERY);
-            if self.conn.is_some() {
-                let left = self
-                    .config
-                    .smarthost_idle
-                    .saturating_sub(self.idle_since.elapsed());
-                if left.is_zero() {
-                    if let Some(c) = self.conn.take() {
-                        log::debug!("relay: closing idle connection to {}", c.name);
-                        c.quit();
+                })
+                .min(RESCAN_EVERY);
+            crossbeam_channel::select! {
+                recv(self.rx) -> c => match c {
+                    Ok(c) => self.take(c),
+                    Err(_) => break,
+                },
+                recv(self.done_rx) -> o => {
+                    if let Ok(o) = o {
+                        self.finished(o);
                     }
-                    continue;
                 }
-                wait = wait.min(left);
-            }
-            match self.rx.recv_timeout(wait) {
-                Ok(c) => self.take(c),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
+                default(wait) => {}
             }
         }
-        if let Some(c) = self.conn.take() {
-            c.quit();
+        // Stopping: no new job starts; the ones in a lane finish and are recorded.
+        self.stopping = true;
+        for l in &mut self.lanes {
+            l.backlog.clear();
         }
+        while self.lanes.iter().any(|l| l.busy > 0) {
+            match self.done_rx.recv() {
+                Ok(o) => self.finished(o),
+                Err(_) => break,
+            }
+        }
+        self.stop_lanes();
         log::info!(
             "relay: stopped; {} message(s) stay queued",
-            self.known.len()
+            self.spool
+                .list_queue()
+                .map_or(self.known.len(), |q| q.len())
         );
     }
 
@@ -311,6 +401,9 @@ impl Relay {
             }
             Request::Flush => {
                 self.scan();
+                for h in self.hosts.iter() {
+                    h.retry_now();
+                }
                 let n = self.waiting.len();
                 while let Some(Reverse((_, id))) = self.waiting.pop() {
                     self.due.push_back(id);
@@ -325,8 +418,20 @@ impl Relay {
                 ))
             }
             Request::Delete(id) => {
+                // A delivery of it in flight ends first (it is then delivered once,
+                // or deleted and never sent), as a delete waits for the relay.
+                while self.progress.get(&id).is_some_and(|p| p.running > 0) {
+                    match self.done_rx.recv() {
+                        Ok(o) => self.finished(o),
+                        Err(_) => break,
+                    }
+                }
                 self.due.retain(|d| *d != id);
                 self.waiting.retain(|Reverse((_, w))| *w != id);
+                for l in &mut self.lanes {
+                    l.backlog.retain(|j| j.id != id);
+                }
+                self.progress.remove(&id);
                 self.forget(&id);
                 match self.spool.delete(&id) {
                     Ok(true) => {
@@ -411,193 +516,264 @@ impl Relay {
         }
     }
 
-    fn deliver(&mut self, id: QueueId) {
+    /// A message is due: its pending recipients, grouped by route, become jobs.
+    fn start(&mut self, id: QueueId) {
+        if self.progress.contains_key(&id) {
+            return;
+        }
         let Some(msg) = self.read(&id) else { return };
-        let now = now_unix();
         if msg.attempts == 0 && msg.envelope.client.starts_with("local ") {
             // No worker logged it: the daemon's log names it before its first try.
             log_local(&msg);
         }
-        let pending: Vec<usize> = (0..msg.rcpt_state.len())
-            .filter(|&i| msg.rcpt_state[i] == RcptState::Pending)
-            .collect();
-        if pending.is_empty() {
-            self.finish(&msg, now);
-            return;
-        }
         // An old message is still tried: it expires only when an attempt defers
         // (as Postfix does), so a smarthost back after a long outage gets it.
-        let rcpts: Vec<&str> = pending
-            .iter()
-            .map(|&i| msg.envelope.recipients[i].as_str())
-            .collect();
-        // rewrite_sender and rewrite_from apply as the message leaves, so a changed
-        // setting reaches mail already queued. The null sender is never rewritten.
-        let config = Arc::clone(&self.config);
-        let sender = match &config.rewrite_sender {
-            Some(s) if !msg.envelope.sender.is_empty() => s.as_str(),
-            _ => msg.envelope.sender.as_str(),
-        };
-        let header = config
-            .rewrite_from
-            .as_deref()
-            .and_then(|new| rewritten_header(&msg, new));
-        // Lines over 998 octets: the parts that allow it go re-encoded (two passes
-        // over the file, only for such messages), the rest folded by the stuffer.
-        let plan = if msg.long_lines {
-            plan_long_lines(&msg, header.as_ref())
-        } else {
-            None
-        };
-        let size = match (&plan, &header) {
-            (Some((_, encoded)), _) => *encoded,
-            (None, Some(h)) => msg.size - h.skip + h.text.len() as u64,
-            (None, None) => msg.size,
-        };
-        let plan = plan.map(|(p, _)| p);
-        let tx = Transaction {
-            sender,
-            recipients: &rcpts,
-            size,
-            eight_bit: msg.envelope.eight_bit,
-            smtputf8: msg.envelope.smtputf8,
-        };
-        let mut results = None;
-        // A reused connection may have been closed by the server while idle; that
-        // costs one reconnect, not a deferral.
-        for fresh_try in [false, true] {
-            let reused = self.conn.is_some() && !fresh_try;
-            let conn = match self.connection() {
-                Ok(c) => c,
-                Err(reply) => {
-                    self.defer_everything_due(msg, &reply);
-                    return;
-                }
-            };
-            if let Err(reply) = conn.check(&tx) {
-                results = Some(vec![RcptResult::Failed(reply); rcpts.len()]);
-                break;
+        let mut groups: Vec<(usize, Vec<usize>)> = Vec::new();
+        let sender = msg.envelope.sender.as_bytes();
+        for (i, r) in msg.envelope.recipients.iter().enumerate() {
+            if msg.rcpt_state[i] != RcptState::Pending {
+                continue;
             }
-            match conn.send(&tx, &msg, header.as_ref(), plan.as_ref()) {
-                Ok(r) => {
-                    results = Some(r);
-                    break;
-                }
-                Err(r) => {
-                    self.conn = None;
-                    let nothing_happened = r.iter().all(|x| matches!(x, RcptResult::Deferred(_)));
-                    results = Some(r);
-                    if !(reused && nothing_happened) {
-                        break;
-                    }
-                    log::debug!("relay: reused connection failed; reconnecting");
-                }
+            let route = self.config.route_of(sender, r.as_bytes());
+            match groups.iter_mut().find(|(g, _)| *g == route) {
+                Some((_, rcpts)) => rcpts.push(i),
+                None => groups.push((route, vec![i])),
             }
         }
-        self.idle_since = Instant::now();
-        let results = results.unwrap_or_default();
-        // Results and their delay= are of the moment the smarthost answered.
-        self.apply(msg, &pending, &results, now_unix());
-    }
-
-    /// The open connection, or a new one. A failure is logged here, in one line.
-    fn connection(&mut self) -> Result<&mut Upstream, Reply> {
-        if self.conn.is_none() {
-            let c = Upstream::connect(&self.config, self.tls.as_ref()).map_err(|e| {
-                let password = self.config.smarthost_auth == crate::config::SmarthostAuth::Password;
-                if e.stage == Stage::Auth && e.reply.is_permanent() && password {
-                    log::error!(
-                        "relay: {} refused our credentials ({}): check smarthost_user and \
-                         smarthost_password_file; mail stays queued",
-                        self.config.smarthost,
-                        e.reply
-                    );
-                } else if e.stage == Stage::Auth && e.reply.is_permanent() {
-                    log::error!(
-                        "relay: {} refused a fresh OAuth2 token ({}): check smarthost_user (the \
-                         mailbox the token is for), the app's permission to send (Microsoft: \
-                         SMTP.SendAsApp or SMTP.Send, and SMTP AUTH enabled for the mailbox; \
-                         Google: the https://mail.google.com/ scope); mail stays queued",
-                        self.config.smarthost,
-                        e.reply
-                    );
-                } else {
-                    log::warn!("relay: {}", e.reply);
-                }
-                e.reply
-            })?;
-            log::debug!("relay: connected to {}", c.name);
-            self.conn = Some(c);
-        }
-        Ok(self.conn.as_mut().expect("just set"))
-    }
-
-    fn expired(&self, msg: &Message, now: u64) -> bool {
-        now.saturating_sub(msg.envelope.created) >= self.config.max_queue_lifetime.as_secs()
-    }
-
-    /// The smarthost cannot be reached: this message and all others due now wait for
-    /// their next try, each by its own schedule, without a connection attempt each.
-    fn defer_everything_due(&mut self, first: Message, reply: &Reply) {
-        let now = now_unix();
-        self.defer(&first, reply, now);
-        while let Some(id) = self.due.pop_front() {
-            if let Some(msg) = self.read(&id) {
-                self.defer(&msg, reply, now);
-            }
-        }
-    }
-
-    fn defer(&mut self, msg: &Message, reply: &Reply, now: u64) {
-        if self.expired(msg, now) {
-            self.fail_message(msg, now, &format!("message expired; last error: {reply}"));
+        if groups.is_empty() {
+            self.finish(&msg, now_unix());
             return;
         }
-        let delay = backoff(&self.config, msg.attempts + 1);
-        let next = now + delay.as_secs();
-        if let Err(e) = self.spool.record(
-            &msg.id,
-            &Record::Deferred {
-                time: now,
-                next,
-                reply: reply.to_string(),
+        self.progress.insert(
+            id.clone(),
+            Progress {
+                jobs: groups.len(),
+                split: groups.len() > 1,
+                ..Progress::default()
             },
-        ) {
-            log::error!("{}: cannot record deferral: {e}", msg.id);
+        );
+        let mut msg = Some(msg);
+        for (route, rcpts) in groups {
+            let job = Job {
+                id: id.clone(),
+                route,
+                rcpts,
+                tried: 0,
+            };
+            let host = hosts::pick(
+                &self.hosts,
+                &self.config.routes[route].hosts,
+                0,
+                Instant::now(),
+            )
+            .expect("a route has a smarthost");
+            self.place(job, host, msg.take());
         }
-        for (i, r) in msg.envelope.recipients.iter().enumerate() {
-            if msg.rcpt_state[i] == RcptState::Pending {
-                log::info!(
-                    "{}: to=<{r}>, relay={}, delay={}s, status=deferred ({reply}), next try in {}s",
-                    msg.id,
-                    self.config.smarthost,
-                    now.saturating_sub(msg.envelope.created),
-                    delay.as_secs()
-                );
-            }
-        }
-        self.schedule(msg.id.clone(), delay);
     }
 
-    fn apply(&mut self, mut msg: Message, pending: &[usize], results: &[RcptResult], now: u64) {
-        let mut deferred: Option<Reply> = None;
+    /// Gives the job to a free lane of `host`, or puts it in that smarthost's backlog.
+    fn place(&mut self, job: Job, host: usize, msg: Option<Message>) {
+        if self.stopping {
+            // It stays queued on disk for the next start.
+            return self.abandon(job);
+        }
+        let lanes = &mut self.lanes[host];
+        if lanes.busy >= lanes.threads.len().max(1) || !lanes.backlog.is_empty() {
+            lanes.backlog.push_back(job);
+            return;
+        }
+        let msg = match msg {
+            Some(m) => m,
+            None => match self.read(&job.id) {
+                Some(m) => m,
+                None => return self.abandon(job),
+            },
+        };
+        self.send(job, host, msg);
+    }
+
+    fn send(&mut self, job: Job, host: usize, msg: Message) {
+        if let Some(p) = self.progress.get_mut(&job.id) {
+            p.running += 1;
+            for &i in &job.rcpts {
+                p.tried.retain(|(r, _)| *r != i);
+                p.tried.push((i, host));
+            }
+        }
+        let lanes = &mut self.lanes[host];
+        lanes.busy += 1;
+        let work = Work { job, msg };
+        let refused = match &lanes.tx {
+            Some(tx) => tx.send(work).err().map(|e| e.into_inner()),
+            None => Some(work),
+        };
+        if let Some(Work { job, .. }) = refused {
+            // No lane takes it (none could be started): it waits for its retry.
+            lanes.busy -= 1;
+            if let Some(p) = self.progress.get_mut(&job.id) {
+                p.running -= 1;
+            }
+            let reply = local("4.3.0 no delivery lane for this smarthost");
+            self.job_deferred(job, reply, Some(host));
+        }
+    }
+
+    /// Hands backlogged jobs to the lanes that are free.
+    fn pump(&mut self, host: usize) {
+        loop {
+            let lanes = &mut self.lanes[host];
+            if lanes.busy >= lanes.threads.len() {
+                return;
+            }
+            let Some(job) = lanes.backlog.pop_front() else {
+                return;
+            };
+            match self.read(&job.id) {
+                Some(msg) => self.send(job, host, msg),
+                None => self.abandon(job),
+            }
+        }
+    }
+
+    /// The message of `job` is gone or cannot be read now: it has no result.
+    fn abandon(&mut self, job: Job) {
+        if let Some(p) = self.progress.get_mut(&job.id) {
+            p.jobs -= 1;
+            if p.jobs == 0 {
+                self.progress.remove(&job.id);
+            }
+        }
+    }
+
+    /// A lane is done with a job.
+    fn finished(&mut self, o: Outcome) {
+        let Outcome {
+            mut job,
+            host,
+            msg,
+            result,
+        } = o;
+        self.lanes[host].busy -= 1;
+        if let Some(p) = self.progress.get_mut(&job.id) {
+            p.running -= 1;
+        }
+        match result {
+            lane::Result::Unusable(e) => {
+                let skip = self.hosts[host].failed(&self.config, &e.reply);
+                self.log_unusable(host, &e, skip);
+                job.tried |= 1 << host;
+                // This job and those waiting for the same smarthost go to the next
+                // one of their route; with none left, they wait for their retry.
+                let mut jobs = vec![(job, Some(msg))];
+                jobs.extend(self.lanes[host].backlog.drain(..).map(|j| (j, None)));
+                let mut moved: Vec<(usize, usize)> = Vec::new();
+                let now = Instant::now();
+                for (mut j, m) in jobs {
+                    j.tried |= 1 << host;
+                    let route = &self.config.routes[j.route].hosts;
+                    match hosts::pick(&self.hosts, route, j.tried, now) {
+                        Some(next) => {
+                            match moved.iter_mut().find(|(h, _)| *h == next) {
+                                Some((_, n)) => *n += 1,
+                                None => moved.push((next, 1)),
+                            }
+                            self.place(j, next, m);
+                        }
+                        None => self.job_deferred(j, e.reply.clone(), Some(host)),
+                    }
+                }
+                for (next, n) in moved {
+                    log::info!(
+                        "relay: failing over from {} to {}: {n} message(s)",
+                        self.hosts[host].name(),
+                        self.hosts[next].name()
+                    );
+                }
+            }
+            lane::Result::Done(results) => {
+                if !results.is_empty() {
+                    self.hosts[host].worked();
+                }
+                self.apply(job, host, msg, &results, now_unix());
+            }
+        }
+        for h in 0..self.lanes.len() {
+            self.pump(h);
+        }
+    }
+
+    /// Why a smarthost could not be used, in one line; a refusal of our credentials
+    /// says what to check.
+    fn log_unusable(&self, host: usize, e: &upstream::ConnectError, skip: Duration) {
+        use crate::protocol::client::Stage;
+        let h = &self.hosts[host];
+        let password = h.conf.auth == crate::config::SmarthostAuth::Password;
+        if e.stage == Stage::Auth && e.reply.is_permanent() && password {
+            log::error!(
+                "relay: {} refused our credentials ({}): check smarthost_user and \
+                 smarthost_password_file; mail stays queued",
+                h.name(),
+                e.reply
+            );
+        } else if e.stage == Stage::Auth && e.reply.is_permanent() {
+            log::error!(
+                "relay: {} refused a fresh OAuth2 token ({}): check smarthost_user (the \
+                 mailbox the token is for), the app's permission to send (Microsoft: \
+                 SMTP.SendAsApp or SMTP.Send, and SMTP AUTH enabled for the mailbox; \
+                 Google: the https://mail.google.com/ scope); mail stays queued",
+                h.name(),
+                e.reply
+            );
+        } else {
+            log::warn!("relay: {}", e.reply);
+        }
+        if self.hosts.len() > 1 {
+            log::warn!(
+                "relay: smarthost {} skipped for {}s (failure {} in a row), unless no other \
+                 of a route can be used",
+                h.name(),
+                skip.as_secs(),
+                h.health().failures
+            );
+        }
+    }
+
+    /// A job gets no delivery in this attempt.
+    fn job_deferred(&mut self, job: Job, reply: Reply, host: Option<usize>) {
+        let Some(p) = self.progress.get_mut(&job.id) else {
+            return;
+        };
+        p.deferred.get_or_insert((reply, host));
+        p.jobs -= 1;
+        if p.jobs == 0 {
+            self.complete(&job.id, None);
+        }
+    }
+
+    /// Records a job's results; when it was the message's last job, the message is
+    /// finished, deferred or failed.
+    fn apply(&mut self, job: Job, host: usize, mut msg: Message, results: &[RcptResult], now: u64) {
+        let Some(p) = self.progress.get_mut(&job.id) else {
+            return;
+        };
         let delay = now.saturating_sub(msg.envelope.created);
+        let relay = self.hosts[host].name();
         // Delivered to everyone at once: the file goes, and the per-recipient records
         // (a sync each) would be written for nothing.
-        let whole = results.len() == pending.len()
+        let whole = !p.split
+            && results.len() == job.rcpts.len()
             && results
                 .iter()
                 .all(|r| matches!(r, RcptResult::Delivered(_)));
-        for (&i, r) in pending.iter().zip(results) {
+        let mut deferred = None;
+        for (&i, r) in job.rcpts.iter().zip(results) {
             let rcpt = &msg.envelope.recipients[i];
-            let relay = &self.config.smarthost;
             match r {
                 RcptResult::Delivered(reply) => {
                     log::info!(
                         "{}: to=<{rcpt}>, relay={relay}, delay={delay}s, status=sent ({reply})",
                         msg.id
                     );
-                    // Delivered to everyone at once, the file is removed: no record.
                     if !whole
                         && let Err(e) = self.spool.record(
                             &msg.id,
@@ -637,17 +813,91 @@ impl Relay {
                 }
             }
         }
-        match deferred {
-            Some(reply) => self.defer(&msg, &reply, now),
-            None if results.len() < pending.len() => {
-                self.defer(
-                    &msg,
-                    &Reply::new(451, "4.3.0 no result for every recipient"),
-                    now,
-                );
-            }
+        if deferred.is_none() && results.len() < job.rcpts.len() {
+            deferred = Some(local("4.3.0 no result for every recipient"));
+        }
+        if let Some(reply) = deferred {
+            p.deferred.get_or_insert((reply, Some(host)));
+        }
+        p.jobs -= 1;
+        if p.jobs == 0 {
+            let split = p.split;
+            // Split: the other routes' results are in the file, not in this `msg`.
+            self.complete(&job.id, (!split).then_some(msg));
+        }
+    }
+
+    /// Every job of a message has ended: it is deferred, failed or done.
+    fn complete(&mut self, id: &QueueId, msg: Option<Message>) {
+        let Some(p) = self.progress.remove(id) else {
+            return;
+        };
+        let now = now_unix();
+        let msg = match msg {
+            Some(m) => m,
+            None => match self.read(id) {
+                Some(m) => m,
+                None => return,
+            },
+        };
+        match p.deferred {
+            Some((reply, host)) => self.defer(&msg, &reply, host, &p.tried, now),
             None => self.finish(&msg, now),
         }
+    }
+
+    fn expired(&self, msg: &Message, now: u64) -> bool {
+        now.saturating_sub(msg.envelope.created) >= self.config.max_queue_lifetime.as_secs()
+    }
+
+    fn defer(
+        &mut self,
+        msg: &Message,
+        reply: &Reply,
+        host: Option<usize>,
+        tried: &[(usize, usize)],
+        now: u64,
+    ) {
+        if self.expired(msg, now) {
+            self.fail_message(msg, now, &format!("message expired; last error: {reply}"));
+            return;
+        }
+        let delay = backoff(&self.config, msg.attempts + 1);
+        let next = now + delay.as_secs();
+        let text = match host {
+            // Named smarthosts: the record says which one answered (`queue list`).
+            Some(h) if self.hosts[h].conf.named => {
+                format!("relay={} {reply}", self.hosts[h].name())
+            }
+            _ => reply.to_string(),
+        };
+        if let Err(e) = self.spool.record(
+            &msg.id,
+            &Record::Deferred {
+                time: now,
+                next,
+                reply: text,
+            },
+        ) {
+            log::error!("{}: cannot record deferral: {e}", msg.id);
+        }
+        for (i, r) in msg.envelope.recipients.iter().enumerate() {
+            if msg.rcpt_state[i] == RcptState::Pending {
+                let relay = tried
+                    .iter()
+                    .find(|(r, _)| *r == i)
+                    .map(|&(_, h)| h)
+                    .or(host)
+                    .map_or("none", |h| self.hosts[h].name());
+                log::info!(
+                    "{}: to=<{r}>, relay={relay}, delay={}s, status=deferred ({reply}), next try in {}s",
+                    msg.id,
+                    now.saturating_sub(msg.envelope.created),
+                    delay.as_secs()
+                );
+            }
+        }
+        self.schedule(msg.id.clone(), delay);
     }
 
     /// Every recipient has a final result.
@@ -681,66 +931,6 @@ impl Relay {
     }
 }
 
-/// The re-encoding of a message with lines over 998 octets, and its size as sent;
-/// `None` when the file cannot be read (it is then folded by the stuffer).
-fn plan_long_lines(
-    msg: &Message,
-    header: Option<&upstream::Header>,
-) -> Option<(crate::longlines::Plan, u64)> {
-    use crate::longlines::{Encoder, Planner};
-    use std::io::Read;
-    let run = || -> std::io::Result<(crate::longlines::Plan, u64)> {
-        let mut buf = vec![0u8; 16 * 1024];
-        let mut planner = Planner::new();
-        let mut r = upstream::outgoing(msg, header)?;
-        loop {
-            let n = r.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            planner.feed(&buf[..n]);
-        }
-        let plan = planner.finish();
-        let mut encoder = Encoder::new(plan.clone());
-        let (mut out, mut size) = (Vec::new(), 0u64);
-        let mut r = upstream::outgoing(msg, header)?;
-        loop {
-            let n = r.read(&mut buf)?;
-            out.clear();
-            if n == 0 {
-                encoder.finish(&mut out);
-                size += out.len() as u64;
-                break;
-            }
-            encoder.feed(&buf[..n], &mut out);
-            size += out.len() as u64;
-        }
-        Ok((plan, size))
-    };
-    match run() {
-        Ok((plan, size)) => {
-            match plan.reencoded() {
-                0 => log::info!(
-                    "{}: lines over 998 octets, folded (no part could be re-encoded)",
-                    msg.id
-                ),
-                n => log::info!(
-                    "{}: lines over 998 octets: {n} part(s) sent as quoted-printable",
-                    msg.id
-                ),
-            }
-            Some((plan, size))
-        }
-        Err(e) => {
-            log::warn!(
-                "{}: cannot read the message to re-encode it: {e}; long lines folded",
-                msg.id
-            );
-            None
-        }
-    }
-}
-
 /// The line a worker writes for a message from a client, for one that `sendmail`
 /// queued: `ID: from=<S>, to=<R>,..., size=N, nrcpt=N, client=local uid=N`.
 fn log_local(msg: &Message) {
@@ -759,43 +949,6 @@ fn log_local(msg: &Message) {
         msg.envelope.recipients.len(),
         msg.envelope.client
     );
-}
-
-/// The header section of a message with `From:` rewritten to `new`, and how many
-/// octets of the content it replaces; `None` when nothing changes or the header
-/// cannot be read (the message then goes as it is, which the log says).
-fn rewritten_header(msg: &Message, new: &str) -> Option<upstream::Header> {
-    use std::io::Read;
-    let mut content = match msg.open_content() {
-        Ok(c) => c,
-        Err(e) => {
-            log::warn!("{}: cannot read the header to rewrite From: {e}", msg.id);
-            return None;
-        }
-    };
-    let mut buf = Vec::with_capacity(crate::rewrite::HEADER_CAP.min(msg.size as usize));
-    if let Err(e) = (&mut content)
-        .take(crate::rewrite::HEADER_CAP as u64)
-        .read_to_end(&mut buf)
-    {
-        log::warn!("{}: cannot read the header to rewrite From: {e}", msg.id);
-        return None;
-    }
-    let complete = buf.len() as u64 == msg.size;
-    let Some(len) = crate::rewrite::header_len(&buf, complete) else {
-        log::warn!(
-            "{}: header section longer than {} octets; From: not rewritten",
-            msg.id,
-            crate::rewrite::HEADER_CAP
-        );
-        return None;
-    };
-    let text = crate::rewrite::rewrite_from(&buf[..len], new)?;
-    log::debug!("{}: From: rewritten to <{new}>", msg.id);
-    Some(upstream::Header {
-        text,
-        skip: len as u64,
-    })
 }
 
 #[cfg(test)]

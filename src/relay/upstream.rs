@@ -8,7 +8,8 @@ use crate::stream::Unreachable;
 use std::io::{self, Read, Write};
 use std::time::Duration;
 
-use crate::config::{Config, SmarthostTls};
+use super::hosts::Host;
+use crate::config::{Smarthost, SmarthostTls};
 use crate::longlines::{Encoder, Plan};
 use crate::oauth::Token;
 use crate::protocol::client::{
@@ -42,24 +43,24 @@ type Stream = crate::stream::Stream<Layer>;
 /// Reads the smarthost password: only the relay thread does, at each connection,
 /// so a changed password needs no restart and no other thread ever holds it. With
 /// OAuth2, `token` is the secret instead.
-fn client_options(config: &Config, token: Option<&Token>) -> Result<Options, Reply> {
+fn client_options(config: &Smarthost, token: Option<&Token>) -> Result<Options, Reply> {
     use crate::config::SmarthostAuth;
     use crate::protocol::client::{Credentials, Mechanism};
     let bearer = |mechanism| {
-        let user = config.smarthost_user.clone().unwrap_or_default();
+        let user = config.user.clone().unwrap_or_default();
         token.map(|t| Credentials {
             user,
             secret: t.secret.expose().to_string(),
             mechanism,
         })
     };
-    let credentials = match (config.smarthost_auth, &config.smarthost_user) {
+    let credentials = match (config.auth, &config.user) {
         (SmarthostAuth::Xoauth2, _) => bearer(Mechanism::Xoauth2),
         (SmarthostAuth::Oauthbearer, _) => bearer(Mechanism::Oauthbearer {
-            host: config.smarthost.host.clone(),
-            port: config.smarthost.port,
+            host: config.address.host.clone(),
+            port: config.address.port,
         }),
-        (SmarthostAuth::Password, Some(user)) => match &config.smarthost_password_file {
+        (SmarthostAuth::Password, Some(user)) => match &config.password_file {
             Some(path) => {
                 let text = crate::config::check_secret_file(path)
                     .and_then(|()| {
@@ -81,10 +82,10 @@ fn client_options(config: &Config, token: Option<&Token>) -> Result<Options, Rep
         (SmarthostAuth::Password, None) => None,
     };
     Ok(Options {
-        starttls: config.smarthost_tls == SmarthostTls::Starttls,
-        implicit_tls: config.smarthost_tls == SmarthostTls::Implicit,
+        starttls: config.tls == SmarthostTls::Starttls,
+        implicit_tls: config.tls == SmarthostTls::Implicit,
         credentials,
-        auth_plaintext: config.smarthost_auth_plaintext,
+        auth_plaintext: config.auth_plaintext,
     })
 }
 
@@ -161,7 +162,8 @@ impl Upstream {
     ///
     /// With OAuth2 the token comes first; a permanent refusal at AUTH of a token from
     /// memory drops it and tries once more with a fresh one.
-    pub fn connect(config: &Config, tls: Option<&TlsClient>) -> Result<Upstream, ConnectError> {
+    pub fn connect(hostname: &str, host: &Host) -> Result<Upstream, ConnectError> {
+        let (config, tls) = (&host.conf, host.tls.as_ref());
         #[cfg(feature = "tls")]
         let tokens = tls.and_then(|t| t.tokens.as_deref());
         #[cfg(not(feature = "tls"))]
@@ -176,7 +178,7 @@ impl Upstream {
                 None => None,
             };
             let mut stage = Stage::Connect;
-            match Self::open(config, tls, token.as_ref(), &mut stage) {
+            match Self::open(hostname, config, tls, token.as_ref(), &mut stage) {
                 Ok(up) => return Ok(up),
                 Err(reply) => {
                     if let (Some(source), Some(t)) = (tokens, &token)
@@ -188,7 +190,7 @@ impl Upstream {
                         log::info!(
                             "relay: {} refused the access token from memory ({reply}); \
                              getting a new one",
-                            config.smarthost
+                            config.name
                         );
                         source.forget(t);
                         retried = true;
@@ -201,28 +203,33 @@ impl Upstream {
     }
 
     fn open(
-        config: &Config,
+        hostname: &str,
+        config: &Smarthost,
         tls: Option<&TlsClient>,
         token: Option<&Token>,
         stage: &mut Stage,
     ) -> Result<Upstream, Reply> {
         let options = client_options(config, token)?;
-        let sh = &config.smarthost;
-        let name = sh.to_string();
-        let tcp = crate::stream::connect(&sh.host, sh.port, config.smarthost_connect_timeout)
-            .map_err(|e| match e {
+        let sh = &config.address;
+        let name = match config.named {
+            true => format!("{} ({sh})", config.name),
+            false => config.name.clone(),
+        };
+        let tcp = crate::stream::connect(&sh.host, sh.port, config.connect_timeout).map_err(
+            |e| match e {
                 Unreachable::Resolve(e) => {
                     local(&format!("4.4.3 cannot resolve smarthost {name}: {e}"))
                 }
                 Unreachable::Connect(why) => {
                     local(&format!("4.4.1 cannot connect to smarthost {name}: {why}"))
                 }
-            })?;
+            },
+        )?;
         let _ = tcp.set_nodelay(true);
-        let timeout = config.smarthost_timeout.unwrap_or(GREETING);
+        let timeout = config.timeout.unwrap_or(GREETING);
         let _ = tcp.set_read_timeout(Some(timeout));
         let _ = tcp.set_write_timeout(Some(timeout));
-        let stream = match (config.smarthost_tls, tls) {
+        let stream = match (config.tls, tls) {
             #[cfg(feature = "tls")]
             (SmarthostTls::Implicit, Some(tls)) => Stream::Tls(Box::new(
                 tls.handshake(tcp)
@@ -232,19 +239,19 @@ impl Upstream {
         };
         let mut up = Upstream {
             stream,
-            client: Client::new(&config.hostname, options),
+            client: Client::new(hostname, options),
             reader: ReplyReader::new(),
             buf: Box::new([0; 4096]),
             start: 0,
             end: 0,
-            timeout: config.smarthost_timeout,
+            timeout: config.timeout,
             name,
             chunk: Vec::new(),
             wire: Vec::new(),
             read_timeout: timeout,
             write_timeout: timeout,
         };
-        if config.smarthost_tls != SmarthostTls::None && !config.smarthost_tls_verify {
+        if config.tls != SmarthostTls::None && !config.tls_verify {
             log::warn!(
                 "relay: TLS certificate of {} NOT verified (smarthost_tls_verify no)",
                 up.name

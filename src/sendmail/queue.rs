@@ -11,7 +11,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use crate::config::Config;
-use crate::relay::{self, Answer, Relay, Request, TlsClient};
+use crate::relay::{self, Answer, Hosts, Relay, Request};
 use crate::spool::{Message, QueueId, RcptState, Spool};
 use crate::time::now_unix;
 
@@ -24,7 +24,35 @@ fn age(secs: u64) -> String {
     }
 }
 
-fn line(out: &mut String, m: &Message, status: &str, now: u64) {
+/// The routes of a message's recipients not yet delivered, as their smarthosts'
+/// names (`a,b`; `a,b|c` when it is split); `None` with one unnamed smarthost.
+fn routes(config: &Config, m: &Message) -> Option<String> {
+    if !config.smarthosts.first().is_some_and(|h| h.named) {
+        return None;
+    }
+    let mut seen: Vec<usize> = Vec::new();
+    for (r, s) in m.envelope.recipients.iter().zip(&m.rcpt_state) {
+        let route = config.route_of(m.envelope.sender.as_bytes(), r.as_bytes());
+        if *s != RcptState::Delivered && !seen.contains(&route) {
+            seen.push(route);
+        }
+    }
+    let names: Vec<String> = seen
+        .iter()
+        .map(|&i| config.routes[i].via.join(","))
+        .collect();
+    Some(names.join("|"))
+}
+
+/// A deferral's text: `relay=NAME REPLY` when it names its smarthost.
+pub fn split_relay(text: &str) -> (Option<&str>, &str) {
+    match text.strip_prefix("relay=").and_then(|t| t.split_once(' ')) {
+        Some((name, reply)) => (Some(name), reply),
+        None => (None, text),
+    }
+}
+
+fn line(out: &mut String, config: &Config, m: &Message, status: &str, now: u64) {
     let to: Vec<String> = m
         .envelope
         .recipients
@@ -38,33 +66,40 @@ fn line(out: &mut String, m: &Message, status: &str, now: u64) {
         (_, Some(t)) if t > now => format!("in {}", age(t - now)),
         _ => "now".to_string(),
     };
+    let (relay, last) = split_relay(m.last_reply.as_deref().unwrap_or(""));
+    let mut hosts = String::new();
+    if let Some(r) = routes(config, m) {
+        let _ = write!(hosts, " route={r}");
+    }
+    if let Some(r) = relay {
+        let _ = write!(hosts, " relay={r}");
+    }
     let _ = writeln!(
         out,
-        "{}  {status:<6}  age={:<4} size={:<8} from=<{}> to={} attempts={} next={next} last=\"{}\"",
+        "{}  {status:<6}  age={:<4} size={:<8} from=<{}> to={} attempts={} next={next}{hosts} last=\"{last}\"",
         m.id,
         age(now.saturating_sub(m.envelope.created)),
         m.size,
         m.envelope.sender,
         to.join(","),
         m.attempts,
-        m.last_reply.as_deref().unwrap_or("")
     );
 }
 
 /// One line per queued and failed message.
-pub fn list(spool: &Spool) -> Result<String, String> {
+pub fn list(spool: &Spool, config: &Config) -> Result<String, String> {
     let now = now_unix();
     let mut out = String::new();
     let (mut queued, mut failed) = (0, 0);
     for id in spool.list_queue().map_err(|e| e.to_string())? {
         if let Ok(m) = spool.read(&id) {
-            line(&mut out, &m, "queued", now);
+            line(&mut out, config, &m, "queued", now);
             queued += 1;
         }
     }
     for id in spool.list_failed().map_err(|e| e.to_string())? {
         if let Ok(m) = spool.read_failed(&id) {
-            line(&mut out, &m, "failed", now);
+            line(&mut out, config, &m, "failed", now);
             failed += 1;
         }
     }
@@ -77,7 +112,7 @@ pub fn list(spool: &Spool) -> Result<String, String> {
 }
 
 /// The envelope, the delivery records and the header of one message.
-pub fn show(spool: &Spool, id: &str) -> Result<String, String> {
+pub fn show(spool: &Spool, config: &Config, id: &str) -> Result<String, String> {
     let no_message = || format!("no message {id}");
     let id = QueueId::parse(id).ok_or_else(no_message)?;
     let (path, m) = match spool.read(&id) {
@@ -95,6 +130,9 @@ pub fn show(spool: &Spool, id: &str) -> Result<String, String> {
         .position(|w| w == b"\r\n\r\n")
         .map_or(content.len(), |p| p + 2);
     out.push_str(&String::from_utf8_lossy(&content[..header_end]).replace("\r\n", "\n"));
+    if let Some(r) = routes(config, &m) {
+        let _ = writeln!(out, "-- route: {r}");
+    }
     let records = &text[(m.content_offset + m.size) as usize..];
     if !records.is_empty() {
         out.push_str("-- delivery records\n");
@@ -106,7 +144,7 @@ pub fn show(spool: &Spool, id: &str) -> Result<String, String> {
 /// Carries out a queue command: by the running daemon, or here if none runs.
 pub fn command(
     config: &Config,
-    tls: Option<TlsClient>,
+    hosts: Hosts,
     spool: Spool,
     req: Request,
 ) -> Result<Answer, String> {
@@ -131,7 +169,7 @@ pub fn command(
                 rx,
                 flags.0,
                 flags.1,
-                tls,
+                hosts,
             );
             let answer = match req {
                 Request::Flush => Answer::Done(format!(

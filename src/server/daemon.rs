@@ -16,7 +16,7 @@ use super::acceptor::{self, Acceptor};
 use super::worker::{TlsServer, Worker};
 use crate::config::{Config, Mode, SmarthostTls};
 use crate::protocol::policy::Policy;
-use crate::relay::{Control, Relay, TlsClient};
+use crate::relay::{Control, Hosts, Relay};
 use crate::spool::{DaemonLock, Spool};
 
 /// The users file for AUTH, when the build has TLS.
@@ -29,13 +29,11 @@ pub type Users = Option<()>;
 pub struct Parts {
     pub config: Config,
     pub policy: Arc<Policy>,
-    /// The relay's TLS client for the smarthost.
-    pub tls: Option<TlsClient>,
+    /// The smarthosts, each with its TLS client.
+    pub hosts: Hosts,
     /// The certificate for STARTTLS and `tls` listeners.
     pub tls_server: Option<TlsServer>,
     pub users: Users,
-    /// What the trust of `tls` is, for the start line.
-    pub trust: Option<String>,
 }
 
 /// A running daemon: its threads and what stops them.
@@ -63,10 +61,9 @@ impl Daemon {
         let Parts {
             config,
             policy,
-            tls,
+            hosts,
             tls_server,
             users,
-            trust,
         } = parts;
         let config = Arc::new(config);
         let lock = DaemonLock::take(&config.spool)?;
@@ -100,8 +97,8 @@ impl Daemon {
         let (pool_tx, pool_rx) =
             crossbeam_channel::bounded(config.max_connections - config.workers);
 
-        let upstream_tls = tls.clone();
         let relay = {
+            let hosts = Arc::clone(&hosts);
             let (config, spool, stop, rescan) = (
                 Arc::clone(&config),
                 Arc::clone(&spool),
@@ -119,7 +116,7 @@ impl Daemon {
                         relay_rx.clone(),
                         Arc::clone(&stop),
                         Arc::clone(&rescan),
-                        tls.clone(),
+                        Arc::clone(&hosts),
                     );
                     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| r.run())) {
                         Ok(()) => break,
@@ -161,7 +158,7 @@ impl Daemon {
                 rescan: Arc::clone(&rescan),
                 shared: Arc::clone(&shared),
                 tls: tls_server.clone(),
-                upstream_tls: upstream_tls.clone(),
+                hosts: Arc::clone(&hosts),
                 policy: Arc::clone(&policy),
                 #[cfg(feature = "tls")]
                 users: users.clone(),
@@ -188,7 +185,7 @@ impl Daemon {
             .name("acceptor".into())
             .spawn(move || acceptor.run())
             .map_err(|e| e.to_string())?;
-        log_start(&config, trust);
+        log_start(&config, &hosts);
         Ok(Daemon {
             config,
             shared,
@@ -257,17 +254,56 @@ fn spawn(
         .map_err(|e| e.to_string())
 }
 
-fn log_start(config: &Config, trust: Option<String>) {
-    if let Some(t) = trust {
-        log::info!(
-            "relay: smarthost TLS {:?}, trusting {t}",
-            config.smarthost_tls
-        );
-    } else {
-        log::info!("relay: smarthost connection is plain TCP (smarthost_tls none)");
+fn log_start(config: &Config, hosts: &Hosts) {
+    for h in hosts.iter() {
+        log_smarthost(h);
     }
-    if config.smarthost_auth != crate::config::SmarthostAuth::Password {
-        let o = &config.smarthost_oauth;
+    if hosts.len() > 1 {
+        for r in &config.routes {
+            log::info!("relay: route {r}");
+        }
+    }
+    let listen: Vec<String> = config.listen.iter().map(|a| a.to_string()).collect();
+    let to: Vec<String> = hosts
+        .iter()
+        .map(|h| match h.conf.named {
+            true => format!("{} ({})", h.name(), h.conf.address),
+            false => h.name().to_string(),
+        })
+        .collect();
+    log::info!(
+        "started: listening on {}, relaying to {}, spool {}, {} workers{}",
+        listen.join(" "),
+        to.join(", "),
+        config.spool.display(),
+        config.workers,
+        if config.mode == Mode::Passthrough {
+            ", mode passthrough (clients get the smarthost's replies; nothing is spooled)"
+        } else {
+            ""
+        }
+    );
+}
+
+/// A smarthost's trust and credentials, for the start lines. The one unnamed
+/// smarthost is "smarthost"; a named one is "smarthost NAME".
+fn log_smarthost(h: &crate::relay::Host) {
+    let c = &h.conf;
+    let which = match c.named {
+        true => format!("smarthost {}", c.name),
+        false => "smarthost".to_string(),
+    };
+    #[cfg(feature = "tls")]
+    let trust = h.tls.as_ref().map(|t| t.trust.clone());
+    #[cfg(not(feature = "tls"))]
+    let trust: Option<String> = None;
+    if let Some(t) = trust {
+        log::info!("relay: {which} TLS {:?}, trusting {t}", c.tls);
+    } else {
+        log::info!("relay: {which} connection is plain TCP (smarthost_tls none)");
+    }
+    if c.auth != crate::config::SmarthostAuth::Password {
+        let o = &c.oauth;
         let from = match o.grant() {
             crate::config::Grant::Command => format!("the token command {}", o.token_command[0]),
             crate::config::Grant::RefreshToken => format!(
@@ -283,30 +319,25 @@ fn log_start(config: &Config, trust: Option<String>) {
                 o.token_url.as_deref().unwrap_or_default()
             ),
         };
+        let at = match c.named {
+            true => format!(" at {}", c.name),
+            false => String::new(),
+        };
         log::info!(
-            "relay: AUTH {:?} as {} with tokens from {from}",
-            config.smarthost_auth,
-            config.smarthost_user.as_deref().unwrap_or_default()
+            "relay: AUTH {:?} as {}{at} with tokens from {from}",
+            c.auth,
+            c.user.as_deref().unwrap_or_default()
         );
     }
-    if config.smarthost_tls != SmarthostTls::None && !config.smarthost_tls_verify {
+    if c.tls != SmarthostTls::None && !c.tls_verify {
+        let whose = match c.named {
+            true => format!("the certificate of smarthost {}", c.name),
+            false => "the smarthost's certificate".to_string(),
+        };
         log::warn!(
-            "smarthost_tls_verify no: the smarthost's certificate is NOT verified; anyone on the path can read and change mail"
+            "smarthost_tls_verify no: {whose} is NOT verified; anyone on the path can read and change mail"
         );
     }
-    let listen: Vec<String> = config.listen.iter().map(|a| a.to_string()).collect();
-    log::info!(
-        "started: listening on {}, relaying to {}, spool {}, {} workers{}",
-        listen.join(" "),
-        config.smarthost,
-        config.spool.display(),
-        config.workers,
-        if config.mode == Mode::Passthrough {
-            ", mode passthrough (clients get the smarthost's replies; nothing is spooled)"
-        } else {
-            ""
-        }
-    );
 }
 
 #[cfg(test)]
@@ -324,13 +355,13 @@ mod tests {
             spool.display()
         );
         let config = Config::parse(Path::new("t.conf"), &text).unwrap();
+        let hosts = crate::relay::hosts::build(&config).unwrap();
         Parts {
             policy: Arc::new(config.policy().unwrap()),
             config,
-            tls: None,
+            hosts,
             tls_server: None,
             users: None,
-            trust: None,
         }
     }
 

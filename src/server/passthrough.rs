@@ -17,7 +17,7 @@ use crate::protocol::address::Mailbox;
 use crate::protocol::client::{Reply, Single};
 use crate::protocol::server::Envelope;
 use crate::protocol::stuff::DotStuffer;
-use crate::relay::{TlsClient, Upstream};
+use crate::relay::{Hosts, Upstream};
 use crate::rewrite::{HEADER_CAP, header_len, rewrite_from};
 
 /// Dot-stuffed output is written in pieces of at most this much input.
@@ -28,8 +28,10 @@ const TRACE_ALLOWANCE: u64 = 512;
 
 pub struct Passthrough {
     config: Arc<Config>,
-    tls: Option<TlsClient>,
+    hosts: Hosts,
     conn: Option<Upstream>,
+    /// The smarthost `conn` is to.
+    host: usize,
     /// When the connection was last used; it is closed after `smarthost_idle`.
     used: Instant,
     /// The smarthost accepted MAIL and has not given its final reply: RSET comes
@@ -48,11 +50,12 @@ pub struct Passthrough {
 }
 
 impl Passthrough {
-    pub fn new(config: Arc<Config>, tls: Option<TlsClient>) -> Passthrough {
+    pub fn new(config: Arc<Config>, hosts: Hosts) -> Passthrough {
         Passthrough {
             config,
-            tls,
+            hosts,
             conn: None,
+            host: 0,
             used: Instant::now(),
             open: false,
             sending: false,
@@ -66,16 +69,23 @@ impl Passthrough {
 
     /// How long the worker may wait for its next client before `idle` has work.
     pub fn idle_wait(&self) -> Option<Duration> {
-        self.conn.as_ref().map(|_| {
-            self.config
-                .smarthost_idle
-                .saturating_sub(self.used.elapsed())
-        })
+        self.conn
+            .as_ref()
+            .map(|_| self.idle_time().saturating_sub(self.used.elapsed()))
+    }
+
+    fn idle_time(&self) -> Duration {
+        self.hosts[self.host].conf.idle
+    }
+
+    /// The name of the smarthost the last transaction went to, for the log.
+    pub fn relay_name(&self) -> &str {
+        self.hosts[self.host].name()
     }
 
     /// Between clients: closes the connection once it was idle `smarthost_idle`.
     pub fn idle(&mut self) {
-        if self.conn.is_some() && self.used.elapsed() >= self.config.smarthost_idle {
+        if self.conn.is_some() && self.used.elapsed() >= self.idle_time() {
             if let Some(c) = self.conn.take() {
                 log::debug!("passthrough: closing idle connection to {}", c.name);
                 c.quit();
@@ -84,25 +94,65 @@ impl Passthrough {
         }
     }
 
-    /// Connects unless a connection is open. `Err`: why not, as a 4xx for the client.
-    fn connect(&mut self) -> Result<(), Reply> {
-        if self.conn.is_none() {
-            let c = Upstream::connect(&self.config, self.tls.as_ref()).map_err(|e| {
-                log::warn!(
-                    "passthrough: cannot use {} ({}): {}",
-                    self.config.smarthost,
-                    e.stage,
-                    e.reply
-                );
-                // The client retries; the details (addresses, a refusal of our
-                // credentials) are for the log, not for the client.
-                Reply::new(451, "4.4.0 smarthost unavailable, try again later")
-            })?;
-            log::debug!("passthrough: connected to {}", c.name);
-            self.conn = Some(c);
+    /// Connects unless a connection to a smarthost of `route` is open: the first of
+    /// the route that can be used, failing over to the next before the client hears
+    /// anything. `Err`: none could be used, as a 4xx for the client.
+    fn connect(&mut self, route: usize) -> Result<(), Reply> {
+        let hosts = Arc::clone(&self.hosts);
+        let config = Arc::clone(&self.config);
+        let order = &config.routes[route].hosts;
+        if self.conn.is_some() && !order.contains(&self.host) {
+            if let Some(c) = self.conn.take() {
+                c.quit();
+            }
             self.open = false;
         }
-        Ok(())
+        if self.conn.is_some() {
+            return Ok(());
+        }
+        let mut tried = 0u64;
+        let mut last: Option<usize> = None;
+        while let Some(i) = crate::relay::hosts::pick(&hosts, order, tried, Instant::now()) {
+            tried |= 1 << i;
+            if let Some(prev) = last {
+                log::info!(
+                    "passthrough: failing over from {} to {}",
+                    hosts[prev].name(),
+                    hosts[i].name()
+                );
+            }
+            match Upstream::connect(&config.hostname, &hosts[i]) {
+                Ok(c) => {
+                    hosts[i].worked();
+                    log::debug!("passthrough: connected to {}", c.name);
+                    self.conn = Some(c);
+                    self.host = i;
+                    self.open = false;
+                    return Ok(());
+                }
+                Err(e) => {
+                    let skip = hosts[i].failed(&config, &e.reply);
+                    log::warn!(
+                        "passthrough: cannot use {} ({}): {}{}",
+                        hosts[i].name(),
+                        e.stage,
+                        e.reply,
+                        if hosts.len() > 1 {
+                            format!("; skipped for {}s", skip.as_secs())
+                        } else {
+                            String::new()
+                        }
+                    );
+                    last = Some(i);
+                }
+            }
+        }
+        // The client retries; the details (addresses, a refusal of our credentials)
+        // are for the log, not for the client.
+        Err(Reply::new(
+            451,
+            "4.4.0 smarthost unavailable, try again later",
+        ))
     }
 
     /// Sends one command on the open connection; a failure drops it.
@@ -145,9 +195,11 @@ impl Passthrough {
             eight_bit: env.body == crate::protocol::command::BodyType::EightBitMime,
             smtputf8: env.smtputf8,
         };
+        // Passthrough routes choose by sender only (the config refuses the others).
+        let route = config.route_of(&env.sender, b"");
         for fresh_try in [false, true] {
             let reused = self.conn.is_some() && !fresh_try;
-            if let Err(r) = self.connect() {
+            if let Err(r) = self.connect(route) {
                 return r;
             }
             if env.smtputf8

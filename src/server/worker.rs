@@ -53,8 +53,8 @@ pub struct Worker {
     pub rescan: Arc<AtomicBool>,
     pub shared: Arc<Shared>,
     pub tls: Option<TlsServer>,
-    /// For `mode passthrough`: the smarthost TLS settings the relay thread also uses.
-    pub upstream_tls: Option<crate::relay::TlsClient>,
+    /// For `mode passthrough`: the smarthosts (and their health) the relay also uses.
+    pub hosts: crate::relay::Hosts,
     pub policy: Arc<crate::protocol::policy::Policy>,
     #[cfg(feature = "tls")]
     pub users: Option<Arc<crate::auth::Users>>,
@@ -145,7 +145,7 @@ impl Worker {
         let fresh = || new_session(settings(&self.config, Arc::clone(&self.policy)));
         let mut memory: Option<(Box<ServerSession>, Box<[u8]>)> = None;
         let mut pass = (self.config.mode == Mode::Passthrough)
-            .then(|| Passthrough::new(Arc::clone(&self.config), self.upstream_tls.clone()));
+            .then(|| Passthrough::new(Arc::clone(&self.config), Arc::clone(&self.hosts)));
         loop {
             // In passthrough, the smarthost connection is kept between clients and
             // closed once idle for smarthost_idle.
@@ -619,7 +619,7 @@ impl Shell for Connection<'_> {
             log::info!(
                 "{id}: to=<{}>, relay={}, delay={}s, status={status} ({r}), passthrough",
                 String::from_utf8_lossy(rcpt),
-                worker.config.smarthost,
+                p.relay_name(),
                 started.elapsed().as_secs()
             );
         }

@@ -11,7 +11,7 @@ use rustls::{
     StreamOwned,
 };
 
-use crate::config::Config;
+use crate::config::Smarthost;
 
 /// What the relay needs to open TLS to the smarthost; built once at start.
 #[derive(Debug, Clone)]
@@ -29,12 +29,12 @@ pub struct TlsClient {
 pub type TlsStream = StreamOwned<ClientConnection, TcpStream>;
 
 impl TlsClient {
-    pub fn new(config: &Config) -> Result<TlsClient, String> {
+    pub fn new(config: &Smarthost) -> Result<TlsClient, String> {
         let provider = super::provider();
         let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
             .with_safe_default_protocol_versions()
             .map_err(|e| format!("TLS: {e}"))?;
-        let (tls, trust) = if let Some(pin) = config.smarthost_fingerprint {
+        let (tls, trust) = if let Some(pin) = config.fingerprint {
             let v = Custom {
                 trust: Trust::Pinned(pin),
                 provider,
@@ -49,7 +49,7 @@ impl TlsClient {
                     .with_custom_certificate_verifier(Arc::new(v)),
                 trust,
             )
-        } else if !config.smarthost_tls_verify {
+        } else if !config.tls_verify {
             let v = Custom {
                 trust: Trust::Anything,
                 provider,
@@ -67,10 +67,10 @@ impl TlsClient {
             let (roots, trust) = root_store(config)?;
             (builder.with_root_certificates(roots), trust)
         };
-        let server_name = ServerName::try_from(config.smarthost.host.clone()).map_err(|e| {
+        let server_name = ServerName::try_from(config.address.host.clone()).map_err(|e| {
             format!(
                 "smarthost '{}' is not a valid TLS server name: {e}",
-                config.smarthost.host
+                config.address.host
             )
         })?;
         let tokens = crate::oauth::source::TokenSource::new(config)?.map(Arc::new);
@@ -99,7 +99,7 @@ pub struct Https {
 }
 
 impl Https {
-    pub fn new(config: &Config) -> Result<Https, String> {
+    pub fn new(config: &Smarthost) -> Result<Https, String> {
         let (roots, trust) = root_store(config)?;
         let tls = ClientConfig::builder_with_provider(super::provider())
             .with_safe_default_protocol_versions()
@@ -140,7 +140,7 @@ fn handshake(
 }
 
 /// `smarthost_ca_file`, else the system bundle, else the compiled-in Mozilla roots.
-fn root_store(config: &Config) -> Result<(RootCertStore, String), String> {
+fn root_store(config: &Smarthost) -> Result<(RootCertStore, String), String> {
     let mut roots = RootCertStore::empty();
     let mut from_file = |path: &std::path::Path| -> Result<String, String> {
         let certs = super::load_certs(path)?;
@@ -153,7 +153,7 @@ fn root_store(config: &Config) -> Result<(RootCertStore, String), String> {
         }
         Ok(format!("{added} CA(s) from {}", path.display()))
     };
-    if let Some(path) = &config.smarthost_ca_file {
+    if let Some(path) = &config.ca_file {
         let trust = from_file(path)?;
         return Ok((roots, trust));
     }
