@@ -222,6 +222,51 @@ def test_memory_bound_32_clients_20_mib_each(sink, make_relay, mode):
     assert rss.peak - idle < bound, (idle, rss.peak, bound)
 
 
+@pytest.mark.skipif(bool(RUNNER), reason="RSS under an emulator is the emulator's")
+def test_memory_bound_three_smarthosts_12_lanes(make_relay):
+    """Three smarthosts with 4 connections each (12 lanes, each with its buffers open)
+    and 16 workers: 24 messages of 20 MiB, routed to all three, delivered side by side.
+    Peak RSS stays within (workers + lanes) x 512 KiB + 5 MiB of the idle size."""
+    sinks = [Sink().start() for _ in range(3)]
+    try:
+        extra = "".join(f"smarthost s{i} 127.0.0.1:{s.port}\n    smarthost_connections 4\n"
+                        for i, s in enumerate(sinks))
+        extra += "route s1 recipient *@one.test\nroute s2 recipient *@two.test\nroute s0\n"
+        workers, lanes = 16, 12
+        relay = make_relay(None, smarthost=None, extra=extra, workers=workers, max_connections=64,
+                           max_message_size="25M", smarthost_timeout="60s").start()
+        time.sleep(0.3)
+        idle = rss_kib(relay.proc.pid)
+        body = b"Subject: big\r\n\r\n" + (b"y" * 998 + b"\r\n") * (20 * 1024 * 1024 // 1000)
+        errors = []
+
+        def send(i):
+            try:
+                with smtplib.SMTP("127.0.0.1", relay.port, timeout=120) as s:
+                    s.sendmail("a@example.net", [f"b@{('zero', 'one', 'two')[i % 3]}.test"], body)
+            except Exception as e:  # noqa: BLE001
+                errors.append(e)
+
+        with PeakRss(relay.proc.pid) as rss:
+            threads = [threading.Thread(target=send, args=(i,)) for i in range(24)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert errors == [], (errors, relay.log()[-4000:])
+            for s in sinks:
+                s.wait_for(8, timeout=300)
+        bound = (workers + lanes) * 512 + 5 * 1024
+        concurrent = [s.max_active for s in sinks]
+        print(f"3 smarthosts x 4 lanes: idle RSS {idle} KiB, peak {rss.peak} KiB, growth "
+              f"{rss.peak - idle} KiB, bound {bound} KiB; connections at once per sink {concurrent}")
+        assert rss.peak - idle < bound, (idle, rss.peak, bound)
+        assert all(c >= 2 for c in concurrent), concurrent
+    finally:
+        for s in sinks:
+            s.stop()
+
+
 HOSTILE_REPLIES = {
     # An EHLO reply that never ends.
     "endless": lambda w: [w(b"250-x\r\n") for _ in iter(int, 1)],
