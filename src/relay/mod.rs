@@ -729,11 +729,11 @@ impl Relay {
         }
         if self.hosts.len() > 1 {
             log::warn!(
-                "relay: smarthost {} skipped for {}s (failure {} in a row), unless no other \
-                 of a route can be used",
+                "relay: smarthost {} failing ({} in a row): the next of each route takes its \
+                 mail for {}s",
                 h.name(),
-                skip.as_secs(),
-                h.health().failures
+                h.health().failures,
+                skip.as_secs()
             );
         }
     }
