@@ -371,3 +371,24 @@ def test_config_errors_name_the_line(tmp_path, extra, want):
     out = subprocess.run(RELAYD + ["-c", str(conf), "--check"], capture_output=True, text=True, timeout=30)
     assert out.returncode == 78, out
     assert f"{conf}{want}" in out.stderr, out.stderr
+
+
+def test_oauth_token_names_the_smarthost(tmp_path):
+    """`oauth token` with two smarthosts using OAuth2: without a name it says which to
+    choose (exit 78); with one, it gets that smarthost's token (here from its token
+    command, which prints the smarthost's own token)."""
+    conf = tmp_path / "c.conf"
+    conf.write_text(
+        f"spool {tmp_path}/spool\n"
+        "smarthost a 127.0.0.1:1\n    smarthost_auth xoauth2\n    smarthost_user a@example.com\n"
+        "    smarthost_oauth_token_command /bin/echo token-a\n"
+        "smarthost b 127.0.0.1:2\n    smarthost_auth xoauth2\n    smarthost_user b@example.com\n"
+        "    smarthost_oauth_token_command /bin/echo token-b\n")
+    run = lambda *a: subprocess.run(RELAYD + ["oauth", "-c", str(conf), *a],  # noqa: E731
+                                    capture_output=True, text=True, timeout=30)
+    r = run("token")
+    assert r.returncode == 78 and "several smarthosts use OAuth2 (a, b): name one" in r.stderr, r
+    r = run("token", "b")
+    assert r.returncode == 0 and "OK: got an access token for b@example.com" in r.stdout, r
+    r = run("token", "c")
+    assert r.returncode == 78 and "no smarthost named 'c' (there are: a, b)" in r.stderr, r
