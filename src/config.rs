@@ -428,6 +428,14 @@ pub struct Config {
     pub retry_min: Duration,
     pub retry_max: Duration,
     pub max_queue_lifetime: Duration,
+    /// Where failure notices and delay warnings go (else the envelope sender).
+    pub notify_failed: Option<String>,
+    /// `notify_failed none`: no notices at all.
+    pub notify_off: bool,
+    /// The envelope sender and From of notices (else `<>` and MAILER-DAEMON).
+    pub notify_from: Option<String>,
+    /// A warning goes out once a message has been deferred this long.
+    pub delay_warning: Option<Duration>,
     pub shutdown_grace: Duration,
     /// The server certificate chain and key for STARTTLS and `tls` listeners.
     pub tls_cert: Option<PathBuf>,
@@ -467,6 +475,10 @@ pub struct Config {
     /// Client networks `max_connections_per_ip` does not apply to (default loopback:
     /// the box itself, as Postfix exempts `mynetworks`).
     pub connection_limit_exempt: Vec<Cidr>,
+    /// Where `GET /metrics` is served (off when unset).
+    pub metrics_listen: Option<SocketAddr>,
+    /// Who may read it (loopback by default).
+    pub metrics_allow: Vec<Cidr>,
     /// Add `Date:` and `Message-ID:` to a message that has none.
     pub add_missing_headers: bool,
     /// Octets per second a client must keep up in DATA: each read extends the DATA
@@ -525,6 +537,23 @@ fn address(key: &str, v: &str) -> Result<String, String> {
     crate::protocol::address::check_mailbox(v.as_bytes(), false)
         .map_err(|_| format!("{key} '{v}' is not an address"))?;
     Ok(v.to_string())
+}
+
+/// An address, or a bare local name (`root`) that is qualified and looked up in
+/// the aliases where it is used.
+fn local_or_address(key: &str, v: &str) -> Result<String, String> {
+    if v.contains('@') {
+        return address(key, v);
+    }
+    let ok = !v.is_empty()
+        && v.len() <= 64
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-+".contains(&b));
+    if ok {
+        Ok(v.to_string())
+    } else {
+        Err(format!("{key} '{v}' is not an address or a local name"))
+    }
 }
 
 fn domain(key: &str, v: &str) -> Result<(), String> {
@@ -825,6 +854,52 @@ pub const TABLE: &[Key] = &[
         print: |c, s| line(s, "max_queue_lifetime", secs(&c.max_queue_lifetime)),
     },
     Key {
+        name: "notify_failed",
+        repeatable: false,
+        parse: |c, v| {
+            match v {
+                "none" => c.notify_off = true,
+                v => c.notify_failed = Some(local_or_address("notify_failed", v)?),
+            }
+            Ok(())
+        },
+        print: |c, s| {
+            if c.notify_off {
+                line(s, "notify_failed", "none");
+            } else if let Some(a) = &c.notify_failed {
+                line(s, "notify_failed", a);
+            }
+        },
+    },
+    Key {
+        name: "notify_from",
+        repeatable: false,
+        parse: |c, v| {
+            c.notify_from = Some(address("notify_from", v)?);
+            Ok(())
+        },
+        print: |c, s| {
+            if let Some(a) = &c.notify_from {
+                line(s, "notify_from", a);
+            }
+        },
+    },
+    Key {
+        name: "delay_warning",
+        repeatable: false,
+        parse: |c, v| {
+            c.delay_warning = match v {
+                "none" => None,
+                v => Some(parse_duration(v)?).filter(|d| !d.is_zero()),
+            };
+            Ok(())
+        },
+        print: |c, s| match &c.delay_warning {
+            Some(d) => line(s, "delay_warning", secs(d)),
+            None => line(s, "delay_warning", "none"),
+        },
+    },
+    Key {
         name: "tls_cert",
         repeatable: false,
         parse: |c, v| {
@@ -1009,6 +1084,32 @@ pub const TABLE: &[Key] = &[
             Ok(())
         },
         print: |c, s| line(s, "max_connections_per_ip", c.max_connections_per_ip()),
+    },
+    Key {
+        name: "metrics_listen",
+        repeatable: false,
+        parse: |c, v| {
+            c.metrics_listen = Some(v.parse::<SocketAddr>().map_err(|_| {
+                format!("metrics_listen '{v}' is not ADDR:PORT (e.g. 127.0.0.1:9125)")
+            })?);
+            Ok(())
+        },
+        print: |c, s| {
+            if let Some(a) = &c.metrics_listen {
+                line(s, "metrics_listen", a);
+            }
+        },
+    },
+    Key {
+        name: "metrics_allow",
+        repeatable: true,
+        parse: |c, v| {
+            if v != "none" {
+                c.metrics_allow.push(Cidr::parse(v)?);
+            }
+            Ok(())
+        },
+        print: |c, s| print_cidrs(s, "metrics_allow", &c.metrics_allow),
     },
     Key {
         name: "connection_limit_exempt",
@@ -1369,6 +1470,10 @@ impl Default for Config {
             retry_min: Duration::from_secs(60),
             retry_max: Duration::from_secs(3600),
             max_queue_lifetime: Duration::from_secs(5 * 86400),
+            notify_failed: None,
+            notify_off: false,
+            notify_from: None,
+            delay_warning: None,
             shutdown_grace: Duration::from_secs(10),
             tls_cert: None,
             tls_key: None,
@@ -1394,6 +1499,8 @@ impl Default for Config {
                 per: Duration::from_secs(600),
             }),
             connection_limit_exempt: Vec::new(),
+            metrics_listen: None,
+            metrics_allow: Vec::new(),
             add_missing_headers: true,
             min_data_rate: 500,
             lines: Vec::new(),
@@ -1780,6 +1887,9 @@ impl Config {
         }
         if self.line_of("allow") == 0 {
             self.allow = loopback();
+        }
+        if self.line_of("metrics_allow") == 0 {
+            self.metrics_allow = loopback();
         }
         if self.line_of("connection_limit_exempt") == 0 {
             self.connection_limit_exempt = loopback();

@@ -29,6 +29,8 @@ Usage: smtp-relayd [-c FILE] [--check]
        smtp-relayd sendmail [sendmail options] [recipient...]   (also as a link named sendmail)
        smtp-relayd queue [-c FILE] [list | show ID | flush | delete ID | retry-failed ID|all]   (mailq)
        smtp-relayd oauth [-c FILE] login | token   (OAuth2: first sign-in; fetch one token as a test)
+       smtp-relayd test [-c FILE] ADDR [SMARTHOST] [--from ADDR]   (send a test message now, step by step)
+       smtp-relayd status [-c FILE] [--json] [--warn-age D] [--crit-age D]   (exit 0 ok, 1 warning, 2 critical, 3 unknown)
 
 Options:
   -c, --config FILE   configuration file (default /etc/smtp-relayd.conf)
@@ -163,6 +165,138 @@ fn tool_setup(explicit: Option<PathBuf>, level: &str) -> Result<(Config, Hosts),
         level,
     );
     Ok((config, tls))
+}
+
+const TEST_USAGE: &str = "usage: smtp-relayd test [-c FILE] ADDR [SMARTHOST] [--from ADDR]
+  sends a short test message to ADDR through the smarthost now (not through the queue),
+  printing each step: the connection, TLS and the certificate, AUTH, every reply;
+  when a step fails it says what to check (the password, the clock, a certificate,
+  a blocked port)
+  SMARTHOST  which one (default: the first of the route ADDR takes)
+  --from     the sender (default: rewrite_sender, else smarthost_user, else sendmail_from)
+exit: 0 accepted, 1 refused or failed, 64 bad usage, 78 bad config";
+
+/// `smtp-relayd test ADDR`.
+fn test_main(args: &[String]) -> ExitCode {
+    if args.iter().any(|a| a == "-h" || a == "--help") {
+        println!("{TEST_USAGE}");
+        return ExitCode::SUCCESS;
+    }
+    let (explicit, rest) = split_config_arg(args);
+    let mut words = Vec::new();
+    let mut from = None;
+    let mut it = rest.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--from" => match it.next() {
+                Some(f) => from = Some(f.clone()),
+                None => {
+                    eprintln!("smtp-relayd test: --from needs an ADDR\n{TEST_USAGE}");
+                    return ExitCode::from(EX_USAGE);
+                }
+            },
+            w => words.push(w.to_string()),
+        }
+    }
+    let (to, name) = match &words[..] {
+        [to] => (to.clone(), None),
+        [to, name] => (to.clone(), Some(name.clone())),
+        _ => {
+            eprintln!("smtp-relayd test: which address?\n{TEST_USAGE}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    if smtp_relayd::protocol::address::check_mailbox(to.as_bytes(), true).is_err() {
+        eprintln!("smtp-relayd test: '{to}' is not an address");
+        return ExitCode::from(EX_USAGE);
+    }
+    let (config, hosts) = match tool_setup(explicit, "warn") {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let host = match name {
+        Some(n) => match hosts.iter().find(|h| h.name() == n) {
+            Some(h) => h,
+            None => {
+                let all: Vec<&str> = hosts.iter().map(|h| h.name()).collect();
+                eprintln!(
+                    "smtp-relayd test: no smarthost named '{n}' (there are: {})",
+                    all.join(", ")
+                );
+                return ExitCode::from(EX_USAGE);
+            }
+        },
+        None => {
+            let sender = smtp_relayd::probe::sender(&config, &hosts[0], from.as_deref());
+            let route = config.route_of(sender.as_bytes(), to.as_bytes());
+            &hosts[config.routes[route].hosts[0]]
+        }
+    };
+    if smtp_relayd::probe::run(&config, host, &to, from.as_deref()) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+const STATUS_USAGE: &str =
+    "usage: smtp-relayd status [-c FILE] [--json] [--warn-age DURATION] [--crit-age DURATION]
+  the daemon, the queue, each smarthost and the last delivery, on one screen
+  --json        the same as one JSON object
+  --warn-age D  a queued message older than D is a warning (default 1h)
+  --crit-age D  ... and older than D critical (default 1d)
+exit: 0 ok; 1 warning (old mail, a smarthost failing, mail in failed/);
+      2 critical (no daemon, very old mail, every smarthost failing); 3 unknown";
+
+/// `smtp-relayd status`: exit codes as a Nagios plugin's.
+fn status_main(args: &[String]) -> ExitCode {
+    if args.iter().any(|a| a == "-h" || a == "--help") {
+        println!("{STATUS_USAGE}");
+        return ExitCode::SUCCESS;
+    }
+    let (explicit, rest) = split_config_arg(args);
+    let mut limits = smtp_relayd::status::Limits::default();
+    let mut json = false;
+    let mut it = rest.iter();
+    while let Some(a) = it.next() {
+        let duration = |v: Option<&String>| {
+            v.ok_or_else(|| format!("{a} needs a DURATION"))
+                .and_then(|v| smtp_relayd::config::parse_duration(v))
+        };
+        let r = match a.as_str() {
+            "--json" => {
+                json = true;
+                Ok(())
+            }
+            "--warn-age" => duration(it.next()).map(|d| limits.warn = d),
+            "--crit-age" => duration(it.next()).map(|d| limits.crit = d),
+            other => Err(format!("unknown argument {other}")),
+        };
+        if let Err(e) = r {
+            eprintln!("smtp-relayd status: {e}\n{STATUS_USAGE}");
+            return ExitCode::from(3);
+        }
+    }
+    let path = explicit
+        .or_else(|| std::env::var_os("SMTP_RELAYD_CONFIG").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
+    let config = match Config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            println!("smtp-relayd UNKNOWN: {e}");
+            return ExitCode::from(3);
+        }
+    };
+    match smtp_relayd::status::report(&config, limits) {
+        Ok(r) => {
+            print!("{}", if json { r.json() } else { r.text() });
+            ExitCode::from(r.code())
+        }
+        Err(e) => {
+            println!("smtp-relayd UNKNOWN: {e}");
+            ExitCode::from(3)
+        }
+    }
 }
 
 const OAUTH_USAGE: &str = "usage: smtp-relayd oauth [-c FILE] login | token [SMARTHOST]
@@ -402,6 +536,8 @@ fn main() -> ExitCode {
         (_, Some("sendmail")) => return sendmail_main(&argv[2..]),
         (_, Some("queue")) => return queue_main(&argv[2..]),
         (_, Some("oauth")) => return oauth_main(&argv[2..]),
+        (_, Some("status")) => return status_main(&argv[2..]),
+        (_, Some("test")) => return test_main(&argv[2..]),
         // `smtp-relayd -c FILE queue|oauth ...` works too.
         (_, Some("-c" | "--config")) if argv.len() > 3 => {
             let mut rest = vec!["-c".to_string(), argv[2].clone()];
@@ -409,6 +545,8 @@ fn main() -> ExitCode {
             match argv[3].as_str() {
                 "queue" => return queue_main(&rest),
                 "oauth" => return oauth_main(&rest),
+                "status" => return status_main(&rest),
+                "test" => return test_main(&rest),
                 _ => {}
             }
         }

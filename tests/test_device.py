@@ -29,8 +29,39 @@ def test_sd_notify_ready_after_bind_and_stopping(sink, make_relay, tmp_path):
     with smtplib.SMTP("127.0.0.1", relay.port, timeout=5) as s:
         assert s.noop()[0] == 250
     relay.proc.send_signal(signal.SIGTERM)
-    assert notify.recv(4096) == b"STOPPING=1"
+    # STATUS= lines may come before it (see the next test).
+    while (msg := notify.recv(4096)).startswith(b"STATUS="):
+        pass
+    assert msg == b"STOPPING=1"
     assert relay.proc.wait(20) == 0
+
+
+def test_sd_notify_status_tells_the_queue_and_a_failing_smarthost(make_relay, tmp_path):
+    """STATUS= follows the queue and the smarthost's health, as `systemctl status`
+    shows it."""
+    notify = datagram_socket(str(tmp_path / "notify"))
+    down = free_port()
+    relay = make_relay(down, retry_min="1h", retry_max="1h", smarthost_connect_timeout="2s")
+    relay.start(env={"NOTIFY_SOCKET": str(tmp_path / "notify")})
+    seen = []
+
+    def until(pattern, timeout=20):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                seen.append(notify.recv(4096).decode())
+            except socket.timeout:
+                continue
+            if re.search(pattern, seen[-1]):
+                return seen[-1]
+        raise AssertionError(f"no {pattern!r} in {seen}")
+
+    until(r"^STATUS=0 queued; 0 delivered since start$")
+    with smtplib.SMTP("127.0.0.1", relay.port) as s:
+        s.sendmail("a@b.c", ["d@e.f"], b"Subject: s\r\n\r\nx\r\n")
+    line = until(rf"^STATUS=1 queued, oldest \d+s, 127\.0\.0\.1:{down} failing since \d\d:\d\d$")
+    assert "delivered since start" not in line
+    relay.stop()
 
 
 def test_sd_notify_abstract_socket(sink, make_relay):

@@ -209,7 +209,11 @@ def test_550_goes_to_failed_area(make_relay):
             s.sendmail("a@b.c", ["nobody@e.f"], b"Subject: x\r\n\r\ny\r\n")
         relay.wait_log(r"status=failed \(550 5\.1\.1 no such user\)")
         relay.wait_log(r"failed: 1 recipient\(s\) failed; moved to .*/failed/")
-        [failed] = relay.files("failed")
+        # The sender's notice is refused too (the sink refuses everyone): it stays in
+        # failed/ beside the message, and gets no notice of its own.
+        relay.wait_log(r"a notice that failed gets no notice of its own")
+        [failed] = [f for f in relay.files("failed") if f[17] != "F"]
+        assert len(relay.files("failed")) == 2
         text = open(os.path.join(relay.spool, "failed", failed), "rb").read()
         assert b"\nF 0 " in text and b"550 5.1.1 no such user" in text and b"\nX " in text
         assert relay.files("queue") == []
@@ -311,7 +315,9 @@ def test_upstream_size_limit_fails_message(make_relay):
             s.sendmail("a@b.c", ["d@e.f"], b"Subject: big\r\n\r\n" + b"x" * 500 + b"\r\n")
         relay.wait_log(r"status=failed \(552 5\.3\.4 message size \d+ exceeds smarthost limit 100\)")
         relay.wait_log(r"moved to .*/failed/")
-        assert len(relay.files("failed")) == 1
+        # Its failure notice is over 100 octets too: it fails the same way, and stops.
+        relay.wait_log(r"a notice that failed gets no notice of its own")
+        assert len(relay.files("failed")) == 2
         assert not any(c.startswith(b"MAIL") for c in sink.commands)
     finally:
         sink.stop()
@@ -804,8 +810,11 @@ def test_message_expires_after_max_queue_lifetime(make_relay):
         relay = make_relay(sink.port, max_queue_lifetime="2s").start()
         with smtplib.SMTP("127.0.0.1", relay.port) as s:
             s.sendmail("a@b.c", ["d@e.f"], b"Subject: doomed\r\n\r\nx\r\n")
-        relay.wait_log(r"failed: message expired; last error: 451 4\.3\.0 not now; moved to .*/failed/", timeout=30)
-        [failed] = relay.files("failed")
+        relay.wait_log(r"failed: message expired after 2s; last error: 451 4\.3\.0 not now; moved to .*/failed/",
+                       timeout=30)
+        # Its notice expires the same way (2 s), and stops there.
+        relay.wait_log(r"a notice that failed gets no notice of its own", timeout=30)
+        [failed] = [f for f in relay.files("failed") if f[17] != "F"]
         text = open(os.path.join(relay.spool, "failed", failed), "rb").read()
         assert b"\nT " in text and b"\nX " in text
         assert relay.files("queue") == []

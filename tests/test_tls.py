@@ -258,3 +258,80 @@ def test_passthrough_refused_credentials_are_a_temporary_failure(make_relay, aio
     assert code == 451 and text.startswith(b"4.4.0"), (code, text)
     relay.wait_log(r"passthrough: cannot use 127\.0\.0\.1:\d+ \(AUTH\): 535")
     assert rec.messages == []
+
+
+def run_test_command(relay, *args):
+    r = subprocess.run(RELAYD + ["test", "-c", relay.conf_path, *args], capture_output=True, text=True, timeout=120)
+    return r.returncode, r.stdout + r.stderr
+
+
+def test_test_command_through_tls_and_auth(make_relay, aiosmtpd_tls, pki, password_file):
+    port, rec = aiosmtpd_tls()
+    relay = make_relay(port, smarthost_tls="starttls", smarthost_ca_file=pki["ca"],
+                       smarthost_user="relay@example.net", smarthost_password_file=password_file)
+    code, out = run_test_command(relay, "ops@example.com")
+    assert code == 0, out
+    assert re.search(rf"^connected to 127\.0\.0\.1:{port} at 127\.0\.0\.1:{port}$", out, re.M), out
+    assert re.search(r"^TLS \(STARTTLS\): TLSv1_[23] \S+; certificate sha256:[0-9a-f:]+ \(chain of 1\)$", out, re.M), out
+    assert "  > STARTTLS\n  < 220 " in out
+    assert "  > AUTH PLAIN **** (hidden)\n  < 235 " in out
+    assert "s3cret" not in out, "the password is never printed"
+    assert "  > MAIL FROM:<relay@example.net>" in out, "the sender defaults to smarthost_user"
+    assert f"OK: 127.0.0.1:{port} accepted the test message for <ops@example.com>: 250 2.0.0 OK aiosmtpd" in out
+    [(frm, tos, content)] = rec.messages
+    assert frm == "relay@example.net" and tos == ["ops@example.com"]
+    assert b"Subject: smtp-relayd test from relay.test\r\n" in content
+    # Nothing went through the queue.
+    assert relay.files("queue") == [] and not os.path.exists(os.path.join(relay.spool, "queue", "x"))
+
+
+def test_test_command_says_what_to_fix(make_relay, aiosmtpd_tls, pki, tmp_path):
+    port, rec = aiosmtpd_tls(mechanisms=["LOGIN"])
+    wrong = tmp_path / "wrong.pass"
+    wrong.write_text("not the password\n")
+    wrong.chmod(0o600)
+    relay = make_relay(port, smarthost_tls="starttls", smarthost_ca_file=pki["ca"],
+                       smarthost_user="relay@example.net", smarthost_password_file=str(wrong))
+    code, out = run_test_command(relay, "ops@example.com")
+    assert code == 1, out
+    assert "  > AUTH LOGIN\n  < 334 " in out and "**** (hidden)" in out and "not the password" not in out
+    assert "FAILED at AUTH: 535 5.7.8" in out
+    assert "what to check: the smarthost refused the user or the password: check smarthost_user and " \
+           "smarthost_password_file" in out
+    assert rec.messages == []
+
+    # An untrusted (self-signed) certificate.
+    port2, _ = aiosmtpd_tls(cert=pki["rogue_cert"], key=pki["rogue_key"])
+    relay2 = make_relay(port2, smarthost_tls="starttls", smarthost_ca_file=pki["ca"])
+    code, out = run_test_command(relay2, "ops@example.com")
+    assert code == 1, out
+    assert "FAILED at STARTTLS: " in out and "invalid peer certificate" in out
+    assert "what to check: the certificate is not signed by a CA this box trusts" in out
+
+    # A certificate not valid yet: the clock.
+    port3, _ = aiosmtpd_tls(cert=pki["future_cert"], key=pki["future_key"])
+    relay3 = make_relay(port3, smarthost_tls="starttls", smarthost_ca_file=pki["ca"])
+    code, out = run_test_command(relay3, "ops@example.com")
+    assert code == 1 and "check the system time" in out, out
+
+    # A closed port.
+    closed = free_port()
+    relay4 = make_relay(closed, smarthost_tls="none", smarthost_connect_timeout="3s")
+    code, out = run_test_command(relay4, "ops@example.com")
+    assert code == 1, out
+    assert f"FAILED at the connection: 451 4.4.1 cannot connect to smarthost 127.0.0.1:{closed}" in out
+    assert f"what to check: nothing accepts connections on 127.0.0.1:{closed}" in out
+
+
+def test_test_command_usage(make_relay, sink):
+    relay = make_relay(sink.port)
+    code, out = run_test_command(relay)
+    assert code == 64 and "which address?" in out
+    code, out = run_test_command(relay, "not an address")
+    assert code == 64
+    code, out = run_test_command(relay, "ops@example.com", "nosuch")
+    assert code == 64 and "no smarthost named 'nosuch'" in out
+    code, out = run_test_command(relay, "ops@example.com", "--from", "alerts@example.com")
+    assert code == 0 and "  > MAIL FROM:<alerts@example.com>" in out, out
+    [m] = sink.wait_for(1)
+    assert m["sender"] == "alerts@example.com"

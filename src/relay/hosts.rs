@@ -100,6 +100,22 @@ impl Host {
         }
     }
 
+    /// Its health as `status` and the metrics show it.
+    pub fn status(&self) -> crate::stats::HostStatus {
+        let h = self.lock();
+        crate::stats::HostStatus {
+            name: self.conf.name.clone(),
+            address: self.conf.address.to_string(),
+            failures: h.failures,
+            failing_since: h.failing_since,
+            last_error: h.last_error.clone(),
+            last_ok: h.last_ok,
+            backoff: h.retry_at.map_or(0, |at| {
+                at.saturating_duration_since(Instant::now()).as_secs()
+            }),
+        }
+    }
+
     /// `queue flush`: try it now, whatever its backoff.
     pub fn retry_now(&self) {
         self.lock().retry_at = None;

@@ -7,6 +7,7 @@
 
 pub mod hosts;
 mod lane;
+mod notices;
 mod upstream;
 
 use std::cmp::Reverse;
@@ -18,12 +19,13 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::config::Config;
+use crate::notice;
 use crate::protocol::client::{RcptResult, Reply};
 use crate::spool::{Message, QueueId, RcptState, ReadError, Record, Spool};
 use crate::time::now_unix;
 pub use hosts::{Host, Hosts};
 use lane::{Job, Outcome, Work, local};
-pub use upstream::{TlsClient, Upstream};
+pub use upstream::{TlsClient, Upstream, trace as upstream_trace};
 
 /// What the relay thread is told.
 #[derive(Debug)]
@@ -50,6 +52,9 @@ pub enum Request {
     Delete(QueueId),
     /// Put failed messages (one, or all: `None`) back in the queue.
     RetryFailed(Option<QueueId>),
+    /// `smtp-relayd status`: the daemon's counters and smarthosts (answered by the
+    /// control thread itself, so a busy relay does not delay it).
+    Status,
 }
 
 impl Request {
@@ -61,6 +66,7 @@ impl Request {
             Request::Delete(id) => format!("delete {id}"),
             Request::RetryFailed(Some(id)) => format!("retry-failed {id}"),
             Request::RetryFailed(None) => "retry-failed all".into(),
+            Request::Status => "status".into(),
         }
     }
 
@@ -69,6 +75,7 @@ impl Request {
         match text.split_once(' ').unwrap_or((text, "")) {
             ("queued", i) => id(i).map(Request::Queued),
             ("flush", "") => Some(Request::Flush),
+            ("status", "") => Some(Request::Status),
             ("delete", i) => id(i).map(Request::Delete),
             ("retry-failed", "all") => Some(Request::RetryFailed(None)),
             ("retry-failed", i) => id(i).map(|i| Request::RetryFailed(Some(i))),
@@ -109,6 +116,11 @@ pub fn lock_path(spool: &Spool) -> std::path::PathBuf {
     spool.root().join("relay.lock")
 }
 
+/// What the relay last wrote of its smarthosts' health, for `status`.
+pub fn state_path(spool: &Spool) -> std::path::PathBuf {
+    spool.root().join("state")
+}
+
 /// The datagram socket a running daemon takes queue commands on.
 pub fn control_path(spool: &Spool) -> std::path::PathBuf {
     spool.root().join("control")
@@ -141,6 +153,22 @@ pub fn backoff(config: &Config, attempt: u32) -> Duration {
         .min(config.retry_max)
 }
 
+/// What the relay delivers with: the config, the smarthosts, the aliases (for
+/// notices). A reload hands it a new set.
+#[derive(Clone)]
+pub struct Settings {
+    pub config: Arc<Config>,
+    pub hosts: Hosts,
+    pub policy: Arc<crate::protocol::policy::Policy>,
+}
+
+/// The flags the relay looks at: stop, and re-read `queue/`.
+#[derive(Clone, Default)]
+pub struct Flags {
+    pub stop: Arc<AtomicBool>,
+    pub rescan: Arc<AtomicBool>,
+}
+
 pub struct Relay {
     config: Arc<Config>,
     spool: Arc<Spool>,
@@ -152,6 +180,10 @@ pub struct Relay {
     /// Every id scheduled: due, waiting, or being delivered.
     known: HashSet<QueueId>,
     hosts: Hosts,
+    /// For the notices' recipients: qualification and aliases.
+    policy: Arc<crate::protocol::policy::Policy>,
+    /// Counters for `status` and the metrics.
+    stats: Arc<crate::stats::Stats>,
     lanes: Vec<Lanes>,
     done_tx: Sender<Outcome>,
     done_rx: Receiver<Outcome>,
@@ -187,25 +219,31 @@ struct Progress {
 
 impl Relay {
     pub fn new(
-        config: Arc<Config>,
+        settings: Settings,
         spool: Arc<Spool>,
         rx: Receiver<Control>,
-        stop: Arc<AtomicBool>,
-        rescan: Arc<AtomicBool>,
-        hosts: Hosts,
+        flags: Flags,
+        stats: Arc<crate::stats::Stats>,
     ) -> Relay {
         let (done_tx, done_rx) = crossbeam_channel::unbounded();
+        let Settings {
+            config,
+            hosts,
+            policy,
+        } = settings;
         Relay {
             config,
             spool,
             rx,
-            stop,
-            rescan,
+            stop: flags.stop,
+            rescan: flags.rescan,
             due: VecDeque::new(),
             waiting: BinaryHeap::new(),
             known: HashSet::new(),
             lanes: Vec::new(),
             hosts,
+            policy,
+            stats,
             done_tx,
             done_rx,
             progress: HashMap::new(),
@@ -279,6 +317,7 @@ impl Relay {
     /// daemon runs). The caller holds the relay lock. Returns the messages tried.
     pub fn run_once(mut self) -> usize {
         self.start_lanes();
+        self.owed_notices();
         self.scan();
         let tried = self.due.len();
         while let Some(id) = self.due.pop_front() {
@@ -297,6 +336,7 @@ impl Relay {
     pub fn run(mut self) {
         let _lock = self.lock();
         self.start_lanes();
+        self.owed_notices();
         self.scan();
         if !self.due.is_empty() {
             log::info!("relay: {} message(s) in the queue at start", self.due.len());
@@ -358,6 +398,7 @@ impl Relay {
             }
         }
         self.stop_lanes();
+        self.save_state(Some(now_unix()));
         log::info!(
             "relay: stopped; {} message(s) stay queued",
             self.spool
@@ -441,6 +482,10 @@ impl Relay {
                     Ok(false) => Answer::Failed(format!("no message {id}")),
                     Err(e) => Answer::Failed(format!("cannot delete {id}: {e}")),
                 }
+            }
+            Request::Status => {
+                let hosts = self.hosts.iter().map(|h| h.status()).collect();
+                Answer::Done(crate::stats::Snapshot::of(&self.stats, hosts).encode())
             }
             Request::RetryFailed(which) => {
                 let ids = match which {
@@ -648,7 +693,7 @@ impl Relay {
     /// A lane is done with a job.
     fn finished(&mut self, o: Outcome) {
         let Outcome {
-            mut job,
+            job,
             host,
             msg,
             result,
@@ -657,6 +702,31 @@ impl Relay {
         if let Some(p) = self.progress.get_mut(&job.id) {
             p.running -= 1;
         }
+        let was_failing = self.hosts[host].health().failures > 0;
+        self.finished_result(job, host, msg, result);
+        if (self.hosts[host].health().failures > 0) != was_failing {
+            self.save_state(None);
+        }
+        self.stats.changed();
+        for h in 0..self.lanes.len() {
+            self.pump(h);
+        }
+    }
+
+    /// `SPOOL/state`: what `status` shows of the smarthosts when no daemon runs.
+    fn save_state(&self, stopped: Option<u64>) {
+        let hosts = self.hosts.iter().map(|h| h.status()).collect();
+        let mut snap = crate::stats::Snapshot::of(&self.stats, hosts);
+        snap.stopped = stopped;
+        if let Err(e) = snap.save(&state_path(&self.spool)) {
+            log::warn!(
+                "relay: cannot write {}: {e}",
+                state_path(&self.spool).display()
+            );
+        }
+    }
+
+    fn finished_result(&mut self, mut job: Job, host: usize, msg: Message, result: lane::Result) {
         match result {
             lane::Result::Unusable(e) => {
                 let skip = self.hosts[host].failed(&self.config, &e.reply);
@@ -696,9 +766,6 @@ impl Relay {
                 }
                 self.apply(job, host, msg, &results, now_unix());
             }
-        }
-        for h in 0..self.lanes.len() {
-            self.pump(h);
         }
     }
 
@@ -766,6 +833,7 @@ impl Relay {
                 .iter()
                 .all(|r| matches!(r, RcptResult::Delivered(_)));
         let mut deferred = None;
+        let mut counted = false;
         for (&i, r) in job.rcpts.iter().zip(results) {
             let rcpt = &msg.envelope.recipients[i];
             match r {
@@ -790,6 +858,18 @@ impl Relay {
                         );
                     }
                     msg.rcpt_state[i] = RcptState::Delivered;
+                    let first = !counted;
+                    counted = true;
+                    self.stats.delivered(
+                        crate::stats::Delivery {
+                            time: now,
+                            id: msg.id.to_string(),
+                            rcpt: rcpt.clone(),
+                            relay: relay.to_string(),
+                            delay,
+                        },
+                        if first { msg.size } else { 0 },
+                    );
                 }
                 RcptResult::Failed(reply) => {
                     log::warn!(
@@ -859,7 +939,11 @@ impl Relay {
         now: u64,
     ) {
         if self.expired(msg, now) {
-            self.fail_message(msg, now, &format!("message expired; last error: {reply}"));
+            let why = format!(
+                "message expired after {}; last error: {reply}",
+                human_age(self.config.max_queue_lifetime.as_secs())
+            );
+            self.fail_message(msg, now, &why, true);
             return;
         }
         let delay = backoff(&self.config, msg.attempts + 1);
@@ -883,6 +967,7 @@ impl Relay {
         }
         for (i, r) in msg.envelope.recipients.iter().enumerate() {
             if msg.rcpt_state[i] == RcptState::Pending {
+                self.stats.deferred.fetch_add(1, Ordering::Relaxed);
                 let relay = tried
                     .iter()
                     .find(|(r, _)| *r == i)
@@ -898,6 +983,13 @@ impl Relay {
             }
         }
         self.schedule(msg.id.clone(), delay);
+        // The deferral's reply is the warning's reason (it is in the file now).
+        if self.config.delay_warning.is_some()
+            && !msg.warned
+            && let Some(m) = self.read(&msg.id)
+        {
+            self.maybe_warn(&m, now);
+        }
     }
 
     /// Every recipient has a final result.
@@ -908,7 +1000,7 @@ impl Relay {
             .filter(|s| **s == RcptState::Failed)
             .count();
         if failed > 0 {
-            self.fail_message(msg, now, &format!("{failed} recipient(s) failed"));
+            self.fail_message(msg, now, &format!("{failed} recipient(s) failed"), false);
             return;
         }
         match self.spool.remove(&msg.id) {
@@ -918,16 +1010,55 @@ impl Relay {
         self.forget(&msg.id);
     }
 
-    fn fail_message(&mut self, msg: &Message, now: u64, why: &str) {
+    /// Moves a message to `failed/`; its sender (or `notify_failed`) gets a notice,
+    /// unless it is one or came from `<>`.
+    fn fail_message(&mut self, msg: &Message, now: u64, why: &str, expired: bool) {
+        let notify = self.wants_notice(msg);
+        if notify
+            && let Err(e) = self
+                .spool
+                .record(&msg.id, &Record::NoticeOwed { time: now })
+        {
+            log::error!("{}: cannot record that a notice is owed: {e}", msg.id);
+        }
         match self.spool.move_to_failed(&msg.id, now, why) {
             Ok(()) => log::error!(
                 "{}: failed: {why}; moved to {}/failed/",
                 msg.id,
                 self.spool.root().display()
             ),
-            Err(e) => log::error!("{}: failed: {why}; cannot move to failed/: {e}", msg.id),
+            Err(e) => {
+                log::error!("{}: failed: {why}; cannot move to failed/: {e}", msg.id);
+                self.forget(&msg.id);
+                return;
+            }
         }
         self.forget(&msg.id);
+        self.stats.failed.fetch_add(1, Ordering::Relaxed);
+        if notify {
+            // Read again: the records of the last attempt are in the file.
+            match self.spool.read_failed(&msg.id) {
+                Ok(m) => self.send_notice(
+                    &m,
+                    notice::Kind::Failed,
+                    notices::Area::Failed,
+                    expired.then_some(why),
+                ),
+                Err(e) => log::error!("{}: cannot read it back for its notice: {e:?}", msg.id),
+            }
+        } else if msg.envelope.client == notice::CLIENT {
+            log::warn!("{}: a notice that failed gets no notice of its own", msg.id);
+        }
+    }
+}
+
+/// `5d`, `3h`, `20m`, `45s`: the largest whole unit.
+pub fn human_age(secs: u64) -> String {
+    match secs {
+        s if s >= 86400 && s % 86400 == 0 => format!("{}d", s / 86400),
+        s if s >= 3600 && s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s >= 60 && s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
     }
 }
 
@@ -978,6 +1109,7 @@ mod tests {
             Request::Delete(id.clone()),
             Request::RetryFailed(Some(id)),
             Request::RetryFailed(None),
+            Request::Status,
         ];
         for r in requests {
             assert_eq!(Request::decode(&r.encode()), Some(r));

@@ -22,6 +22,48 @@ pub use crate::tls::client::TlsClient;
 #[cfg(feature = "tls")]
 use crate::tls::client::TlsStream;
 
+thread_local! {
+    /// `smtp-relayd test`: print each line sent and received on this thread, secrets
+    /// hidden. `Some(hide)`: `hide` is set while the next lines sent are SASL
+    /// responses (after a 334).
+    static TRACE: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
+}
+
+/// Turns the transcript of this thread's connections on (stdout) or off.
+pub fn trace(on: bool) {
+    TRACE.with(|t| t.set(on.then_some(false)));
+}
+
+fn tracing() -> bool {
+    TRACE.with(|t| t.get().is_some())
+}
+
+/// Prints what is sent, with AUTH's secrets replaced.
+fn trace_out(bytes: &[u8]) {
+    for line in String::from_utf8_lossy(bytes).split_terminator("\r\n") {
+        let hidden = TRACE.with(|t| t.get() == Some(true));
+        let upper = line.to_ascii_uppercase();
+        let shown = if hidden {
+            "**** (hidden)".to_string()
+        } else if upper.starts_with("AUTH ") {
+            let mut w = line.splitn(3, ' ');
+            let (verb, mech) = (w.next().unwrap_or(""), w.next().unwrap_or(""));
+            match w.next() {
+                Some(_) => format!("{verb} {mech} **** (hidden)"),
+                None => format!("{verb} {mech}"),
+            }
+        } else {
+            line.to_string()
+        };
+        println!("  > {shown}");
+    }
+}
+
+fn trace_in(reply: &Reply) {
+    println!("  < {reply}");
+    TRACE.with(|t| t.set(Some(reply.code == 334)));
+}
+
 /// RFC 5321 §4.5.3.2 client timeouts.
 const GREETING: Duration = Duration::from_secs(300);
 const COMMAND: Duration = Duration::from_secs(300);
@@ -226,15 +268,24 @@ impl Upstream {
             },
         )?;
         let _ = tcp.set_nodelay(true);
+        if tracing() {
+            let peer = tcp.peer_addr().map_or("?".into(), |a| a.to_string());
+            println!("connected to {name} at {peer}");
+        }
         let timeout = config.timeout.unwrap_or(GREETING);
         let _ = tcp.set_read_timeout(Some(timeout));
         let _ = tcp.set_write_timeout(Some(timeout));
         let stream = match (config.tls, tls) {
             #[cfg(feature = "tls")]
-            (SmarthostTls::Implicit, Some(tls)) => Stream::Tls(Box::new(
-                tls.handshake(tcp)
-                    .map_err(|e| local(&format!("4.7.0 {name}: {e}")))?,
-            )),
+            (SmarthostTls::Implicit, Some(tls)) => {
+                let s = tls
+                    .handshake(tcp)
+                    .map_err(|e| local(&format!("4.7.0 {name}: {e}")))?;
+                if tracing() {
+                    println!("TLS (implicit): {}", crate::tls::client::describe(&s));
+                }
+                Stream::Tls(Box::new(s))
+            }
             _ => Stream::Plain(tcp),
         };
         let mut up = Upstream {
@@ -294,6 +345,9 @@ impl Upstream {
             let stream = tls
                 .handshake(tcp)
                 .map_err(|e| local(&format!("4.7.0 {}: {e}", self.name)))?;
+            if tracing() {
+                println!("TLS (STARTTLS): {}", crate::tls::client::describe(&stream));
+            }
             self.stream = Stream::Tls(Box::new(stream));
             self.client.tls_started();
             return self.flush(COMMAND);
@@ -333,6 +387,9 @@ impl Upstream {
             return Ok(());
         }
         self.write_timeout(timeout);
+        if tracing() {
+            trace_out(self.client.output());
+        }
         let result = self
             .stream
             .write_all(self.client.output())
@@ -356,7 +413,12 @@ impl Upstream {
                 let (n, got) = self.reader.feed(&self.buf[self.start..self.end]);
                 self.start += n;
                 match got {
-                    Some(Ok(reply)) => return Ok(reply),
+                    Some(Ok(reply)) => {
+                        if tracing() {
+                            trace_in(&reply.0);
+                        }
+                        return Ok(reply);
+                    }
                     Some(Err(e)) => {
                         return Err(local(&format!("4.5.0 bad reply from {}: {e}", self.name)));
                     }

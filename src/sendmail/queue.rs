@@ -7,7 +7,6 @@ use std::fmt::Write as _;
 
 use std::os::unix::net::UnixDatagram;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use crate::config::Config;
@@ -159,17 +158,17 @@ pub fn command(
         Ok(()) => {
             // No daemon: do it here, holding the lock (a daemon starting now waits).
             let (_tx, rx) = crossbeam_channel::bounded(1);
-            let flags = (
-                Arc::new(AtomicBool::new(false)),
-                Arc::new(AtomicBool::new(false)),
-            );
+            let settings = relay::Settings {
+                config: Arc::new(config.clone()),
+                hosts,
+                policy: Arc::new(config.policy()?),
+            };
             let mut r = Relay::new(
-                Arc::new(config.clone()),
+                settings,
                 Arc::new(spool),
                 rx,
-                flags.0,
-                flags.1,
-                hosts,
+                relay::Flags::default(),
+                Arc::new(smtp_stats()),
             );
             let answer = match req {
                 Request::Flush => Answer::Done(format!(
@@ -188,13 +187,22 @@ pub fn command(
 /// Sends the command to the daemon's control socket and waits for its answer (the
 /// relay answers between deliveries, so this may wait for one to finish).
 fn ask_daemon(spool: &Spool, req: &Request) -> Result<Answer, String> {
+    ask_daemon_within(spool, req, Duration::from_secs(900))
+}
+
+/// `ask_daemon`, waiting at most `timeout` for the answer.
+pub fn ask_daemon_within(
+    spool: &Spool,
+    req: &Request,
+    timeout: Duration,
+) -> Result<Answer, String> {
     use std::os::linux::net::SocketAddrExt;
     let name = format!("smtp-relayd-queue-{}-{}", std::process::id(), now_unix());
     let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
         .map_err(|e| e.to_string())?;
     let sock =
         UnixDatagram::bind_addr(&addr).map_err(|e| format!("cannot make a reply socket: {e}"))?;
-    sock.set_read_timeout(Some(Duration::from_secs(900)))
+    sock.set_read_timeout(Some(timeout))
         .map_err(|e| e.to_string())?;
     sock.send_to(req.encode().as_bytes(), relay::control_path(spool))
         .map_err(|e| {
@@ -203,7 +211,7 @@ fn ask_daemon(spool: &Spool, req: &Request) -> Result<Answer, String> {
                 relay::control_path(spool).display()
             )
         })?;
-    let mut buf = [0u8; 1024];
+    let mut buf = vec![0u8; 64 * 1024];
     let n = sock
         .recv(&mut buf)
         .map_err(|e| format!("no answer from the daemon: {e}"))?;
@@ -219,4 +227,8 @@ pub fn receive(
     let text = String::from_utf8_lossy(&buf[..n]);
     let reply_to = (!addr.is_unnamed()).then_some(addr);
     Ok(Request::decode(text.trim()).map(|r| (r, reply_to)))
+}
+
+fn smtp_stats() -> crate::stats::Stats {
+    crate::stats::Stats::new(now_unix())
 }

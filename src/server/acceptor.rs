@@ -28,7 +28,16 @@ pub struct Acceptor {
     pub max_connections_per_ip: u32,
     /// Addresses `max_connections_per_ip` does not apply to (`connection_limit_exempt`).
     pub exempt: Vec<crate::config::Cidr>,
+    pub stats: Arc<crate::stats::Stats>,
+    /// `metrics_listen`, and what makes its page.
+    pub metrics: Option<(super::metrics::Metrics, Page)>,
 }
+
+/// Makes the metrics page when a client asks for it.
+pub type Page = Box<dyn Fn() -> String + Send>;
+
+/// The first token of the metrics connections (the listener's is one less).
+pub const METRICS_BASE: usize = 1 << 20;
 
 impl Acceptor {
     pub fn run(mut self) -> io::Result<()> {
@@ -40,9 +49,16 @@ impl Acceptor {
                 Interest::READABLE,
             )?;
         }
+        if let Some((m, _)) = &self.metrics {
+            m.register(self.poll.registry())?;
+        }
         let mut events = Events::with_capacity(64);
         loop {
-            if let Err(e) = self.poll.poll(&mut events, None) {
+            let timeout = self
+                .metrics
+                .as_ref()
+                .and_then(|(m, _)| m.timeout(std::time::Instant::now()));
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
@@ -53,9 +69,16 @@ impl Acceptor {
                 return Ok(());
             }
             for ev in events.iter() {
-                if ev.token() != WAKE {
-                    self.accept_all(ev.token().0);
+                let t = ev.token();
+                match &mut self.metrics {
+                    Some((m, _)) if t == m.listener_token() => m.accept(self.poll.registry()),
+                    Some((m, page)) if m.owns(t) => m.ready(t, self.poll.registry(), page),
+                    _ if t != WAKE => self.accept_all(t.0),
+                    _ => {}
                 }
+            }
+            if let Some((m, _)) = &mut self.metrics {
+                m.expire(self.poll.registry(), std::time::Instant::now());
             }
         }
     }
@@ -99,10 +122,12 @@ impl Acceptor {
             );
             let _ = stream.set_nonblocking(true);
             let _ = stream.write_all(reply::TOO_MANY_FROM_ADDRESS.as_bytes());
+            self.stats.reject(crate::stats::Reject::Connection);
             return;
         }
         let active = self.shared.active.fetch_add(1, Ordering::AcqRel);
         let refuse = |mut stream: TcpStream, why: &str| {
+            self.stats.reject(crate::stats::Reject::Connection);
             self.shared.active.fetch_sub(1, Ordering::AcqRel);
             self.shared.per_ip.leave(ip);
             log::warn!(

@@ -16,7 +16,7 @@ use super::acceptor::{self, Acceptor};
 use super::worker::{TlsServer, Worker};
 use crate::config::{Config, Mode, SmarthostTls};
 use crate::protocol::policy::Policy;
-use crate::relay::{Control, Hosts, Relay};
+use crate::relay::{Control, Hosts, Relay, Request};
 use crate::spool::{DaemonLock, Spool};
 
 /// The users file for AUTH, when the build has TLS.
@@ -79,6 +79,13 @@ impl Daemon {
             addrs.push(listener.local_addr().map_err(|e| e.to_string())?);
             listeners.push((listener, l.tls));
         }
+        let metrics_listener = match config.metrics_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .map_err(|e| format!("cannot listen on {addr} (metrics_listen): {e}"))?,
+            ),
+            None => None,
+        };
         drop_privileges(&config)?;
         // Queue commands and sendmail's wake-ups, for the relay thread.
         let control_path = crate::relay::control_path(&spool);
@@ -97,26 +104,29 @@ impl Daemon {
         let (pool_tx, pool_rx) =
             crossbeam_channel::bounded(config.max_connections - config.workers);
 
+        let stats = Arc::new(crate::stats::Stats::new(crate::time::now_unix()));
         let relay = {
-            let hosts = Arc::clone(&hosts);
-            let (config, spool, stop, rescan) = (
-                Arc::clone(&config),
-                Arc::clone(&spool),
-                Arc::clone(&stop_relay),
-                Arc::clone(&rescan),
-            );
+            let settings = crate::relay::Settings {
+                config: Arc::clone(&config),
+                hosts: Arc::clone(&hosts),
+                policy: Arc::clone(&policy),
+            };
+            let flags = crate::relay::Flags {
+                stop: Arc::clone(&stop_relay),
+                rescan: Arc::clone(&rescan),
+            };
+            let (spool, stats) = (Arc::clone(&spool), Arc::clone(&stats));
             spawn("relay", 256 * 1024, move || {
                 // A bug in delivery must not stop delivery for good (unwinding
                 // builds; with panic=abort the supervisor restarts the whole daemon).
                 // The schedule is rebuilt from the spool, so nothing is lost.
                 loop {
                     let r = Relay::new(
-                        Arc::clone(&config),
+                        settings.clone(),
                         Arc::clone(&spool),
                         relay_rx.clone(),
-                        Arc::clone(&stop),
-                        Arc::clone(&rescan),
-                        Arc::clone(&hosts),
+                        flags.clone(),
+                        Arc::clone(&stats),
                     );
                     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| r.run())) {
                         Ok(()) => break,
@@ -130,9 +140,19 @@ impl Daemon {
         };
         {
             let relay_tx = relay_tx.clone();
+            let (stats, hosts) = (Arc::clone(&stats), Arc::clone(&hosts));
             spawn("control", 64 * 1024, move || {
                 loop {
                     match crate::sendmail::queue::receive(&control) {
+                        Ok(Some((Request::Status, reply_to))) => {
+                            let hosts = hosts.iter().map(|h| h.status()).collect();
+                            let snap = crate::stats::Snapshot::of(&stats, hosts).encode();
+                            let answer = crate::relay::Answer::Done(snap).encode();
+                            if let Some(addr) = reply_to {
+                                let _ = std::os::unix::net::UnixDatagram::unbound()
+                                    .and_then(|s| s.send_to_addr(answer.as_bytes(), &addr));
+                            }
+                        }
                         Ok(Some((req, reply_to))) => {
                             let request = Control::Request(Box::new((req, reply_to)));
                             if relay_tx.send(request).is_err() {
@@ -160,6 +180,7 @@ impl Daemon {
                 tls: tls_server.clone(),
                 hosts: Arc::clone(&hosts),
                 policy: Arc::clone(&policy),
+                stats: Arc::clone(&stats),
                 #[cfg(feature = "tls")]
                 users: users.clone(),
             };
@@ -180,12 +201,50 @@ impl Daemon {
             max_connections: config.max_connections,
             max_connections_per_ip: config.max_connections_per_ip(),
             exempt: config.connection_limit_exempt.clone(),
+            stats: Arc::clone(&stats),
+            metrics: metrics_listener.map(|l| {
+                let m = super::metrics::Metrics::new(
+                    l,
+                    config.metrics_allow.clone(),
+                    acceptor::METRICS_BASE,
+                );
+                let (stats, hosts, root) =
+                    (Arc::clone(&stats), Arc::clone(&hosts), config.spool.clone());
+                let page: acceptor::Page = Box::new(move || {
+                    let queue = crate::stats::Queue::read(&root).unwrap_or_default();
+                    let hosts: Vec<_> = hosts.iter().map(|h| h.status()).collect();
+                    stats.prometheus(&queue, &hosts, crate::time::now_unix())
+                });
+                (m, page)
+            }),
         };
         let acceptor = std::thread::Builder::new()
             .name("acceptor".into())
             .spawn(move || acceptor.run())
             .map_err(|e| e.to_string())?;
+        if std::env::var_os("NOTIFY_SOCKET").is_some() {
+            let (stats, hosts, root, stop) = (
+                Arc::clone(&stats),
+                Arc::clone(&hosts),
+                config.spool.clone(),
+                Arc::clone(&stop_relay),
+            );
+            spawn("status", 64 * 1024, move || {
+                systemd_status(&stats, &hosts, &root, &stop)
+            })?;
+        }
         log_start(&config, &hosts);
+        if let Some(addr) = config.metrics_listen {
+            let allow: Vec<String> = config.metrics_allow.iter().map(|c| c.to_string()).collect();
+            log::info!(
+                "metrics: serving http://{addr}/metrics to {}",
+                if allow.is_empty() {
+                    "nobody (metrics_allow none)".into()
+                } else {
+                    allow.join(" ")
+                }
+            );
+        }
         Ok(Daemon {
             config,
             shared,
@@ -239,6 +298,36 @@ impl Daemon {
         drop(self.relay_tx);
         let _ = self.relay.join();
         log::info!("stopped");
+    }
+}
+
+/// Keeps systemd's `STATUS=` up to date: looked at every 2 s, recomputed when
+/// something changed (or every 30 s, for the ages), sent when it reads differently.
+fn systemd_status(
+    stats: &crate::stats::Stats,
+    hosts: &Hosts,
+    root: &std::path::Path,
+    stop: &AtomicBool,
+) {
+    let mut seen = u64::MAX;
+    let mut last = String::new();
+    let mut at = Instant::now();
+    // After READY=1, which `main` sends once the daemon has started.
+    std::thread::sleep(Duration::from_secs(2));
+    while !stop.load(Ordering::Relaxed) {
+        let changes = stats.changes.load(Ordering::Relaxed);
+        if changes != seen || at.elapsed() >= Duration::from_secs(30) {
+            seen = changes;
+            at = Instant::now();
+            let queue = crate::stats::Queue::read(root).unwrap_or_default();
+            let h: Vec<_> = hosts.iter().map(|h| h.status()).collect();
+            let line = crate::stats::status_line(&queue, &h, stats, crate::time::now_unix());
+            if line != last {
+                crate::notify::notify(&format!("STATUS={line}"));
+                last = line;
+            }
+        }
+        std::thread::sleep(Duration::from_secs(2));
     }
 }
 

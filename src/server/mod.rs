@@ -4,6 +4,7 @@
 pub mod acceptor;
 pub mod daemon;
 pub mod limits;
+pub mod metrics;
 pub mod passthrough;
 pub mod worker;
 

@@ -56,6 +56,7 @@ pub struct Worker {
     /// For `mode passthrough`: the smarthosts (and their health) the relay also uses.
     pub hosts: crate::relay::Hosts,
     pub policy: Arc<crate::protocol::policy::Policy>,
+    pub stats: Arc<crate::stats::Stats>,
     #[cfg(feature = "tls")]
     pub users: Option<Arc<crate::auth::Users>>,
 }
@@ -215,6 +216,7 @@ impl Worker {
         };
         let ip = addr.ip().to_canonical();
         log::info!("connect from [{ip}]:{}", addr.port());
+        self.stats.connections.fetch_add(1, Ordering::Relaxed);
         let _ = tcp.set_nonblocking(false);
         let _ = tcp.set_nodelay(true);
         let _ = tcp.set_read_timeout(Some(self.config.command_timeout));
@@ -288,6 +290,7 @@ impl Worker {
                 log::info!("[{ip}]:{}: AUTH {mechanism} as {user}", addr.port());
             } else {
                 let delay = self.shared.auth_throttle.failed(ip);
+                self.stats.reject(crate::stats::Reject::Auth);
                 log::warn!(
                     "AUTH failed from [{ip}]:{}: user=<{user}>, mechanism={mechanism}",
                     addr.port()
@@ -353,6 +356,7 @@ impl Worker {
 
     fn accepted(&self, session: &ServerSession, id: QueueId, size: u64) {
         self.log_message(session, &id, size);
+        self.stats.accepted(size);
         if self.relay.try_send(Control::Queued(id)).is_err() {
             // The relay is busy; it will find the message in queue/.
             self.rescan.store(true, Ordering::Relaxed);
@@ -569,6 +573,7 @@ impl Shell for Connection<'_> {
     fn refused(&mut self, why: &Refusal, session: &ServerSession, id: Option<&str>) {
         let passing = self.passing.as_ref().map(|p| p.0.as_str());
         log_refusal(why, session, self.addr.port(), id.or(passing));
+        self.worker.stats.reject(reject_kind(why));
     }
 
     fn upstream_mail(&mut self, session: &ServerSession) -> Option<Reply> {
@@ -625,6 +630,18 @@ impl Shell for Connection<'_> {
         }
         if r.code / 100 == 2 {
             self.messages += 1;
+            let size = trace + session.message_size();
+            worker.stats.accepted(size);
+            for (n, rcpt) in session.envelope().recipients.iter().enumerate() {
+                let d = crate::stats::Delivery {
+                    time: time::now_unix(),
+                    id: id.to_string(),
+                    rcpt: String::from_utf8_lossy(rcpt).into_owned(),
+                    relay: p.relay_name().to_string(),
+                    delay: started.elapsed().as_secs(),
+                };
+                worker.stats.delivered(d, if n == 0 { size } else { 0 });
+            }
         }
         Some(r)
     }
@@ -684,5 +701,21 @@ fn store_error(e: &io::Error) -> StoreError {
         StoreError::NoSpace
     } else {
         StoreError::Local
+    }
+}
+
+/// The metrics' reason for a refusal.
+fn reject_kind(why: &Refusal) -> crate::stats::Reject {
+    use crate::stats::Reject;
+    match why {
+        Refusal::Relay { .. } => Reject::Relay,
+        Refusal::Sender { .. } => Reject::Sender,
+        Refusal::Recipient { .. } => Reject::Recipient,
+        Refusal::TooManyMessages { .. } => Reject::TooManyMessages,
+        Refusal::Rate { .. } => Reject::Rate,
+        Refusal::NoSpace { .. } => Reject::NoSpace,
+        Refusal::Data { .. } => Reject::Data,
+        Refusal::DataAfterStartTls => Reject::StartTls,
+        Refusal::Upstream { .. } => Reject::Upstream,
     }
 }

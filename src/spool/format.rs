@@ -55,6 +55,17 @@ impl QueueId {
         QueueId(id)
     }
 
+    /// The id of the notice of `kind` (1: failure, 2: delay warning) for this
+    /// message: the same every time it is asked, so a notice made before a crash is
+    /// found, not made twice. Its pid field is `F`, the kind and the original's pid's
+    /// low 16 bits: above any pid Linux gives (at most 2^22), so no `new_id` is ever
+    /// one of these.
+    pub fn notice(&self, kind: u8) -> QueueId {
+        let mut id = heapless::String::new();
+        let _ = write!(id, "{}F{:X}{}", &self.0[..17], kind & 0xf, &self.0[19..]);
+        QueueId(id)
+    }
+
     /// `s` if it is a queue id (23 upper-case hex digits), as a file name or a
     /// command gives it.
     pub fn parse(s: &str) -> Option<QueueId> {
@@ -238,6 +249,13 @@ pub enum Record {
     Retry { time: u64 },
     /// `L`: the content has lines over 998 octets (written at commit).
     LongLines,
+    /// `O TIME`: the message is failing and its sender is owed a failure notice
+    /// (written before the move to `failed/`; a start finds a notice still owed).
+    NoticeOwed { time: u64 },
+    /// `N TIME ID`: the failure notice was queued as ID.
+    Notified { time: u64, notice: String },
+    /// `W TIME ID`: the delay warning was queued as ID.
+    Warned { time: u64, notice: String },
 }
 
 impl Record {
@@ -251,6 +269,9 @@ impl Record {
             Record::Expired { time, reason } => format!("X {time} {reason}"),
             Record::Retry { time } => format!("R {time}"),
             Record::LongLines => "L".to_string(),
+            Record::NoticeOwed { time } => format!("O {time}"),
+            Record::Notified { time, notice } => format!("N {time} {notice}"),
+            Record::Warned { time, notice } => format!("W {time} {notice}"),
         };
         let mut out: String = line
             .chars()
@@ -298,6 +319,18 @@ impl Record {
                 time: num(f.next())?,
             },
             "L" if f.next().is_none() => Record::LongLines,
+            "O" => Record::NoticeOwed {
+                time: num(f.next())?,
+            },
+            "N" | "W" => {
+                let time = num(f.next())?;
+                let notice = QueueId::parse(f.next()?)?.as_str().to_string();
+                if rec.starts_with('N') {
+                    Record::Notified { time, notice }
+                } else {
+                    Record::Warned { time, notice }
+                }
+            }
             _ => return None,
         })
     }
@@ -381,6 +414,20 @@ mod tests {
         }
     }
 
+    /// A notice's id is fixed by its message and kind, valid, and outside what
+    /// `new_id` makes (whose pid field is below 0x400000).
+    #[test]
+    fn notice_ids() {
+        let id = QueueId::mint(0x19A2B3C4D5E6F, 0x0801, 0x12ABC);
+        assert_eq!(id.as_str(), "19A2B3C4D5E6F0801012ABC");
+        let f = id.notice(1);
+        assert_eq!(f.as_str(), "19A2B3C4D5E6F0801F12ABC");
+        assert_eq!(QueueId::parse(f.as_str()), Some(f.clone()));
+        assert_ne!(id.notice(2), f);
+        assert_eq!(id.notice(1), f);
+        assert!(u32::from_str_radix(&f.as_str()[17..], 16).unwrap() >= 0xF0_0000);
+    }
+
     #[test]
     fn record_lines() {
         let cases: &[(Record, &str)] = &[
@@ -417,6 +464,21 @@ mod tests {
             ),
             (Record::Retry { time: 10 }, "R 10\t\n"),
             (Record::LongLines, "L\t\n"),
+            (Record::NoticeOwed { time: 11 }, "O 11\t\n"),
+            (
+                Record::Notified {
+                    time: 12,
+                    notice: "19A2B3C4D5E6F0801F12ABC".into(),
+                },
+                "N 12 19A2B3C4D5E6F0801F12ABC\t\n",
+            ),
+            (
+                Record::Warned {
+                    time: 13,
+                    notice: "19A2B3C4D5E6F0801F22ABC".into(),
+                },
+                "W 13 19A2B3C4D5E6F0801F22ABC\t\n",
+            ),
         ];
         for (rec, line) in cases {
             assert_eq!(rec.emit(), *line);

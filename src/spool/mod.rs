@@ -56,6 +56,12 @@ pub struct Message {
     /// The content has lines over 998 octets (an `L` record): it is re-encoded on
     /// its way out (`crate::longlines`).
     pub long_lines: bool,
+    /// Each recipient's last final reply (delivered or failed), from its records.
+    pub replies: Vec<Option<String>>,
+    /// A failure notice is owed (`O`) and not yet queued (`N`).
+    pub notice_owed: bool,
+    /// A delay warning was queued for it (`W`).
+    pub warned: bool,
     /// The file it was read from, kept open for the content: no second lookup in
     /// `queue/` (whose directory lock every commit and removal also takes).
     file: File,
@@ -396,9 +402,10 @@ impl Spool {
             .take(MAX_RECORDS)
             .read_to_end(&mut records)
             .map_err(ReadError::Io)?;
+        let n = envelope.recipients.len();
         let mut msg = Message {
             id: id.clone(),
-            rcpt_state: vec![RcptState::Pending; envelope.recipients.len()],
+            rcpt_state: vec![RcptState::Pending; n],
             envelope,
             size,
             content_offset,
@@ -407,6 +414,9 @@ impl Spool {
             next_try: None,
             last_reply: None,
             long_lines: false,
+            replies: vec![None; n],
+            notice_owed: false,
+            warned: false,
             file,
         };
         for rec in Record::parse_all(&String::from_utf8_lossy(&records)) {
@@ -430,6 +440,16 @@ impl Spool {
         line.push_str(&record.emit());
         f.write_all(line.as_bytes())?;
         f.sync_data()
+    }
+
+    /// Appends a record to a message in `failed/`.
+    pub fn record_failed(&self, id: &QueueId, record: &Record) -> io::Result<()> {
+        self.append(&self.failed_path(id), record)
+    }
+
+    /// Whether a message with this id is in `queue/` or `failed/`.
+    pub fn holds(&self, id: &QueueId) -> bool {
+        self.queue_path(id).exists() || self.failed_path(id).exists()
     }
 
     /// Appends a record to a queued message.
@@ -503,16 +523,18 @@ impl Message {
             }
         };
         match rec {
-            Record::Delivered { rcpt, time, .. } => {
+            Record::Delivered { rcpt, time, reply } => {
                 attempt(self, time);
                 if let Some(state) = self.rcpt_state.get_mut(rcpt) {
                     *state = RcptState::Delivered;
+                    self.replies[rcpt] = Some(reply);
                 }
             }
             Record::Failed { rcpt, time, reply } => {
                 attempt(self, time);
                 if let Some(state) = self.rcpt_state.get_mut(rcpt) {
                     *state = RcptState::Failed;
+                    self.replies[rcpt] = Some(reply.clone());
                 }
                 self.last_reply = Some(reply);
             }
@@ -532,9 +554,14 @@ impl Message {
                 self.attempts = 0;
                 self.last_attempt = None;
                 self.next_try = None;
+                // A new failure after this gets its own notice.
+                self.notice_owed = false;
             }
             Record::LongLines => self.long_lines = true,
             Record::Expired { .. } => {}
+            Record::NoticeOwed { .. } => self.notice_owed = true,
+            Record::Notified { .. } => self.notice_owed = false,
+            Record::Warned { .. } => self.warned = true,
         }
     }
 }

@@ -89,6 +89,28 @@ impl TlsClient {
     }
 }
 
+/// `TLSv1_3 TLS13_AES_256_GCM_SHA384; certificate sha256:HEX (chain of N)`, for
+/// `smtp-relayd test`.
+pub fn describe(s: &TlsStream) -> String {
+    let version = s
+        .conn
+        .protocol_version()
+        .map_or("?".to_string(), |v| format!("{v:?}"));
+    let suite = s
+        .conn
+        .negotiated_cipher_suite()
+        .map_or("?".to_string(), |c| format!("{:?}", c.suite()));
+    let certs = s.conn.peer_certificates().unwrap_or_default();
+    match certs.first() {
+        Some(leaf) => format!(
+            "{version} {suite}; certificate sha256:{} (chain of {})",
+            super::hex(&super::fingerprint(leaf)),
+            certs.len()
+        ),
+        None => format!("{version} {suite}"),
+    }
+}
+
 /// TLS to an HTTPS endpoint (the OAuth2 token endpoint): the smarthost's trust
 /// anchors, and always verified: certificate, name and dates. A fingerprint pin and
 /// `smarthost_tls_verify no` are for the smarthost alone.
