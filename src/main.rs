@@ -634,7 +634,7 @@ fn main() -> ExitCode {
         tls_server,
         users,
     };
-    match serve(parts) {
+    match serve(parts, &args.config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!(target: smtp_relayd::logger::FATAL, "{e}");
@@ -735,12 +735,37 @@ fn describe_tls(host: &smtp_relayd::relay::Host) -> Option<String> {
     }
 }
 
-/// Starts the daemon, waits for SIGTERM or SIGINT, and stops it.
-fn serve(parts: Parts) -> Result<(), String> {
+/// What a reload reads: the config, the aliases and users files, the certificates,
+/// each checked as at start. An error is `FILE:LINE: what`.
+fn load_parts(path: &std::path::Path) -> Result<Parts, String> {
+    let config = Config::load(path)?;
+    let hosts = smtp_relayd::relay::hosts::build(&config)?;
+    let tls_server = server_tls(&config)?;
+    #[cfg(feature = "tls")]
+    let users = config
+        .auth_users
+        .as_deref()
+        .map(smtp_relayd::auth::Users::load)
+        .transpose()?
+        .map(Arc::new);
+    #[cfg(not(feature = "tls"))]
+    let users = None;
+    let policy = Arc::new(config.policy()?);
+    Ok(Parts {
+        config,
+        policy,
+        hosts,
+        tls_server,
+        users,
+    })
+}
+
+/// Starts the daemon, waits for SIGTERM or SIGINT, and stops it; SIGHUP reloads.
+fn serve(parts: Parts, path: &std::path::Path) -> Result<(), String> {
     // Registered before any thread starts, so that no thread dies of these signals.
     let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])
         .map_err(|e| format!("cannot set up signals: {e}"))?;
-    let daemon = Daemon::start(parts, |config| match &config.user {
+    let mut daemon = Daemon::start(parts, |config| match &config.user {
         Some(user) => become_user(user, config),
         None => Ok(()),
     })?;
@@ -753,7 +778,13 @@ fn serve(parts: Parts) -> Result<(), String> {
     for sig in signals.forever() {
         match sig {
             SIGHUP => {
-                log::info!("SIGHUP received: reload is not supported; restart to apply changes")
+                log::info!("SIGHUP received: reloading {}", path.display());
+                smtp_relayd::notify::notify("RELOADING=1");
+                match load_parts(path) {
+                    Ok(parts) => daemon.reload(parts),
+                    Err(e) => log::error!("reload refused: {e}; the running settings stay"),
+                }
+                smtp_relayd::notify::notify("READY=1");
             }
             _ => {
                 log::info!("signal {sig} received: shutting down");

@@ -100,6 +100,12 @@ impl Host {
         }
     }
 
+    /// After a reload: the health of the smarthost of the same name before it.
+    pub fn carry_health(&self, old: &Host) {
+        let h = old.lock().clone();
+        *self.lock() = h;
+    }
+
     /// Its health as `status` and the metrics show it.
     pub fn status(&self) -> crate::stats::HostStatus {
         let h = self.lock();

@@ -38,6 +38,8 @@ pub enum Control {
     /// (boxed: a socket address is large, and every slot of the channel is as large
     /// as the largest message).
     Request(Box<(Request, Option<std::os::unix::net::SocketAddr>)>),
+    /// SIGHUP: deliver with these from now on.
+    Reload(Box<Settings>),
 }
 
 /// A queue command. The relay thread carries it out between deliveries, so it never
@@ -160,6 +162,12 @@ pub struct Settings {
     pub config: Arc<Config>,
     pub hosts: Hosts,
     pub policy: Arc<crate::protocol::policy::Policy>,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Settings({} smarthost(s))", self.hosts.len())
+    }
 }
 
 /// The flags the relay looks at: stop, and re-read `queue/`.
@@ -411,6 +419,7 @@ impl Relay {
         match c {
             Control::Queued(id) => self.enqueue(id),
             Control::Wake => {}
+            Control::Reload(settings) => self.reload(*settings),
             Control::Request(boxed) => {
                 let (req, reply_to) = *boxed;
                 let answer = self.handle(req).encode();
@@ -423,6 +432,48 @@ impl Relay {
                 }
             }
         }
+    }
+
+    /// A reload: the deliveries under way finish with the old settings; then the
+    /// lanes are made again for the new smarthosts (each keeping the health of the
+    /// one of the same name), and the schedule goes on: messages waiting for a retry
+    /// keep their time, the rest is due.
+    fn reload(&mut self, settings: Settings) {
+        self.stopping = true;
+        for l in &mut self.lanes {
+            l.backlog.clear();
+        }
+        while self.lanes.iter().any(|l| l.busy > 0) {
+            match self.done_rx.recv() {
+                Ok(o) => self.finished(o),
+                Err(_) => break,
+            }
+        }
+        self.stopping = false;
+        self.progress.clear();
+        self.stop_lanes();
+        self.lanes.clear();
+        for h in settings.hosts.iter() {
+            if let Some(old) = self.hosts.iter().find(|o| o.name() == h.name()) {
+                h.carry_health(old);
+            }
+        }
+        self.config = settings.config;
+        self.hosts = settings.hosts;
+        self.policy = settings.policy;
+        self.start_lanes();
+        self.due.clear();
+        self.known = self
+            .waiting
+            .iter()
+            .map(|Reverse((_, id))| id.clone())
+            .collect();
+        self.scan();
+        log::info!(
+            "relay: reloaded: {} smarthost(s); {} message(s) due now",
+            self.hosts.len(),
+            self.due.len()
+        );
     }
 
     /// Puts a message on the due list, unless it is already scheduled.

@@ -20,8 +20,9 @@ pub const WAKE: Token = Token(usize::MAX);
 
 pub struct Acceptor {
     pub poll: Poll,
-    /// Each listener, and whether it speaks TLS from the first byte.
-    pub listeners: Vec<(TcpListener, bool)>,
+    /// Each listener, whether it speaks TLS from the first byte, and its address as
+    /// the config gives it (a reload compares those).
+    pub listeners: Vec<(TcpListener, bool, std::net::SocketAddr)>,
     pub pool: Sender<super::worker::Incoming>,
     pub shared: Arc<Shared>,
     pub max_connections: usize,
@@ -31,6 +32,19 @@ pub struct Acceptor {
     pub stats: Arc<crate::stats::Stats>,
     /// `metrics_listen`, and what makes its page.
     pub metrics: Option<(super::metrics::Metrics, Page)>,
+    /// Reloads: the listeners and limits to use from now on (with a wake-up).
+    pub updates: crossbeam_channel::Receiver<Update>,
+}
+
+/// What a reload changes in the acceptor.
+pub struct Update {
+    /// Every listener from now on: those kept (taken from the current set by their
+    /// configured address) and the new ones, bound by the main thread.
+    pub keep: Vec<std::net::SocketAddr>,
+    pub new: Vec<(std::net::SocketAddr, TcpListener, bool)>,
+    pub max_connections_per_ip: u32,
+    pub exempt: Vec<crate::config::Cidr>,
+    pub metrics_allow: Vec<crate::config::Cidr>,
 }
 
 /// Makes the metrics page when a client asks for it.
@@ -41,14 +55,7 @@ pub const METRICS_BASE: usize = 1 << 20;
 
 impl Acceptor {
     pub fn run(mut self) -> io::Result<()> {
-        for (i, (l, _)) in self.listeners.iter().enumerate() {
-            l.set_nonblocking(true)?;
-            self.poll.registry().register(
-                &mut SourceFd(&l.as_raw_fd()),
-                Token(i),
-                Interest::READABLE,
-            )?;
-        }
+        self.register_listeners()?;
         if let Some((m, _)) = &self.metrics {
             m.register(self.poll.registry())?;
         }
@@ -74,7 +81,11 @@ impl Acceptor {
                     Some((m, _)) if t == m.listener_token() => m.accept(self.poll.registry()),
                     Some((m, page)) if m.owns(t) => m.ready(t, self.poll.registry(), page),
                     _ if t != WAKE => self.accept_all(t.0),
-                    _ => {}
+                    _ => {
+                        while let Ok(u) = self.updates.try_recv() {
+                            self.update(u);
+                        }
+                    }
                 }
             }
             if let Some((m, _)) = &mut self.metrics {
@@ -83,9 +94,57 @@ impl Acceptor {
         }
     }
 
+    fn register_listeners(&self) -> io::Result<()> {
+        for (i, (l, ..)) in self.listeners.iter().enumerate() {
+            l.set_nonblocking(true)?;
+            self.poll.registry().register(
+                &mut SourceFd(&l.as_raw_fd()),
+                Token(i),
+                Interest::READABLE,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// A reload: listeners no longer configured are closed, new ones opened; the
+    /// limits are replaced. Connections already accepted are not touched.
+    fn update(&mut self, u: Update) {
+        for (l, ..) in &self.listeners {
+            let _ = self
+                .poll
+                .registry()
+                .deregister(&mut SourceFd(&l.as_raw_fd()));
+        }
+        let old = std::mem::take(&mut self.listeners);
+        for (l, tls, addr) in old {
+            if u.keep.contains(&addr) {
+                self.listeners.push((l, tls, addr));
+            } else {
+                log::info!("reload: no longer listening on {addr}");
+            }
+        }
+        for (addr, l, tls) in u.new {
+            log::info!(
+                "reload: now listening on {addr}{}",
+                if tls { " tls" } else { "" }
+            );
+            self.listeners.push((l, tls, addr));
+        }
+        if let Err(e) = self.register_listeners() {
+            log::error!("reload: cannot watch the listeners: {e}");
+        }
+        self.max_connections_per_ip = u.max_connections_per_ip;
+        self.exempt = u.exempt;
+        if let Some((m, _)) = &mut self.metrics {
+            m.allow = u.metrics_allow;
+        }
+    }
+
     fn accept_all(&mut self, i: usize) {
         loop {
-            let (listener, tls) = &self.listeners[i];
+            let Some((listener, tls, _)) = self.listeners.get(i) else {
+                return;
+            };
             let tls = *tls;
             match listener.accept() {
                 Ok((stream, addr)) => self.hand_off(stream, addr, tls),

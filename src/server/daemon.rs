@@ -19,11 +19,7 @@ use crate::protocol::policy::Policy;
 use crate::relay::{Control, Hosts, Relay, Request};
 use crate::spool::{DaemonLock, Spool};
 
-/// The users file for AUTH, when the build has TLS.
-#[cfg(feature = "tls")]
-pub type Users = Option<Arc<crate::auth::Users>>;
-#[cfg(not(feature = "tls"))]
-pub type Users = Option<()>;
+pub use super::Users;
 
 /// What a daemon is made of, all loaded and checked before it starts.
 pub struct Parts {
@@ -47,8 +43,22 @@ pub struct Daemon {
     relay: JoinHandle<()>,
     relay_tx: Sender<Control>,
     stop_relay: Arc<AtomicBool>,
+    updates: Sender<acceptor::Update>,
     _lock: DaemonLock,
 }
+
+/// Keys a reload does not change (the running value stays; the log says so).
+pub const RESTART_KEYS: &[&str] = &[
+    "spool",
+    "user",
+    "workers",
+    "max_connections",
+    "mode",
+    "log",
+    "syslog_socket",
+    "metrics_listen",
+    "rate_limit",
+];
 
 impl Daemon {
     /// Takes the spool (a second daemon on it stops here, having changed nothing),
@@ -77,7 +87,7 @@ impl Daemon {
             let listener = TcpListener::bind(l.addr)
                 .map_err(|e| format!("cannot listen on {}: {e}", l.addr))?;
             addrs.push(listener.local_addr().map_err(|e| e.to_string())?);
-            listeners.push((listener, l.tls));
+            listeners.push((listener, l.tls, l.addr));
         }
         let metrics_listener = match config.metrics_listen {
             Some(addr) => Some(
@@ -93,7 +103,17 @@ impl Daemon {
         let control = std::os::unix::net::UnixDatagram::bind(&control_path)
             .map_err(|e| format!("cannot bind {}: {e}", control_path.display()))?;
 
-        let shared = Arc::new(Shared::new(config.workers, config.rate_limit));
+        // (Without TLS `Users` is `Option<()>`, which is Copy.)
+        #[allow(clippy::clone_on_copy)]
+        let live = super::Live {
+            config: Arc::clone(&config),
+            policy: Arc::clone(&policy),
+            hosts: Arc::clone(&hosts),
+            tls: tls_server.clone(),
+            users: users.clone(),
+            generation: 0,
+        };
+        let shared = Arc::new(Shared::new(config.workers, config.rate_limit, live));
         let stop_relay = Arc::new(AtomicBool::new(false));
         let rescan = Arc::new(AtomicBool::new(false));
         // Every slot is made (and its memory touched) when the channel is: 256 ids is
@@ -106,11 +126,7 @@ impl Daemon {
 
         let stats = Arc::new(crate::stats::Stats::new(crate::time::now_unix()));
         let relay = {
-            let settings = crate::relay::Settings {
-                config: Arc::clone(&config),
-                hosts: Arc::clone(&hosts),
-                policy: Arc::clone(&policy),
-            };
+            let shared = Arc::clone(&shared);
             let flags = crate::relay::Flags {
                 stop: Arc::clone(&stop_relay),
                 rescan: Arc::clone(&rescan),
@@ -121,8 +137,15 @@ impl Daemon {
                 // builds; with panic=abort the supervisor restarts the whole daemon).
                 // The schedule is rebuilt from the spool, so nothing is lost.
                 loop {
+                    // After a panic: the settings of the last reload.
+                    let live = shared.live();
+                    let settings = crate::relay::Settings {
+                        config: Arc::clone(&live.config),
+                        hosts: Arc::clone(&live.hosts),
+                        policy: Arc::clone(&live.policy),
+                    };
                     let r = Relay::new(
-                        settings.clone(),
+                        settings,
                         Arc::clone(&spool),
                         relay_rx.clone(),
                         flags.clone(),
@@ -140,12 +163,12 @@ impl Daemon {
         };
         {
             let relay_tx = relay_tx.clone();
-            let (stats, hosts) = (Arc::clone(&stats), Arc::clone(&hosts));
+            let (stats, shared) = (Arc::clone(&stats), Arc::clone(&shared));
             spawn("control", 64 * 1024, move || {
                 loop {
                     match crate::sendmail::queue::receive(&control) {
                         Ok(Some((Request::Status, reply_to))) => {
-                            let hosts = hosts.iter().map(|h| h.status()).collect();
+                            let hosts = shared.live().hosts.iter().map(|h| h.status()).collect();
                             let snap = crate::stats::Snapshot::of(&stats, hosts).encode();
                             let answer = crate::relay::Answer::Done(snap).encode();
                             if let Some(addr) = reply_to {
@@ -183,6 +206,7 @@ impl Daemon {
                 stats: Arc::clone(&stats),
                 #[cfg(feature = "tls")]
                 users: users.clone(),
+                generation: 0,
             };
             let rx = pool_rx.clone();
             workers.push(spawn(&format!("worker{index}"), 256 * 1024, move || {
@@ -193,7 +217,9 @@ impl Daemon {
         let _ = &users;
         let poll = mio::Poll::new().map_err(|e| e.to_string())?;
         let waker = mio::Waker::new(poll.registry(), acceptor::WAKE).map_err(|e| e.to_string())?;
+        let (updates_tx, updates) = crossbeam_channel::unbounded();
         let acceptor = Acceptor {
+            updates,
             poll,
             listeners,
             pool: pool_tx,
@@ -208,11 +234,15 @@ impl Daemon {
                     config.metrics_allow.clone(),
                     acceptor::METRICS_BASE,
                 );
-                let (stats, hosts, root) =
-                    (Arc::clone(&stats), Arc::clone(&hosts), config.spool.clone());
+                let (stats, shared, root) = (
+                    Arc::clone(&stats),
+                    Arc::clone(&shared),
+                    config.spool.clone(),
+                );
                 let page: acceptor::Page = Box::new(move || {
                     let queue = crate::stats::Queue::read(&root).unwrap_or_default();
-                    let hosts: Vec<_> = hosts.iter().map(|h| h.status()).collect();
+                    let live = shared.live();
+                    let hosts: Vec<_> = live.hosts.iter().map(|h| h.status()).collect();
                     stats.prometheus(&queue, &hosts, crate::time::now_unix())
                 });
                 (m, page)
@@ -223,14 +253,14 @@ impl Daemon {
             .spawn(move || acceptor.run())
             .map_err(|e| e.to_string())?;
         if std::env::var_os("NOTIFY_SOCKET").is_some() {
-            let (stats, hosts, root, stop) = (
+            let (stats, shared, root, stop) = (
                 Arc::clone(&stats),
-                Arc::clone(&hosts),
+                Arc::clone(&shared),
                 config.spool.clone(),
                 Arc::clone(&stop_relay),
             );
             spawn("status", 64 * 1024, move || {
-                systemd_status(&stats, &hosts, &root, &stop)
+                systemd_status(&stats, &shared, &root, &stop)
             })?;
         }
         log_start(&config, &hosts);
@@ -255,6 +285,7 @@ impl Daemon {
             relay,
             relay_tx,
             stop_relay,
+            updates: updates_tx,
             _lock: lock,
         })
     }
@@ -263,6 +294,110 @@ impl Daemon {
     /// port the kernel chose).
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.addrs
+    }
+
+    /// SIGHUP: new sessions and deliveries use `parts` from now on; sessions in
+    /// progress finish with what they started with. Listeners are opened and closed
+    /// to match `listen`; the keys in `RESTART_KEYS` keep their running values.
+    pub fn reload(&mut self, parts: Parts) {
+        let Parts {
+            mut config,
+            policy,
+            hosts,
+            tls_server,
+            users,
+        } = parts;
+        let old = Arc::clone(&self.config);
+        let mut kept = Vec::new();
+        {
+            let (o, n) = (old.effective(), config.effective());
+            for key in RESTART_KEYS {
+                let pick = |t: &str| -> Vec<String> {
+                    t.lines()
+                        .filter(|l| l.split_whitespace().next() == Some(key))
+                        .map(str::to_string)
+                        .collect()
+                };
+                if pick(&o) != pick(&n) {
+                    kept.push(*key);
+                }
+            }
+        }
+        config.spool = old.spool.clone();
+        config.user = old.user.clone();
+        config.workers = old.workers;
+        config.max_connections = old.max_connections;
+        config.mode = old.mode;
+        config.log = old.log;
+        config.syslog_socket = old.syslog_socket.clone();
+        config.metrics_listen = old.metrics_listen;
+        config.rate_limit = old.rate_limit;
+        if !kept.is_empty() {
+            log::warn!(
+                "reload: {} changed: needs a restart; the running value stays",
+                kept.join(", ")
+            );
+        }
+        // Listeners: the new ones are bound here (after a drop of root, a port below
+        // 1024 cannot be: that needs a restart).
+        let current: Vec<std::net::SocketAddr> = old.listen.iter().map(|l| l.addr).collect();
+        let mut keep = Vec::new();
+        let mut new = Vec::new();
+        let mut listen = Vec::new();
+        for l in &config.listen {
+            if current.contains(&l.addr) && old.listen.iter().any(|o| o == l) {
+                keep.push(l.addr);
+                listen.push(*l);
+                continue;
+            }
+            match TcpListener::bind(l.addr) {
+                Ok(b) => {
+                    new.push((l.addr, b, l.tls));
+                    listen.push(*l);
+                }
+                Err(e) => log::error!(
+                    "reload: cannot listen on {}: {e}; not listening there",
+                    l.addr
+                ),
+            }
+        }
+        config.listen = listen;
+        let config = Arc::new(config);
+        let generation = self.shared.live().generation + 1;
+        let live = super::Live {
+            config: Arc::clone(&config),
+            policy: Arc::clone(&policy),
+            hosts: Arc::clone(&hosts),
+            tls: tls_server,
+            users,
+            generation,
+        };
+        *self.shared.live.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(live);
+        let _ = self.updates.send(acceptor::Update {
+            keep,
+            new,
+            max_connections_per_ip: config.max_connections_per_ip(),
+            exempt: config.connection_limit_exempt.clone(),
+            metrics_allow: config.metrics_allow.clone(),
+        });
+        let _ = self.waker.wake();
+        let settings = crate::relay::Settings {
+            config: Arc::clone(&config),
+            hosts,
+            policy,
+        };
+        if self
+            .relay_tx
+            .send(Control::Reload(Box::new(settings)))
+            .is_err()
+        {
+            log::error!("reload: the relay thread is gone");
+        }
+        self.config = config;
+        log::info!(
+            "reloaded {}: new sessions and deliveries use it; sessions in progress finish as they began",
+            self.config.path.display()
+        );
     }
 
     /// Stops accepting, ends idle sessions, lets transactions finish within
@@ -305,7 +440,7 @@ impl Daemon {
 /// something changed (or every 30 s, for the ages), sent when it reads differently.
 fn systemd_status(
     stats: &crate::stats::Stats,
-    hosts: &Hosts,
+    shared: &Shared,
     root: &std::path::Path,
     stop: &AtomicBool,
 ) {
@@ -320,7 +455,7 @@ fn systemd_status(
             seen = changes;
             at = Instant::now();
             let queue = crate::stats::Queue::read(root).unwrap_or_default();
-            let h: Vec<_> = hosts.iter().map(|h| h.status()).collect();
+            let h: Vec<_> = shared.live().hosts.iter().map(|h| h.status()).collect();
             let line = crate::stats::status_line(&queue, &h, stats, crate::time::now_unix());
             if line != last {
                 crate::notify::notify(&format!("STATUS={line}"));

@@ -12,8 +12,28 @@ use std::net::TcpStream;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
+/// The users file for AUTH, when the build has TLS.
+#[cfg(feature = "tls")]
+pub type Users = Option<std::sync::Arc<crate::auth::Users>>;
+#[cfg(not(feature = "tls"))]
+pub type Users = Option<()>;
+
+/// The settings new sessions and deliveries use: replaced whole by a reload (SIGHUP);
+/// a session in progress keeps the set it started with.
+pub struct Live {
+    pub config: std::sync::Arc<crate::config::Config>,
+    pub policy: std::sync::Arc<crate::protocol::policy::Policy>,
+    pub hosts: crate::relay::Hosts,
+    pub tls: Option<worker::TlsServer>,
+    pub users: Users,
+    /// 0 at start, one more at each reload.
+    pub generation: u64,
+}
+
 /// State shared by the acceptor, the workers and the main thread.
 pub struct Shared {
+    /// The current settings.
+    pub live: std::sync::RwLock<std::sync::Arc<Live>>,
     pub shutting_down: AtomicBool,
     /// Connections handed to the pool and not yet finished.
     pub active: AtomicUsize,
@@ -36,8 +56,9 @@ pub struct Slot {
 }
 
 impl Shared {
-    pub fn new(workers: usize, rate: Option<limits::Rate>) -> Shared {
+    pub fn new(workers: usize, rate: Option<limits::Rate>, live: Live) -> Shared {
         Shared {
+            live: std::sync::RwLock::new(std::sync::Arc::new(live)),
             shutting_down: AtomicBool::new(false),
             active: AtomicUsize::new(0),
             slots: (0..workers).map(|_| Slot::default()).collect(),
@@ -46,6 +67,11 @@ impl Shared {
             #[cfg(feature = "tls")]
             auth_throttle: crate::auth::Throttle::new(),
         }
+    }
+
+    /// The settings as they are now.
+    pub fn live(&self) -> std::sync::Arc<Live> {
+        std::sync::Arc::clone(&self.live.read().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Ends the sessions that are idle (the client gets 421 4.3.2), or all of them.

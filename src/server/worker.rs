@@ -59,6 +59,8 @@ pub struct Worker {
     pub stats: Arc<crate::stats::Stats>,
     #[cfg(feature = "tls")]
     pub users: Option<Arc<crate::auth::Users>>,
+    /// Of the settings above (`Live::generation`): a reload gives a new one.
+    pub generation: u64,
 }
 
 pub fn settings(config: &Config, policy: Arc<crate::protocol::policy::Policy>) -> Settings {
@@ -140,10 +142,46 @@ fn new_session(settings: Settings) -> Box<ServerSession> {
 }
 
 impl Worker {
-    pub fn run(self, pool: Receiver<Incoming>) {
+    /// A new session for the current settings.
+    fn fresh(&self) -> Box<ServerSession> {
+        new_session(settings(&self.config, Arc::clone(&self.policy)))
+    }
+
+    /// Takes the settings of a reload, if there was one: the next session (this
+    /// connection's) uses them; the passthrough connection is made again.
+    fn refresh(
+        &mut self,
+        memory: &mut Option<(Box<ServerSession>, Box<[u8]>)>,
+        pass: &mut Option<Passthrough>,
+    ) {
+        let live = self.shared.live();
+        if live.generation == self.generation {
+            return;
+        }
+        self.generation = live.generation;
+        self.config = Arc::clone(&live.config);
+        self.policy = Arc::clone(&live.policy);
+        self.hosts = Arc::clone(&live.hosts);
+        self.tls = live.tls.clone();
+        #[cfg(feature = "tls")]
+        {
+            self.users = live.users.clone();
+        }
+        if let Some((session, _)) = memory.as_mut() {
+            *session = self.fresh();
+        }
+        if let Some(p) = pass.take() {
+            p.close();
+            *pass = Some(Passthrough::new(
+                Arc::clone(&self.config),
+                Arc::clone(&self.hosts),
+            ));
+        }
+    }
+
+    pub fn run(mut self, pool: Receiver<Incoming>) {
         // All per-session memory is taken once, at the worker's first connection (a
         // relay that only ever hears from sendmail never pays for it), and reused.
-        let fresh = || new_session(settings(&self.config, Arc::clone(&self.policy)));
         let mut memory: Option<(Box<ServerSession>, Box<[u8]>)> = None;
         let mut pass = (self.config.mode == Mode::Passthrough)
             .then(|| Passthrough::new(Arc::clone(&self.config), Arc::clone(&self.hosts)));
@@ -165,8 +203,13 @@ impl Worker {
                 },
             };
             let (stream, implicit_tls, ip) = next;
-            let (session, buf) =
-                memory.get_or_insert_with(|| (fresh(), vec![0u8; READ_BUF].into_boxed_slice()));
+            self.refresh(&mut memory, &mut pass);
+            if memory.is_none() {
+                memory = Some((self.fresh(), vec![0u8; READ_BUF].into_boxed_slice()));
+            }
+            let Some((session, buf)) = memory.as_mut() else {
+                continue;
+            };
             let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 self.serve(session, buf, stream, implicit_tls, pass.as_mut());
             }));
@@ -181,7 +224,7 @@ impl Worker {
                     "worker {}: session panicked; connection dropped",
                     self.index
                 );
-                *session = fresh();
+                *session = self.fresh();
                 self.release();
             }
         }
