@@ -45,6 +45,19 @@ impl DirSync {
         File::open(dir)?.sync_all()
     }
 
+    /// Takes a ticket for a change just made to the directory, without waiting: the
+    /// next sync that starts from now covers it (`covered`).
+    pub fn mark(&self) -> u64 {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.issued += 1;
+        st.issued
+    }
+
+    /// Whether a sync that covers the change of `ticket` has finished.
+    pub fn covered(&self, ticket: u64) -> bool {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).synced >= ticket
+    }
+
     /// Returns once every change made to the directory before the call is durable.
     pub fn sync(&self) -> io::Result<()> {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());

@@ -28,6 +28,10 @@ use core::fmt::Write as _;
 pub const MAGIC: &str = "smtp-relayd-spool 1";
 /// The size field is written as fixed-width digits, then filled in at commit.
 pub const SIZE_WIDTH: usize = 20;
+/// What the size field holds until the commit writes the digits: no number, so a
+/// file whose content reached the disk before its size did is never read as a
+/// message of some size (a power cut can leave that on a disk without a journal).
+pub const SIZE_PLACEHOLDER: &str = "????????????????????";
 /// An envelope larger than this is not ours (100 recipients of 256 octets fit well).
 pub const MAX_HEADER: usize = 64 * 1024;
 
@@ -116,6 +120,8 @@ pub enum Corrupt {
     BadNumber,
     UnknownField,
     NoSize,
+    /// The size was never written: the file was being received when it was cut.
+    Uncommitted,
     NoRecipients,
     ShortContent,
 }
@@ -130,6 +136,7 @@ impl core::fmt::Display for Corrupt {
             Corrupt::BadNumber => "bad number in the envelope",
             Corrupt::UnknownField => "unknown envelope field",
             Corrupt::NoSize => "no size",
+            Corrupt::Uncommitted => "never committed (no size written)",
             Corrupt::NoRecipients => "no recipients",
             Corrupt::ShortContent => "content shorter than its size",
         })
@@ -146,8 +153,8 @@ pub struct Head {
 }
 
 impl Envelope {
-    /// Writes the envelope and its blank line with a zero size; returns the offset
-    /// of the size digits, which the commit fills in (`SIZE_WIDTH` of them).
+    /// Writes the envelope and its blank line with the size placeholder; returns the
+    /// offset of the size field, which the commit fills in (`SIZE_WIDTH` digits).
     pub fn emit(&self, out: &mut String) -> usize {
         let _ = write!(
             out,
@@ -164,7 +171,8 @@ impl Envelope {
         }
         out.push_str("size ");
         let size_offset = out.len();
-        let _ = write!(out, "{:0w$}\n\n", 0, w = SIZE_WIDTH);
+        out.push_str(SIZE_PLACEHOLDER);
+        out.push_str("\n\n");
         size_offset
     }
 
@@ -210,6 +218,7 @@ impl Envelope {
                 "smtputf8" => env.smtputf8 = v == "yes",
                 "sender" => env.sender = path()?,
                 "rcpt" => env.recipients.push(path()?),
+                "size" if v == SIZE_PLACEHOLDER => return Err(Corrupt::Uncommitted),
                 "size" => size = Some(v.parse::<u64>().map_err(|_| Corrupt::BadNumber)?),
                 _ => return Err(Corrupt::UnknownField),
             }
@@ -369,9 +378,11 @@ mod tests {
             text,
             "smtp-relayd-spool 1\ncreated 1796077564\nclient 192.0.2.7\nhelo cam1\n\
              body 8bitmime\nsmtputf8 no\nsender <cam1@example.net>\nrcpt <ops@example.com>\n\
-             rcpt <b@x.org>\nsize 00000000000000000000\n\n"
+             rcpt <b@x.org>\nsize ????????????????????\n\n"
         );
-        assert_eq!(&text[at..at + SIZE_WIDTH], "0".repeat(SIZE_WIDTH));
+        assert_eq!(&text[at..at + SIZE_WIDTH], SIZE_PLACEHOLDER);
+        // Until the commit writes the size, the file is no message of any size.
+        assert_eq!(Envelope::parse(text.as_bytes()), Err(Corrupt::Uncommitted));
         // The commit fills in the size; the content follows.
         let mut file = text.clone().into_bytes();
         file[at..at + SIZE_WIDTH].copy_from_slice(format!("{:020}", 5).as_bytes());
@@ -384,7 +395,8 @@ mod tests {
         let mut e = envelope();
         e.sender.clear();
         let mut text = String::new();
-        e.emit(&mut text);
+        let at = e.emit(&mut text);
+        text.replace_range(at..at + SIZE_WIDTH, &format!("{:020}", 0));
         assert!(text.contains("sender <>\n"));
         assert_eq!(Envelope::parse(text.as_bytes()).unwrap().envelope, e);
     }
@@ -406,6 +418,16 @@ mod tests {
             ("helo h", "colour blue", Corrupt::UnknownField),
             ("helo h", "helo", Corrupt::BadLine),
             ("\nsize 00000000000000000001", "", Corrupt::NoSize),
+            (
+                "size 00000000000000000001",
+                "size ????????????????????",
+                Corrupt::Uncommitted,
+            ),
+            (
+                "size 00000000000000000001",
+                "size 000000000000000000?1",
+                Corrupt::BadNumber,
+            ),
             ("\nrcpt <a@b.c>", "", Corrupt::NoRecipients),
         ];
         for (from, to, want) in cases {

@@ -62,6 +62,8 @@ pub struct Message {
     pub notice_owed: bool,
     /// A delay warning was queued for it (`W`).
     pub warned: bool,
+    /// Its last move by an `X` or `R` record, if any.
+    pub last_move: Option<Move>,
     /// The file it was read from, kept open for the content: no second lookup in
     /// `queue/` (whose directory lock every commit and removal also takes).
     file: File,
@@ -97,13 +99,38 @@ pub struct Spool {
     /// common on flash, scans past every inode freed in the last seconds for each new
     /// one: at a few thousand messages a second that was a fifth of the relay's CPU.)
     /// A file is named after the message it last held, so names never repeat.
-    pool: std::sync::Mutex<Vec<QueueId>>,
+    ///
+    /// A file is reused only once its removal from `queue/` is durable (the ticket of
+    /// that removal is covered by a sync of `queue/`, which every commit makes):
+    /// before, a power cut could bring back `queue/ID` on the inode that a new
+    /// message is being written into. It is emptied then, not at the removal, so the
+    /// name that may come back always holds the delivered message whole.
+    pool: std::sync::Mutex<std::collections::VecDeque<(QueueId, u64)>>,
     /// 0 for a spool opened beside the daemon (`attach`): the daemon owns `tmp/free.*`.
     pool_max: usize,
 }
 
 /// How many emptied files the daemon keeps for reuse.
 const POOL_MAX: usize = 64;
+
+/// Fsyncs the directory that holds `path` (after a `mkdir` or a new entry in it).
+/// A parent this process may not open (a root-owned `/var/spool` after the drop of
+/// privileges) is left to the system, as there is nothing else to do.
+fn sync_parent(path: &Path) -> io::Result<()> {
+    let path = if path.as_os_str().is_empty() || path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        Path::new(".").join(path)
+    };
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("/"),
+    };
+    match DirSync::sync_dir(parent) {
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => Ok(()),
+        r => r,
+    }
+}
 
 /// True when an error means the disk (or a quota) is full.
 pub fn is_no_space(e: &io::Error) -> bool {
@@ -123,7 +150,8 @@ impl DaemonLock {
         let path = root.join("daemon.lock");
         let fail = |e: io::Error| format!("cannot lock {}: {e}", path.display());
         match fs::DirBuilder::new().mode(0o700).create(root) {
-            Ok(()) => {}
+            Ok(()) => sync_parent(root)
+                .map_err(|e| format!("cannot create spool {}: {e}", root.display()))?,
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(format!("cannot create spool {}: {e}", root.display())),
         }
@@ -159,6 +187,7 @@ impl Spool {
     pub fn open(root: &Path) -> io::Result<Spool> {
         let mut spool = Self::attach(root)?;
         spool.pool_max = POOL_MAX;
+        spool.settle()?;
         // What is in tmp/ was never acknowledged to a client; it is safe to drop.
         for entry in fs::read_dir(root.join("tmp"))? {
             let path = entry?.path();
@@ -171,13 +200,17 @@ impl Spool {
 
     /// Opens the spool beside a daemon that may be running (sendmail, queue tools):
     /// nothing in `tmp/` is touched, since it may be a message being received.
+    /// Each directory it makes is made durable: a `mkdir` is an entry in the parent,
+    /// which lasts through a power cut only once the parent is fsynced (without it a
+    /// fresh spool, and every message acknowledged in it, could vanish).
     pub fn attach(root: &Path) -> io::Result<Spool> {
         for sub in ["", "tmp", "queue", "failed", "corrupt"] {
             let dir = root.join(sub);
+            let err = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", dir.display()));
             match fs::DirBuilder::new().mode(0o700).create(&dir) {
-                Ok(()) => {}
+                Ok(()) => sync_parent(&dir).map_err(err)?,
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => {}
-                Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", dir.display()))),
+                Err(e) => return Err(err(e)),
             }
         }
         Ok(Spool {
@@ -185,7 +218,7 @@ impl Spool {
             queue_sync: DirSync::new(root.join("queue")),
             pid: std::process::id(),
             counter: AtomicU32::new(0),
-            pool: std::sync::Mutex::new(Vec::new()),
+            pool: std::sync::Mutex::new(std::collections::VecDeque::new()),
             pool_max: 0,
         })
     }
@@ -214,16 +247,22 @@ impl Spool {
     /// for message `id` (from `new_id`), and writes its envelope. The writer keeps
     /// the id: it is committed under that id and no other.
     pub fn create(&self, id: QueueId, env: &Envelope) -> io::Result<Writer> {
-        let reused = self
-            .pool
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop()
-            .and_then(|id| {
-                let path = self.free_path(&id);
-                let file = OpenOptions::new().write(true).open(&path).ok()?;
-                Some((path, file))
-            });
+        let reused = {
+            let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+            match pool.front() {
+                Some((_, ticket)) if self.queue_sync.covered(*ticket) => pool.pop_front(),
+                _ => None,
+            }
+        }
+        .and_then(|(id, _)| {
+            let path = self.free_path(&id);
+            let file = OpenOptions::new().write(true).open(&path).ok()?;
+            if file.set_len(0).is_err() {
+                let _ = fs::remove_file(&path);
+                return None;
+            }
+            Some((path, file))
+        });
         let (tmp, file) = match reused {
             Some(reused) => reused,
             None => {
@@ -329,9 +368,7 @@ impl Spool {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
             r => r?,
         }
-        fs::rename(&from, self.queue_path(id))?;
-        self.queue_sync.sync()?;
-        DirSync::sync_dir(&self.root.join("failed"))?;
+        self.relocate(&from, &self.queue_path(id))?;
         Ok(true)
     }
 
@@ -417,6 +454,7 @@ impl Spool {
             replies: vec![None; n],
             notice_owed: false,
             warned: false,
+            last_move: None,
             file,
         };
         for rec in Record::parse_all(&String::from_utf8_lossy(&records)) {
@@ -463,30 +501,19 @@ impl Spool {
     /// allows; the sync would cost every delivery a disk flush. (The next commit's
     /// fsync of `queue/` makes the removal durable with it.)
     ///
-    /// The file is moved to the pool and emptied there (first moved, so that a crash
-    /// between the two leaves a full file in `tmp/`, which the next start clears, and
-    /// never an empty one in `queue/`); when the pool is full it is unlinked.
+    /// The file is moved to the pool (`tmp/free.ID`), whole: it is emptied when a new
+    /// message reuses it, once this removal is durable (see `pool`). A power cut
+    /// before that brings back the delivered message, never an empty or a mixed
+    /// file. When the pool is full the file is unlinked.
     pub fn remove(&self, id: &QueueId) -> io::Result<()> {
         let path = self.queue_path(id);
-        if self.pool.lock().unwrap_or_else(|e| e.into_inner()).len() >= self.pool_max {
+        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        if pool.len() >= self.pool_max {
+            drop(pool);
             return fs::remove_file(path);
         }
-        let free = self.free_path(id);
-        fs::rename(&path, &free)?;
-        match OpenOptions::new()
-            .write(true)
-            .open(&free)
-            .and_then(|f| f.set_len(0))
-        {
-            Ok(()) => self
-                .pool
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(id.clone()),
-            Err(_) => {
-                let _ = fs::remove_file(&free);
-            }
-        }
+        fs::rename(&path, self.free_path(id))?;
+        pool.push_back((id.clone(), self.queue_sync.mark()));
         Ok(())
     }
 
@@ -494,9 +521,7 @@ impl Spool {
     pub fn move_to_failed(&self, id: &QueueId, now: u64, reason: &str) -> io::Result<()> {
         let reason = reason.to_string();
         self.append(&self.queue_path(id), &Record::Expired { time: now, reason })?;
-        fs::rename(self.queue_path(id), self.failed_path(id))?;
-        DirSync::sync_dir(&self.root.join("failed"))?;
-        self.queue_sync.sync()
+        self.relocate(&self.queue_path(id), &self.failed_path(id))
     }
 
     /// Moves an unreadable file out of the queue so it is neither retried nor lost.
@@ -506,9 +531,96 @@ impl Spool {
 
     fn move_aside_name(&self, name: &str) -> io::Result<()> {
         let to = self.root.join("corrupt").join(name);
-        fs::rename(self.root.join("queue").join(name), to)?;
-        self.queue_sync.sync()
+        self.relocate(&self.root.join("queue").join(name), &to)
     }
+
+    /// Moves a file between two spool directories so that a power cut at any moment
+    /// leaves it in one of them or both, never in neither: the new name is linked
+    /// and made durable before the old one is unlinked. (A rename changes two
+    /// directories; with only one of them on the disk, as a disk without a journal
+    /// may leave it, the file would be in neither.) A file found in both at the next
+    /// start is settled by `settle`. Where hard links are not supported, a rename.
+    fn relocate(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let sync = |dir: &Path| {
+            if dir == self.root.join("queue") {
+                self.queue_sync.sync()
+            } else {
+                DirSync::sync_dir(dir)
+            }
+        };
+        let (from_dir, to_dir) = (
+            from.parent().expect("in a directory"),
+            to.parent().expect("in a directory"),
+        );
+        match fs::hard_link(from, to) {
+            Ok(()) => {}
+            // Linked before a crash that kept both names: go on with the unlink.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && same_file(from, to) => {}
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EPERM) | Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS)
+                ) =>
+            {
+                fs::rename(from, to)?;
+                sync(to_dir)?;
+                return sync(from_dir);
+            }
+            Err(e) => return Err(e),
+        }
+        sync(to_dir)?;
+        fs::remove_file(from)?;
+        sync(from_dir)
+    }
+
+    /// At the daemon's start: a message in `queue/` and also in `failed/` or
+    /// `corrupt/` (the same file, a move that a crash interrupted between its link
+    /// and its unlink) is finished: a move to `corrupt/` or `failed/` stands, unless
+    /// its last record is a `retry-failed`, which sent it back to the queue.
+    fn settle(&self) -> io::Result<()> {
+        for id in self.list_queue()? {
+            let queued = self.queue_path(&id);
+            for (area, path) in [
+                ("corrupt", self.root.join("corrupt").join(id.as_str())),
+                ("failed", self.failed_path(&id)),
+            ] {
+                if !same_file(&queued, &path) {
+                    continue;
+                }
+                let back_in_queue = area == "failed"
+                    && matches!(self.read(&id), Ok(m) if m.last_move == Some(Move::Retried));
+                let (drop, dir) = if back_in_queue {
+                    (path, self.root.join(area))
+                } else {
+                    (queued.clone(), self.root.join("queue"))
+                };
+                log::warn!(
+                    "spool: {id} was in queue/ and {area}/ (a move cut short); kept in {}",
+                    if back_in_queue { "queue/" } else { area }
+                );
+                fs::remove_file(&drop)?;
+                DirSync::sync_dir(&dir)?;
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether two paths name one file (the same inode).
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (fs::metadata(a), fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+/// The last move between `queue/` and `failed/` a message's records tell of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Move {
+    Failed,
+    Retried,
 }
 
 impl Message {
@@ -556,9 +668,10 @@ impl Message {
                 self.next_try = None;
                 // A new failure after this gets its own notice.
                 self.notice_owed = false;
+                self.last_move = Some(Move::Retried);
             }
             Record::LongLines => self.long_lines = true,
-            Record::Expired { .. } => {}
+            Record::Expired { .. } => self.last_move = Some(Move::Failed),
             Record::NoticeOwed { .. } => self.notice_owed = true,
             Record::Notified { .. } => self.notice_owed = false,
             Record::Warned { .. } => self.warned = true,
@@ -652,13 +765,14 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn a_removed_file_is_emptied_and_reused_by_the_next_message() {
+    fn a_removed_file_is_reused_once_its_removal_is_durable_and_emptied_then() {
         use std::os::unix::fs::MetadataExt;
         let dir = temp_dir("pool");
         let spool = Spool::open(&dir).unwrap();
         let big = vec![b'x'; 100_000];
         let first = queue(&spool, &big);
-        let ino = fs::metadata(spool.queue_path(&first)).unwrap().ino();
+        let ino = |p: &Path| fs::metadata(p).unwrap().ino();
+        let first_ino = ino(&spool.queue_path(&first));
         spool
             .record(
                 &first,
@@ -671,37 +785,77 @@ pub(crate) mod tests {
             .unwrap();
         spool.remove(&first).unwrap();
         assert!(spool.read(&first).is_err());
-        // Emptied at once: nothing of the delivered message stays on disk.
+        // Kept whole until it is reused: a power cut that brings back queue/ID (its
+        // removal is not on the disk yet) brings back the delivered message, not an
+        // empty file.
+        let free = dir.join(format!("tmp/free.{first}"));
         assert_eq!(names(&dir.join("tmp")), [format!("free.{first}")]);
-        assert_eq!(
-            fs::metadata(dir.join(format!("tmp/free.{first}")))
-                .unwrap()
-                .len(),
-            0
-        );
+        assert!(fs::metadata(&free).unwrap().len() > 100_000);
 
-        // The next, shorter message gets the same inode and nothing of the old one.
-        let second = queue(&spool, b"Subject: y\r\n\r\nshort\r\n");
-        assert_eq!(fs::metadata(spool.queue_path(&second)).unwrap().ino(), ino);
+        // No sync of queue/ covers the removal yet: the next message gets a new file.
+        let second = queue(&spool, b"Subject: 2\r\n\r\ntwo\r\n");
+        assert_ne!(ino(&spool.queue_path(&second)), first_ino);
+        assert_eq!(names(&dir.join("tmp")), [format!("free.{first}")]);
+
+        // That commit synced queue/: the third one gets the first one's inode, emptied,
+        // with nothing of the old content.
+        let third = queue(&spool, b"Subject: y\r\n\r\nshort\r\n");
+        assert_eq!(ino(&spool.queue_path(&third)), first_ino);
         assert!(names(&dir.join("tmp")).is_empty());
-        let m = spool.read(&second).unwrap();
+        let m = spool.read(&third).unwrap();
         assert_eq!((m.size, m.attempts), (21, 0));
         assert_eq!(m.rcpt_state, [RcptState::Pending, RcptState::Pending]);
         let mut content = Vec::new();
         m.open_content().unwrap().read_to_end(&mut content).unwrap();
         assert_eq!(content, b"Subject: y\r\n\r\nshort\r\n");
         let mut whole = Vec::new();
-        File::open(spool.queue_path(&second))
+        File::open(spool.queue_path(&third))
             .unwrap()
             .read_to_end(&mut whole)
             .unwrap();
         assert!(!whole.contains(&b'x') && !whole.windows(5).any(|w| w == b"later"));
 
         // An aborted message does not return its file to the pool.
-        spool.remove(&second).unwrap();
+        spool.remove(&third).unwrap();
+        spool.queue_sync.sync().unwrap();
         let w = spool.create(spool.new_id(), &env()).unwrap();
         w.abort();
-        assert!(names(&dir.join("tmp")).is_empty());
+        assert_eq!(names(&dir.join("tmp")), Vec::<String>::new());
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_move_cut_between_link_and_unlink_is_settled_at_start() {
+        let dir = temp_dir("settle");
+        let spool = Spool::open(&dir).unwrap();
+        let failed = queue(&spool, b"x\r\n");
+        let retried = queue(&spool, b"y\r\n");
+        let aside = queue(&spool, b"z\r\n");
+        spool.move_to_failed(&failed, 5, "550 no").unwrap();
+        spool.move_to_failed(&retried, 5, "550 no").unwrap();
+        spool
+            .append(&spool.failed_path(&retried), &Record::Retry { time: 6 })
+            .unwrap();
+        // As a power cut between the link and the unlink leaves them: in both.
+        fs::hard_link(spool.failed_path(&failed), spool.queue_path(&failed)).unwrap();
+        fs::hard_link(spool.failed_path(&retried), spool.queue_path(&retried)).unwrap();
+        fs::hard_link(
+            spool.queue_path(&aside),
+            dir.join("corrupt").join(aside.as_str()),
+        )
+        .unwrap();
+        drop(spool);
+        let spool = Spool::open(&dir).unwrap();
+        // A failed one stays failed; one whose last record is a retry is queued; one
+        // moved aside stays aside.
+        assert_eq!(spool.list_failed().unwrap(), [failed.clone()]);
+        assert_eq!(spool.list_queue().unwrap(), [retried.clone()]);
+        assert_eq!(names(&dir.join("corrupt")), [aside.to_string()]);
+        // A move finishes when its target is there already (linked before a cut).
+        fs::hard_link(spool.queue_path(&retried), spool.failed_path(&retried)).unwrap();
+        spool.move_to_failed(&retried, 7, "550 again").unwrap();
+        assert!(spool.list_queue().unwrap().is_empty());
+        assert_eq!(spool.list_failed().unwrap(), [failed, retried]);
         let _ = fs::remove_dir_all(&dir);
     }
 
