@@ -848,8 +848,8 @@ pub(crate) mod tests {
         let spool = Spool::open(&dir).unwrap();
         // A failed one stays failed; one whose last record is a retry is queued; one
         // moved aside stays aside.
-        assert_eq!(spool.list_failed().unwrap(), [failed.clone()]);
-        assert_eq!(spool.list_queue().unwrap(), [retried.clone()]);
+        assert_eq!(spool.list_failed().unwrap(), std::slice::from_ref(&failed));
+        assert_eq!(spool.list_queue().unwrap(), std::slice::from_ref(&retried));
         assert_eq!(names(&dir.join("corrupt")), [aside.to_string()]);
         // A move finishes when its target is there already (linked before a cut).
         fs::hard_link(spool.queue_path(&retried), spool.failed_path(&retried)).unwrap();
