@@ -2,7 +2,8 @@
 CARGO  ?= cargo
 PYTHON ?= python3
 
-.PHONY: all build release test unit integration lint demo clean cross cross-test size install uninstall bench fuzz
+.PHONY: all build release test unit integration lint demo clean cross cross-test size install uninstall bench fuzz \
+	powercut soak
 
 PREFIX ?= /usr/local
 DESTDIR ?=
@@ -66,6 +67,24 @@ FUZZ_SECONDS ?= 60
 fuzz:
 	command -v cargo-fuzz > /dev/null || $(CARGO) install cargo-fuzz --locked
 	sh fuzz/run.sh $(FUZZ_SECONDS)
+
+# Power cuts, not only kill -9 (needs root, /dev/fuse, fuse3 and mfusepy): the spool on
+# tests/strictfs.py, cut N times under load at seeded random points, in runs of 10 cuts
+# alternating the lose and mix policies, each run checked; then each scenario's sweep
+# (a cut after each of its operations) for SWEEP_SEEDS seeds. Prints cuts survived/run.
+N ?= 200
+SEED ?= 1
+SWEEP_SEEDS ?= 5
+powercut: build
+	PYTHON=$(PYTHON) sh tests/deps.sh
+	$(PYTHON) tests/powercut.py --cuts $(N) --seed $(SEED) --sweep-seeds $(SWEEP_SEEDS)
+
+# Steady traffic for MINUTES while the smarthost flaps, a kill -9 half way; RSS slope,
+# descriptors, spool files and exactly-once delivery at the end. On the release binary.
+MINUTES ?= 30
+soak: release
+	PYTHON=$(PYTHON) sh tests/deps.sh
+	SMTP_RELAYD_BIN=target/release/smtp-relayd $(PYTHON) tests/soak.py --minutes $(MINUTES)
 
 # Stripped sizes of the release binary per target, with and without TLS.
 size:

@@ -4,11 +4,12 @@
 # cannot be installed leaves its tests skipped, with the reason printed.
 set -u
 PYTHON=${PYTHON:-python3}
-if ! "$PYTHON" -c 'import pytest, aiosmtpd' 2>/dev/null; then
-    "$PYTHON" -m pip install -q --disable-pip-version-check pytest aiosmtpd
+# mfusepy: the FUSE binding of the power-cut tests' filesystem (tests/strictfs.py).
+if ! "$PYTHON" -c 'import pytest, aiosmtpd, mfusepy' 2>/dev/null; then
+    "$PYTHON" -m pip install -q --disable-pip-version-check pytest aiosmtpd mfusepy
 fi
 missing=""
-for tool in curl:curl swaks:swaks mailx:bsd-mailx openssl:openssl nmap:nmap ip:iproute2; do
+for tool in curl:curl swaks:swaks mailx:bsd-mailx openssl:openssl nmap:nmap ip:iproute2 fusermount3:fuse3; do
     command -v "${tool%%:*}" > /dev/null || missing="$missing ${tool#*:}"
 done
 if [ -n "$missing" ]; then

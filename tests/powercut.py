@@ -569,6 +569,8 @@ def main():
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--policy", choices=("lose", "mix", "both"), default="both")
     ap.add_argument("--per-run", type=int, default=10, help="cuts per run before the final check")
+    ap.add_argument("--sweep-seeds", type=int, default=0,
+                    help="then sweep every scenario (a cut after each of its operations) with this many seeds")
     a = ap.parse_args()
     policies = ("lose", "mix") if a.policy == "both" else (a.policy,)
     total = dict(cuts=0, survived=0, checked=0, delivered=0, runs=0, failed_runs=0)
@@ -594,10 +596,24 @@ def main():
             total["cuts"] += n
             total["runs"] += 1
             seed += 1
+    sweeps = dict(points=0, survived=0, checked=0, failed=0)
+    points = {"fresh": 30, "reuse1": 12, "reuse": 16, "failed": 45}
+    for scenario in SCENARIOS:
+        for s in range(1, a.sweep_seeds + 1):
+            for policy in policies:
+                sweeps["points"] += points[scenario]
+                try:
+                    sweeps["checked"] += sweep(scenario, points[scenario], s, policy)
+                    sweeps["survived"] += points[scenario]
+                except Broken as e:
+                    sweeps["failed"] += 1
+                    print(f"FAILED: {e}", flush=True)
     print(f"powercut: {total['survived']}/{total['cuts']} cuts survived in {total['runs']} runs "
           f"({total['failed_runs']} failed), {total['checked']} acknowledged messages checked, "
-          f"{total['delivered']} deliveries, {time.time() - t0:.0f} s")
-    sys.exit(1 if total["failed_runs"] else 0)
+          f"{total['delivered']} deliveries; sweeps: {sweeps['survived']}/{sweeps['points']} cut points "
+          f"survived ({sweeps['failed']} failed), {sweeps['checked']} messages checked; "
+          f"{time.time() - t0:.0f} s")
+    sys.exit(1 if total["failed_runs"] or sweeps["failed"] else 0)
 
 
 if __name__ == "__main__":
