@@ -188,13 +188,17 @@ def soak(seconds, rate=20.0, phase=None, crash=True, rss_slack_kb=4096, work=Non
     # The books: smarthost up, failed ones back, the queue drained, the relay idle.
     set_mode(plan, "up")
     want = set(acked)
-    deadline = time.time() + 180
+    # It may take a while (a slow disk, thousands in failed/); it gives up after 120 s
+    # without a delivery.
+    deadline, seen = time.time() + 120, -1
     while time.time() < deadline:
         subprocess.run(RELAYD + ["queue", "-c", relay.conf_path, "retry-failed", "all"], capture_output=True)
         got = {test_id(m["content"]) for m in sink.messages if m["sender"] != ""}
         c = spool_counts(relay.spool)
         if want <= got and c["queue"] == 0 and c["failed"] == 0 and c["tmp"] == c["pool"]:
             break
+        if len(sink.messages) > seen:
+            seen, deadline = len(sink.messages), time.time() + 120
         time.sleep(1)
     time.sleep(3)  # smarthost_idle closes the upstream connections
     end = dict(proc_figures(relay.proc.pid), **spool_counts(relay.spool))

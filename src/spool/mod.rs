@@ -105,13 +105,21 @@ pub struct Spool {
     /// before, a power cut could bring back `queue/ID` on the inode that a new
     /// message is being written into. It is emptied then, not at the removal, so the
     /// name that may come back always holds the delivered message whole.
-    pool: std::sync::Mutex<std::collections::VecDeque<(QueueId, u64)>>,
+    /// Each entry: the id, the ticket of its removal, whether it is emptied yet.
+    /// Only files of up to `POOL_FILE_MAX` are kept, and each is emptied as soon as a
+    /// sync covers its removal, so the pool holds at most that much of each, and only
+    /// until the next commit.
+    pool: std::sync::Mutex<std::collections::VecDeque<(QueueId, u64, bool)>>,
     /// 0 for a spool opened beside the daemon (`attach`): the daemon owns `tmp/free.*`.
     pool_max: usize,
 }
 
 /// How many emptied files the daemon keeps for reuse.
 const POOL_MAX: usize = 64;
+/// A delivered file larger than this is unlinked, not pooled: the pool is for the
+/// small messages that come many a second, and it holds a file whole until a sync
+/// covers its removal.
+const POOL_FILE_MAX: u64 = 64 * 1024;
 
 /// Fsyncs the directory that holds `path` (after a `mkdir` or a new entry in it).
 /// A parent this process may not open (a root-owned `/var/spool` after the drop of
@@ -250,14 +258,14 @@ impl Spool {
         let reused = {
             let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
             match pool.front() {
-                Some((_, ticket)) if self.queue_sync.covered(*ticket) => pool.pop_front(),
+                Some((_, ticket, _)) if self.queue_sync.covered(*ticket) => pool.pop_front(),
                 _ => None,
             }
         }
-        .and_then(|(id, _)| {
+        .and_then(|(id, _, emptied)| {
             let path = self.free_path(&id);
             let file = OpenOptions::new().write(true).open(&path).ok()?;
-            if file.set_len(0).is_err() {
+            if !emptied && file.set_len(0).is_err() {
                 let _ = fs::remove_file(&path);
                 return None;
             }
@@ -328,6 +336,9 @@ impl Spool {
         if let Err(e) = self.queue_sync.sync() {
             let _ = fs::remove_file(&queued);
             return Err(e);
+        }
+        if self.pool_max > 0 {
+            self.empty_covered(&mut self.pool.lock().unwrap_or_else(|e| e.into_inner()));
         }
         Ok(w.id.clone())
     }
@@ -508,13 +519,34 @@ impl Spool {
     pub fn remove(&self, id: &QueueId) -> io::Result<()> {
         let path = self.queue_path(id);
         let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
-        if pool.len() >= self.pool_max {
+        self.empty_covered(&mut pool);
+        let small = || fs::metadata(&path).is_ok_and(|m| m.len() <= POOL_FILE_MAX);
+        if pool.len() >= self.pool_max || !small() {
             drop(pool);
             return fs::remove_file(path);
         }
         fs::rename(&path, self.free_path(id))?;
-        pool.push_back((id.clone(), self.queue_sync.mark()));
+        pool.push_back((id.clone(), self.queue_sync.mark(), false));
         Ok(())
+    }
+
+    /// Empties the pool's files whose removal from `queue/` is durable by now.
+    fn empty_covered(&self, pool: &mut std::collections::VecDeque<(QueueId, u64, bool)>) {
+        pool.retain_mut(|(id, ticket, emptied)| {
+            if *emptied || !self.queue_sync.covered(*ticket) {
+                return true;
+            }
+            let path = self.free_path(id);
+            *emptied = OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .and_then(|f| f.set_len(0))
+                .is_ok();
+            if !*emptied {
+                let _ = fs::remove_file(&path);
+            }
+            *emptied
+        });
     }
 
     /// Moves a message to `failed/` with the reason recorded in it.
@@ -769,7 +801,7 @@ pub(crate) mod tests {
         use std::os::unix::fs::MetadataExt;
         let dir = temp_dir("pool");
         let spool = Spool::open(&dir).unwrap();
-        let big = vec![b'x'; 100_000];
+        let big = vec![b'x'; 60_000];
         let first = queue(&spool, &big);
         let ino = |p: &Path| fs::metadata(p).unwrap().ino();
         let first_ino = ino(&spool.queue_path(&first));
@@ -790,12 +822,14 @@ pub(crate) mod tests {
         // empty file.
         let free = dir.join(format!("tmp/free.{first}"));
         assert_eq!(names(&dir.join("tmp")), [format!("free.{first}")]);
-        assert!(fs::metadata(&free).unwrap().len() > 100_000);
+        assert!(fs::metadata(&free).unwrap().len() > 60_000);
 
         // No sync of queue/ covers the removal yet: the next message gets a new file.
+        // Its commit syncs queue/, and the pooled file is emptied then.
         let second = queue(&spool, b"Subject: 2\r\n\r\ntwo\r\n");
         assert_ne!(ino(&spool.queue_path(&second)), first_ino);
         assert_eq!(names(&dir.join("tmp")), [format!("free.{first}")]);
+        assert_eq!(fs::metadata(&free).unwrap().len(), 0);
 
         // That commit synced queue/: the third one gets the first one's inode, emptied,
         // with nothing of the old content.
@@ -814,6 +848,11 @@ pub(crate) mod tests {
             .read_to_end(&mut whole)
             .unwrap();
         assert!(!whole.contains(&b'x') && !whole.windows(5).any(|w| w == b"later"));
+
+        // A file over POOL_FILE_MAX is not kept.
+        let large = queue(&spool, &vec![b'y'; POOL_FILE_MAX as usize + 1]);
+        spool.remove(&large).unwrap();
+        assert!(names(&dir.join("tmp")).is_empty());
 
         // An aborted message does not return its file to the pool.
         spool.remove(&third).unwrap();
