@@ -22,6 +22,32 @@ RUNNER = os.environ.get("SMTP_RELAYD_RUNNER", "").split()
 RELAYD = RUNNER + [BINARY]
 
 
+def link_tools(d, names=("sendmail", "mailq")):
+    """Makes `d`/sendmail and `d`/mailq run the binary, as an install links them.
+    Under an emulator a link is not enough: a wrapper keeps argv[0]."""
+    os.makedirs(d, exist_ok=True)
+    for name in names:
+        path = os.path.join(d, name)
+        if os.path.lexists(path):
+            continue
+        if RUNNER:
+            with open(path, "w") as f:
+                f.write(f"#!/bin/sh\nexec {' '.join(RUNNER)} -0 {name} {BINARY} \"$@\"\n")
+            os.chmod(path, 0o755)
+        else:
+            os.symlink(BINARY, path)
+    return str(d)
+
+
+def test_number(data):
+    """The number in a test message's `X-Test-Id:` header (power cuts, soak), or None."""
+    m = re.search(rb"\r?\nX-Test-Id: (\d+)\r?\n", data)
+    return int(m.group(1)) if m else None
+
+
+test_number.__test__ = False  # a helper, not a test
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

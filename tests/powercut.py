@@ -36,7 +36,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from conftest import BINARY, RELAYD, RUNNER, Relay, free_port  # noqa: E402
+from conftest import RELAYD, Relay, link_tools, test_number  # noqa: E402
 from sink import Plan, Sink  # noqa: E402
 
 OK, REFUSED, HELD = "ops@x.test", "refused@x.test", "hold@x.test"
@@ -105,6 +105,13 @@ class Ledger:
         self.deleted = set()
         self.next = 0
 
+    def told(self, n, code, reply):
+        """Message n got this reply to its DATA: a 250 is a promise."""
+        if code == 250:
+            m = re.search(rb"queued as ([0-9A-F]{23})", reply)
+            with self.lock:
+                self.acked[n] = m.group(1).decode() if m else "?"
+
     def new(self, rng, kind):
         with self.lock:
             self.next += 1
@@ -161,11 +168,7 @@ class Load:
                             code, _ = s.rcpt(r)
                             if code != 250:
                                 raise smtplib.SMTPException(f"rcpt {code}")
-                        code, reply = s.data(msg)
-                        if code == 250:
-                            m = re.search(rb"queued as ([0-9A-F]{23})", reply)
-                            with self.ledger.lock:
-                                self.ledger.acked[n] = m.group(1).decode() if m else "?"
+                        self.ledger.told(n, *s.data(msg))
             except (OSError, smtplib.SMTPException):
                 time.sleep(0.05)
 
@@ -249,11 +252,6 @@ def spool_files(spool, area):
     return sorted(os.listdir(d)) if os.path.isdir(d) else []
 
 
-def test_id(data):
-    m = re.search(rb"\r?\nX-Test-Id: (\d+)\r?\n", data)
-    return int(m.group(1)) if m else None
-
-
 class Run:
     def __init__(self, work, seed, policy, clients=4, say=print, extra_conf=None, made_spool=False):
         """`made_spool`: the spool's directories are made (and synced) by the test
@@ -270,15 +268,7 @@ class Run:
         self.clients = clients
         plan = Plan(rcpt={REFUSED: ["550 5.1.1 no such user"], HELD: ["451 4.3.0 try later"]})
         self.sink = Sink(plan=plan).start()
-        self.tools = os.path.join(work, "bin")
-        os.makedirs(self.tools, exist_ok=True)
-        if not os.path.exists(os.path.join(self.tools, "sendmail")):
-            if RUNNER:
-                with open(os.path.join(self.tools, "sendmail"), "w") as f:
-                    f.write(f"#!/bin/sh\nexec {' '.join(RUNNER)} -0 sendmail {BINARY} \"$@\"\n")
-                os.chmod(os.path.join(self.tools, "sendmail"), 0o755)
-            else:
-                os.symlink(BINARY, os.path.join(self.tools, "sendmail"))
+        self.tools = link_tools(os.path.join(work, "bin"), ["sendmail"])
         conf = dict(spool=os.path.join(self.mnt, "spool"), workers="8", smarthost_connections="2")
         conf.update(extra_conf or {})
         self.relay = Relay(work, self.sink.port, **conf)
@@ -363,10 +353,7 @@ class Run:
                 s.mail("cam@x.test")
                 for r in rcpts:
                     s.rcpt(r)
-                code, reply = s.data(msg)
-                if code == 250:
-                    m = re.search(rb"queued as ([0-9A-F]{23})", reply)
-                    self.ledger.acked[n] = m.group(1).decode() if m else "?"
+                self.ledger.told(n, *s.data(msg))
         except (OSError, smtplib.SMTPException):
             pass
         return n
@@ -408,7 +395,7 @@ class Run:
         for n in sorted(want_delivered - set(got)):
             problems.append(f"message {n} got {ledger.acked[n]} and was never delivered")
         for m in self.sink.messages:
-            n = test_id(m["content"])
+            n = test_number(m["content"])
             if m["sender"] == "":
                 # A failure notice: about a refused message that a client sent.
                 if n is None or n not in ledger.sent or ledger.sent[n][0] != "refused":
@@ -427,7 +414,7 @@ class Run:
         for area in ("queue", "failed", "corrupt"):
             for q in spool_files(spool, area):
                 data = self.read(spool, area, q)
-                n = test_id(data or b"")
+                n = test_number(data or b"")
                 where.setdefault(n, set()).add(area)
                 if area == "corrupt":
                     problems.append(f"corrupt/{q}: {data[:300]!r}")
@@ -455,7 +442,7 @@ class Run:
     def delivered(self):
         out = {}
         for m in list(self.sink.messages):
-            n = test_id(m["content"])
+            n = test_number(m["content"])
             if n is not None and m["sender"] != "":
                 out[n] = out.get(n, 0) + 1
         return out
@@ -501,8 +488,8 @@ def sweep_point(scenario, k, seed, policy, work):
                 r.relay.wait_log(r"removed \(delivered\)", count=2)
             time.sleep(0.3)
             r.mount.command(f"arm any {k}")
-            for size_kind in ("ok", "ok"):
-                r.send(size_kind)
+            for _ in range(2):
+                r.send("ok")
         elif scenario == "failed":
             # A refused message moves to failed/, then retry-failed moves it back.
             r.sink.plan.rcpt[REFUSED] = ["delay 0.5 550 5.1.1 no such user"]

@@ -24,7 +24,6 @@ As a program (`make soak`):  soak.py [--minutes M] [--rate R] [--phase S] [--no-
 import argparse
 import os
 import random
-import re
 import smtplib
 import subprocess
 import sys
@@ -34,7 +33,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from conftest import BINARY, RELAYD, RUNNER, Relay  # noqa: E402
+from conftest import RELAYD, Relay, link_tools, test_number  # noqa: E402
 from sink import Plan, Sink  # noqa: E402
 
 MODES = ("up", "down", "up", "slow", "deferring", "up", "refusing")
@@ -97,14 +96,7 @@ def soak(seconds, rate=20.0, phase=None, crash=True, rss_slack_kb=4096, work=Non
     # clients, which all come from 127.0.0.1, to under 2 a second.
     relay = Relay(work, sink.port, retry_min="1s", retry_max="3s", smarthost_timeout="10s", workers="4",
                   rate_limit="none")
-    tools = os.path.join(work, "bin")
-    os.makedirs(tools, exist_ok=True)
-    if RUNNER:
-        with open(os.path.join(tools, "sendmail"), "w") as f:
-            f.write(f"#!/bin/sh\nexec {' '.join(RUNNER)} -0 sendmail {BINARY} \"$@\"\n")
-        os.chmod(os.path.join(tools, "sendmail"), 0o755)
-    else:
-        os.symlink(BINARY, os.path.join(tools, "sendmail"))
+    tools = link_tools(os.path.join(work, "bin"), ["sendmail"])
     relay.start()
     sent, acked, lock = {}, {}, threading.Lock()
     counter = [0]
@@ -199,7 +191,7 @@ def soak(seconds, rate=20.0, phase=None, crash=True, rss_slack_kb=4096, work=Non
     deadline, seen = time.time() + 120, -1
     while time.time() < deadline:
         subprocess.run(RELAYD + ["queue", "-c", relay.conf_path, "retry-failed", "all"], capture_output=True)
-        got = {test_id(m["content"]) for m in sink.messages if m["sender"] != ""}
+        got = {test_number(m["content"]) for m in sink.messages if m["sender"] != ""}
         c = spool_counts(relay.spool)
         if want <= got and c["queue"] == 0 and c["failed"] == 0 and c["tmp"] == c["pool"]:
             break
@@ -215,7 +207,7 @@ def soak(seconds, rate=20.0, phase=None, crash=True, rss_slack_kb=4096, work=Non
     for m in sink.messages:
         if m["sender"] == "":
             continue  # failure notices of the refusing phases
-        n = test_id(m["content"])
+        n = test_number(m["content"])
         if n is None:
             if b"warm-up" not in m["content"]:
                 problems.append(f"delivered, but no client sent it: {m['content'][:200]!r}")
@@ -265,11 +257,6 @@ def soak(seconds, rate=20.0, phase=None, crash=True, rss_slack_kb=4096, work=Non
                    pool_end=end["pool"], threads_start=start["threads"], threads_end=end["threads"],
                    problems=problems)
     return figures
-
-
-def test_id(data):
-    m = re.search(rb"\r\nX-Test-Id: (\d+)\r\n", data)
-    return int(m.group(1)) if m else None
 
 
 def main():

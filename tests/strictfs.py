@@ -250,6 +250,21 @@ class StrictFS(fuse.Operations):
         self.next_ino += 1
         return n
 
+    def add_entry(self, path, mode, rdev=0, op="create"):
+        """A new inode under a new name (mkdir, create, mknod)."""
+        d, name = self.parent(path)
+        if name in d.entries:
+            raise fuse.FuseOSError(errno.EEXIST)
+        n = self.new_inode(mode, rdev)
+        if n.is_dir():
+            n.nlink = 2
+            d.nlink += 1
+        else:
+            n.nlink = 1
+        self.set_entry(d, name, n.ino)
+        self.count(op)
+        return n
+
     def new_fh(self, n):
         fh = self.next_fh
         self.next_fh += 1
@@ -331,14 +346,7 @@ class StrictFS(fuse.Operations):
     def mkdir(self, path, mode):
         with self.mu:
             self.check()
-            d, name = self.parent(path)
-            if name in d.entries:
-                raise fuse.FuseOSError(errno.EEXIST)
-            n = self.new_inode(stat.S_IFDIR | (mode & 0o7777))
-            n.nlink = 2
-            d.nlink += 1
-            self.set_entry(d, name, n.ino)
-            self.count("mkdir")
+            self.add_entry(path, stat.S_IFDIR | (mode & 0o7777), op="mkdir")
             return 0
 
     def rmdir(self, path):
@@ -368,22 +376,13 @@ class StrictFS(fuse.Operations):
                 if flags & os.O_EXCL:
                     raise fuse.FuseOSError(errno.EEXIST)
             else:
-                n = self.new_inode(stat.S_IFREG | (mode & 0o7777))
-                n.nlink = 1
-                self.set_entry(d, name, n.ino)
-                self.count("create")
+                n = self.add_entry(path, stat.S_IFREG | (mode & 0o7777))
             return self.new_fh(n)
 
     def mknod(self, path, mode, dev):
         with self.mu:
             self.check()
-            d, name = self.parent(path)
-            if name in d.entries:
-                raise fuse.FuseOSError(errno.EEXIST)
-            n = self.new_inode(mode, dev)
-            n.nlink = 1
-            self.set_entry(d, name, n.ino)
-            self.count("create")
+            self.add_entry(path, mode, dev)
             return 0
 
     def open(self, path, flags):

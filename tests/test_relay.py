@@ -51,7 +51,7 @@ def test_smtplib_byte_for_byte(sink, relay):
     assert relay.files("queue") == [] and relay.files("tmp") == []
     # The delivered message's file is kept for a later one, whole until a sync of queue/
     # makes its removal durable (a power cut before then brings it back as it was);
-    # the next commit makes that sync, and the file is emptied.
+    # the next commit makes that sync, and the next removal empties the file.
     [size] = relay.pool_sizes()
     assert size > len(body)
     with smtplib.SMTP("127.0.0.1", relay.port) as s:

@@ -8,23 +8,13 @@ import time
 
 import pytest
 
-from conftest import BINARY, RUNNER, Plan, Sink, free_port
+from conftest import BINARY, RUNNER, Plan, Sink, free_port, link_tools
 
 
 @pytest.fixture
 def tools(tmp_path):
     """Links named sendmail and mailq to the binary, as an install makes them."""
-    d = tmp_path / "bin"
-    d.mkdir()
-    if RUNNER:
-        # Under an emulator a link is not enough: wrap it, keeping argv[0] as `sendmail`.
-        for name in ["sendmail", "mailq"]:
-            (d / name).write_text(f"#!/bin/sh\nexec {' '.join(RUNNER)} -0 {name} {BINARY} \"$@\"\n")
-            (d / name).chmod(0o755)
-    else:
-        for name in ["sendmail", "mailq"]:
-            os.symlink(BINARY, d / name)
-    return str(d)
+    return link_tools(str(tmp_path / "bin"))
 
 
 def sendmail(tools, relay, args, stdin=b"", env=None):

@@ -100,15 +100,11 @@ pub struct Spool {
     /// one: at a few thousand messages a second that was a fifth of the relay's CPU.)
     /// A file is named after the message it last held, so names never repeat.
     ///
-    /// A file is reused only once its removal from `queue/` is durable (the ticket of
-    /// that removal is covered by a sync of `queue/`, which every commit makes):
-    /// before, a power cut could bring back `queue/ID` on the inode that a new
-    /// message is being written into. It is emptied then, not at the removal, so the
-    /// name that may come back always holds the delivered message whole.
-    /// Each entry: the id, the ticket of its removal, whether it is emptied yet.
-    /// Only files of up to `POOL_FILE_MAX` are kept, and each is emptied as soon as a
-    /// sync covers its removal, so the pool holds at most that much of each, and only
-    /// until the next commit.
+    /// Each entry: the id, the ticket of its removal from `queue/`, and whether the
+    /// file is emptied yet. A file is emptied and reused only once a sync of `queue/`
+    /// (every commit makes one) covers that ticket: before, a power cut could bring
+    /// back `queue/ID`, which must then hold the delivered message whole, not an
+    /// empty file or another message. Only files of up to `POOL_FILE_MAX` are kept.
     pool: std::sync::Mutex<std::collections::VecDeque<(QueueId, u64, bool)>>,
     /// 0 for a spool opened beside the daemon (`attach`): the daemon owns `tmp/free.*`.
     pool_max: usize,
@@ -337,9 +333,6 @@ impl Spool {
             let _ = fs::remove_file(&queued);
             return Err(e);
         }
-        if self.pool_max > 0 {
-            self.empty_covered(&mut self.pool.lock().unwrap_or_else(|e| e.into_inner()));
-        }
         Ok(w.id.clone())
     }
 
@@ -512,16 +505,17 @@ impl Spool {
     /// allows; the sync would cost every delivery a disk flush. (The next commit's
     /// fsync of `queue/` makes the removal durable with it.)
     ///
-    /// The file is moved to the pool (`tmp/free.ID`), whole: it is emptied when a new
-    /// message reuses it, once this removal is durable (see `pool`). A power cut
-    /// before that brings back the delivered message, never an empty or a mixed
-    /// file. When the pool is full the file is unlinked.
+    /// The file is moved to the pool (`tmp/free.ID`), whole; it is emptied once this
+    /// removal is durable (see `pool`), by a later `remove` or by the `create` that
+    /// reuses it: here, in the relay's thread, not on a client's way to its `250`.
+    /// A power cut before that brings back the delivered message, never an empty or
+    /// a mixed file. When the pool is full, or the file is large, it is unlinked.
     pub fn remove(&self, id: &QueueId) -> io::Result<()> {
         let path = self.queue_path(id);
+        let small = fs::metadata(&path).is_ok_and(|m| m.len() <= POOL_FILE_MAX);
         let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
         self.empty_covered(&mut pool);
-        let small = || fs::metadata(&path).is_ok_and(|m| m.len() <= POOL_FILE_MAX);
-        if pool.len() >= self.pool_max || !small() {
+        if pool.len() >= self.pool_max || !small {
             drop(pool);
             return fs::remove_file(path);
         }
@@ -627,8 +621,8 @@ impl Spool {
                     (queued.clone(), self.root.join("queue"))
                 };
                 log::warn!(
-                    "spool: {id} was in queue/ and {area}/ (a move cut short); kept in {}",
-                    if back_in_queue { "queue/" } else { area }
+                    "spool: {id} was in queue/ and {area}/ (a move cut short); kept in {}/",
+                    if back_in_queue { "queue" } else { area }
                 );
                 fs::remove_file(&drop)?;
                 DirSync::sync_dir(&dir)?;
@@ -824,18 +818,24 @@ pub(crate) mod tests {
         assert_eq!(names(&dir.join("tmp")), [format!("free.{first}")]);
         assert!(fs::metadata(&free).unwrap().len() > 60_000);
 
-        // No sync of queue/ covers the removal yet: the next message gets a new file.
-        // Its commit syncs queue/, and the pooled file is emptied then.
+        // No sync of queue/ covers the removal yet: the next message gets a new file,
+        // and the first stays whole (a commit does not empty it: that is not the
+        // client's wait).
         let second = queue(&spool, b"Subject: 2\r\n\r\ntwo\r\n");
         assert_ne!(ino(&spool.queue_path(&second)), first_ino);
         assert_eq!(names(&dir.join("tmp")), [format!("free.{first}")]);
+        assert!(fs::metadata(&free).unwrap().len() > 60_000);
+        // That commit synced queue/: the next removal empties the first file.
+        spool.remove(&second).unwrap();
         assert_eq!(fs::metadata(&free).unwrap().len(), 0);
+        let second_free = dir.join(format!("tmp/free.{second}"));
+        assert!(fs::metadata(&second_free).unwrap().len() > 0);
 
-        // That commit synced queue/: the third one gets the first one's inode, emptied,
-        // with nothing of the old content.
+        // The third message gets the first one's inode, with nothing of the old
+        // content; the second's removal is not covered yet, so it stays whole.
         let third = queue(&spool, b"Subject: y\r\n\r\nshort\r\n");
         assert_eq!(ino(&spool.queue_path(&third)), first_ino);
-        assert!(names(&dir.join("tmp")).is_empty());
+        assert_eq!(names(&dir.join("tmp")), [format!("free.{second}")]);
         let m = spool.read(&third).unwrap();
         assert_eq!((m.size, m.attempts), (21, 0));
         assert_eq!(m.rcpt_state, [RcptState::Pending, RcptState::Pending]);
@@ -849,7 +849,8 @@ pub(crate) mod tests {
             .unwrap();
         assert!(!whole.contains(&b'x') && !whole.windows(5).any(|w| w == b"later"));
 
-        // A file over POOL_FILE_MAX is not kept.
+        // A file over POOL_FILE_MAX is not kept (this one reused the second's file,
+        // whose removal the third's commit covered).
         let large = queue(&spool, &vec![b'y'; POOL_FILE_MAX as usize + 1]);
         spool.remove(&large).unwrap();
         assert!(names(&dir.join("tmp")).is_empty());
@@ -857,8 +858,10 @@ pub(crate) mod tests {
         // An aborted message does not return its file to the pool.
         spool.remove(&third).unwrap();
         spool.queue_sync.sync().unwrap();
-        let w = spool.create(spool.new_id(), &env()).unwrap();
-        w.abort();
+        for _ in 0..2 {
+            let w = spool.create(spool.new_id(), &env()).unwrap();
+            w.abort();
+        }
         assert_eq!(names(&dir.join("tmp")), Vec::<String>::new());
         let _ = fs::remove_dir_all(&dir);
     }
